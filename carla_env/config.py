@@ -1,0 +1,122 @@
+"""Configuration: YAML merged over defaults, validated at load time.
+
+Every error is one line naming the key path and what to do, e.g.
+`config error: simulator.traffic.vehicles: must be >= 0 (got -3)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from carla_env.maps.town import TownError, resolve_town
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; str(e) is the one-line message for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrafficConfig(_Strict):
+    vehicles: int = Field(30, ge=0, le=1000, description="background vehicles")
+    spawn_spacing: float = Field(12.0, gt=4.0, description="metres between spawn slots")
+
+
+class LightsConfig(_Strict):
+    green: float = Field(10.0, gt=0)
+    yellow: float = Field(3.0, ge=0)
+    red: float = Field(2.0, ge=0, description="all-red clearance after each phase")
+
+
+class SimulatorConfig(_Strict):
+    backend: Literal["auto", "embedded", "carla"] = "auto"
+    town: str = "GridTown01"
+    timestep: float = Field(0.05, gt=0.0, le=0.5, description="fixed_delta_seconds")
+    seed: int = 0
+    traffic: TrafficConfig = TrafficConfig()
+    lights: LightsConfig = LightsConfig()
+
+    @field_validator("town")
+    @classmethod
+    def _town_exists(cls, town: str) -> str:
+        try:
+            resolve_town(town)
+        except TownError as e:
+            raise ValueError(str(e)) from None
+        return town
+
+
+class Config(_Strict):
+    simulator: SimulatorConfig = SimulatorConfig()
+    # Experiment keys are validated by the experiment class that reads them.
+    experiment: dict[str, Any] = Field(default_factory=dict)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(err: dict, model: type[BaseModel]) -> str:
+    path = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = model
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            parent = field.annotation if field is not None else None
+        valid = (
+            list(parent.model_fields) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
+        )
+        hint = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys here: {', '.join(valid)}"
+        return f"{path}: unknown key; {fix}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or kind == "value_error" else f" (got {got!r})"
+    return f"{path}: {msg}{shown}"
+
+
+def validate_config(data: dict, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with 'simulator' and 'experiment' keys")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"config error in {source}: {_describe(first, Config)}{more}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Load a YAML config over the defaults, apply overrides, validate."""
+    data: dict = {}
+    source = "defaults and command-line options"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"config error in {path}{where}: not valid YAML ({getattr(e, 'problem', e)})"
+            ) from None
+    if overrides:
+        data = deep_merge(data, overrides)
+    return validate_config(data, source)

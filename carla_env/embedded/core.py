@@ -1,0 +1,50 @@
+"""The embedded backend's core: owns an EmbeddedWorld, its hero and its traffic."""
+
+from __future__ import annotations
+
+import carla
+import numpy as np
+
+from carla_env.config import SimulatorConfig
+from carla_env.embedded.world import EmbeddedWorld, LightTiming
+from carla_env.maps.town import load_town
+
+HERO_BLUEPRINT = "vehicle.tesla.model3"
+
+
+class EmbeddedCore:
+    def __init__(self, config: SimulatorConfig, hero_blueprint: str = HERO_BLUEPRINT) -> None:
+        self.config = config
+        self.town = load_town(config.town)
+        self.map = self.town.map
+        self.hero_blueprint = hero_blueprint
+        self.world: EmbeddedWorld | None = None
+        self.hero = None
+        self._episode = 0
+
+    def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
+        """A fresh world: hero at a (seeded) spawn point, background traffic around it."""
+        seed = self.config.seed + self._episode if seed is None else seed
+        self._episode += 1
+        cfg = self.config
+        self.world = EmbeddedWorld(
+            self.town,
+            seed=seed,
+            delta_seconds=cfg.timestep,
+            light_timing=LightTiming(**cfg.lights.model_dump()),
+        )
+        bp = self.world.get_blueprint_library().find(self.hero_blueprint)
+        bp.set_attribute("role_name", "hero")
+        if hero_transform is None:
+            points = self.town.spawn_points(seed=int(np.random.default_rng(seed).integers(2**31)))
+            hero_transform = points[0]
+        self.hero = self.world.spawn_actor(bp, hero_transform)
+        self.world.spawn_traffic(cfg.traffic.vehicles, spacing=cfg.traffic.spawn_spacing)
+
+    def tick(self, control: carla.VehicleControl) -> int:
+        self.hero.apply_control(control)
+        return self.world.tick()
+
+    def close(self) -> None:
+        self.world = None
+        self.hero = None

@@ -1,0 +1,441 @@
+"""The embedded world: an in-process simulator answering the CARLA World API subset experiments use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import carla
+import numpy as np
+
+from carla_env.embedded.actors import (
+    Actor,
+    ActorList,
+    CollisionEvent,
+    LaneInvasionEvent,
+    LaneMarking,
+    Sensor,
+    TrafficLight,
+    Vehicle,
+    WorldSnapshot,
+)
+from carla_env.embedded.blueprints import VEHICLES, ActorBlueprint, BlueprintLibrary
+from carla_env.embedded.dynamics import step_bicycle
+from carla_env.embedded.kernels import overlapping_pairs
+from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
+from carla_env.maps.town import Town
+
+DEFAULT_DELTA = 0.05
+ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
+_TABLES: dict[str, LaneTables] = {}
+
+
+@dataclass(frozen=True)
+class LightTiming:
+    green: float = 10.0
+    yellow: float = 3.0
+    red: float = 2.0  # all-red clearance after each phase
+
+
+class _FreeVehicles:
+    """Struct-of-arrays state of vehicles driven by their controls (heroes)."""
+
+    FIELDS = (
+        "x",
+        "y",
+        "z",
+        "yaw",
+        "v",
+        "acc",
+        "yaw_rate",
+        "wheelbase",
+        "throttle",
+        "steer",
+        "brake",
+        "reverse",
+        "hand_brake",
+        "lane",
+        "s",
+        "on_lane",
+        "marking_overlap",
+    )
+
+    def __init__(self) -> None:
+        for f in self.FIELDS:
+            setattr(self, f, np.zeros(0))
+        self.half = np.zeros((0, 3))
+
+    def add(self, x, y, z, yaw, half, wheelbase) -> int:
+        values = dict.fromkeys(self.FIELDS, 0.0)
+        values.update(x=x, y=y, z=z, yaw=yaw, wheelbase=wheelbase, lane=-1)
+        for f in self.FIELDS:
+            setattr(self, f, np.append(getattr(self, f), values[f]))
+        self.half = np.vstack([self.half, half])
+        return len(self.x) - 1
+
+    def remove(self, row: int) -> None:
+        for f in self.FIELDS:
+            setattr(self, f, np.delete(getattr(self, f), row))
+        self.half = np.delete(self.half, row, axis=0)
+
+
+class EmbeddedWorld:
+    """One town, one hero (or more), N NPC vehicles, traffic lights; synchronous by construction."""
+
+    def __init__(
+        self,
+        town: Town,
+        seed: int = 0,
+        delta_seconds: float = DEFAULT_DELTA,
+        light_timing: LightTiming | None = None,
+    ) -> None:
+        self.town = town
+        self.id = 1
+        self.frame = 0
+        self.elapsed_seconds = 0.0
+        self._settings = carla.WorldSettings()
+        self._settings.synchronous_mode = True
+        self._settings.fixed_delta_seconds = delta_seconds
+        self._weather = carla.WeatherParameters.ClearNoon
+        self._rng = np.random.default_rng(seed)
+        self._next_id = 100
+        self._blueprints = BlueprintLibrary()
+
+        tables = _TABLES.get(town.lanes.xodr_hash)
+        if tables is None:
+            tables = _TABLES[town.lanes.xodr_hash] = LaneTables(town.lanes)
+        self._tables = tables
+        self.traffic = Traffic(tables, np.random.default_rng(self._rng.integers(2**63)))
+        self._free = _FreeVehicles()
+        self._free_actors: list[Vehicle] = []
+        self._npc_actors: list[Vehicle] = []
+        self._npc_half = np.zeros((0, 3))
+        self._sensors: list[Sensor] = []
+        self._actors: dict[int, Actor] = {}
+        self.collisions: list[tuple[int, int]] = []  # actor id pairs in contact at the last tick
+
+        g = town.lanes
+        self._timing = light_timing or LightTiming()
+        junctions = np.unique(g.light_junction)
+        offsets = dict(zip(junctions.tolist(), self._rng.uniform(0, 1, len(junctions)).tolist(), strict=True))
+        self._light_offset = np.array([offsets[j] for j in g.light_junction.tolist()])
+        self._light_state = np.full(len(g.light_id), GREEN, np.int64)
+        self._lights = [
+            self._register(TrafficLight(self, self._new_id(), t, g.light_location[t]))
+            for t in range(len(g.light_id))
+        ]
+        self._update_lights()
+
+    # ------------------------------------------------------------------ CARLA World API
+    def get_map(self) -> carla.Map:
+        return self.town.map
+
+    def get_settings(self) -> carla.WorldSettings:
+        return self._settings
+
+    def apply_settings(self, settings: carla.WorldSettings) -> int:
+        if not settings.fixed_delta_seconds or settings.fixed_delta_seconds <= 0:
+            raise ValueError("the embedded world is synchronous: set fixed_delta_seconds > 0")
+        self._settings = settings
+        return self.frame
+
+    @property
+    def delta_seconds(self) -> float:
+        return float(self._settings.fixed_delta_seconds)
+
+    def get_weather(self) -> carla.WeatherParameters:
+        return self._weather
+
+    def set_weather(self, weather: carla.WeatherParameters) -> None:
+        self._weather = weather
+
+    def get_blueprint_library(self) -> BlueprintLibrary:
+        return self._blueprints
+
+    def get_snapshot(self) -> WorldSnapshot:
+        return WorldSnapshot(self)
+
+    def get_actors(self, actor_ids: list[int] | None = None) -> ActorList:
+        actors = list(self._actors.values())
+        if actor_ids is not None:
+            wanted = set(actor_ids)
+            actors = [a for a in actors if a.id in wanted]
+        return ActorList(actors)
+
+    def get_actor(self, actor_id: int) -> Actor | None:
+        return self._actors.get(actor_id)
+
+    def spawn_actor(
+        self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Actor | None = None
+    ):
+        actor = self.try_spawn_actor(blueprint, transform, attach_to)
+        if actor is None:
+            raise RuntimeError("Spawn failed because of collision at spawn position")
+        return actor
+
+    def try_spawn_actor(
+        self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Actor | None = None
+    ):
+        attributes = {a.id: a.value for a in blueprint}
+        if blueprint.id.startswith("sensor."):
+            if attach_to is None:
+                raise ValueError(f"{blueprint.id} must be attached to a vehicle (attach_to=...)")
+            sensor = Sensor(self, self._new_id(), blueprint.id, attributes, attach_to)
+            self._sensors.append(sensor)
+            return self._register(sensor)
+        if blueprint.id not in VEHICLES:
+            raise ValueError(f"the embedded world cannot spawn {blueprint.id!r}")
+        ex, ey, ez, wheelbase = VEHICLES[blueprint.id]
+        loc, yaw = transform.location, np.radians(transform.rotation.yaw)
+        lane, s, _ = self.town.lanes.locate(np.array([loc.x, loc.y, loc.z]), yaw)
+        z = float(self.town.lanes.interpolate(np.array([lane]), np.array([s]))[0][0, 2])
+        if self._overlaps(np.array([loc.x, loc.y, z]), yaw, np.array([ex, ey, ez])):
+            return None
+        row = self._free.add(loc.x, loc.y, z, yaw, (ex, ey, ez), wheelbase)
+        vehicle = Vehicle(self, self._new_id(), blueprint.id, attributes, (ex, ey, ez))
+        vehicle._row, vehicle._npc = row, False
+        self._free_actors.append(vehicle)
+        self._locate_free()
+        return self._register(vehicle)
+
+    def tick(self, seconds: float = 10.0) -> int:
+        dt = self.delta_seconds
+        self._update_lights()
+        f = self._free
+        hero_lane, hero_s, hero_v, hero_half = self._free_on_lanes()
+        self.traffic.step(dt, self._light_state, hero_lane, hero_s, hero_v, hero_half)
+        if len(f.x):
+            old_yaw = f.yaw
+            f.x, f.y, f.yaw, f.v, f.acc = step_bicycle(
+                f.x,
+                f.y,
+                f.yaw,
+                f.v,
+                f.wheelbase,
+                f.throttle,
+                f.steer,
+                f.brake,
+                f.reverse.astype(bool),
+                f.hand_brake.astype(bool),
+                dt,
+            )
+            f.yaw_rate = (np.remainder(f.yaw - old_yaw + np.pi, 2 * np.pi) - np.pi) / dt
+            self._locate_free()
+        self.frame += 1
+        self.elapsed_seconds += dt
+        self._detect_collisions()
+        self._detect_lane_invasions()
+        return self.frame
+
+    def wait_for_tick(self, seconds: float = 10.0) -> WorldSnapshot:
+        self.tick(seconds)
+        return self.get_snapshot()
+
+    # ------------------------------------------------------------------ embedded-only helpers
+    def spawn_traffic(self, count: int, spacing: float = 12.0) -> list[Vehicle]:
+        """Spawn up to `count` NPC vehicles on free spawn slots (deterministic per world seed)."""
+        lanes, ss = self.town.spawn_candidates(spacing)
+        order = self._rng.permutation(len(lanes))
+        pos, yaw = self.town.lanes.interpolate(lanes[order], ss[order])
+        bp_ids = list(VEHICLES)
+        chosen, halves, types = [], [], []
+        taken = np.concatenate(
+            [np.column_stack([self._free.x, self._free.y, self._free.z]), self.traffic.xyz]
+        )
+        for k in range(len(order)):
+            if len(chosen) >= count:
+                break
+            if len(taken) and (np.linalg.norm(taken - pos[k], axis=1) < spacing * 0.9).any():
+                continue
+            bp = bp_ids[self._rng.integers(len(bp_ids))]
+            chosen.append(k)
+            halves.append(VEHICLES[bp][:3])
+            types.append(bp)
+            taken = np.vstack([taken, pos[k]])
+        if not chosen:
+            return []
+        idx = order[chosen]
+        halves = np.array(halves)
+        first = self.traffic.count
+        self.traffic.add(lanes[idx], ss[idx], halves[:, 0])
+        self._npc_half = np.vstack([self._npc_half, halves])
+        spawned = []
+        for k, bp in enumerate(types):
+            vehicle = Vehicle(self, self._new_id(), bp, {"role_name": "autopilot"}, tuple(halves[k]))
+            vehicle._row, vehicle._npc = first + k, True
+            self._npc_actors.append(vehicle)
+            spawned.append(self._register(vehicle))
+        return spawned
+
+    @property
+    def light_states(self) -> np.ndarray:
+        return self._light_state
+
+    # ------------------------------------------------------------------ internals
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _register(self, actor: Actor) -> Actor:
+        self._actors[actor.id] = actor
+        return actor
+
+    def _destroy(self, actor: Actor) -> None:
+        self._actors.pop(actor.id, None)
+        if isinstance(actor, Sensor):
+            self._sensors.remove(actor)
+        elif isinstance(actor, Vehicle):
+            for sensor in [s for s in self._sensors if s.parent is actor]:
+                sensor.destroy()
+            block = self._npc_actors if actor._npc else self._free_actors
+            if actor._npc:
+                self.traffic.remove(actor._row)
+                self._npc_half = np.delete(self._npc_half, actor._row, axis=0)
+            else:
+                self._free.remove(actor._row)
+            block.pop(actor._row)
+            for row, other in enumerate(block):
+                other._row = row
+
+    def _vehicle_pose(self, v: Vehicle):
+        if v._npc:
+            return self.traffic.xyz[v._row], float(self.traffic.yaw[v._row])
+        f = self._free
+        return np.array([f.x[v._row], f.y[v._row], f.z[v._row]]), float(f.yaw[v._row])
+
+    def _vehicle_speed(self, v: Vehicle) -> float:
+        return float(self.traffic.v[v._row] if v._npc else self._free.v[v._row])
+
+    def _vehicle_accel(self, v: Vehicle) -> float:
+        return float(self.traffic.accel[v._row] if v._npc else self._free.acc[v._row])
+
+    def _vehicle_yaw_rate(self, v: Vehicle) -> float:
+        return 0.0 if v._npc else float(self._free.yaw_rate[v._row])
+
+    def _vehicle_lane(self, v: Vehicle) -> tuple[int, float]:
+        if v._npc:
+            return int(self.traffic.plan[v._row, 0]), float(self.traffic.s[v._row])
+        return int(self._free.lane[v._row]), float(self._free.s[v._row])
+
+    def _vehicle_speed_limit(self, v: Vehicle) -> float:
+        lane, _ = self._vehicle_lane(v)
+        return float(self.town.lanes.lane_speed_limit[lane]) if lane >= 0 else 0.0
+
+    def _vehicle_traffic_light(self, v: Vehicle):
+        lane, s = self._vehicle_lane(v)
+        g = self.town.lanes
+        if lane < 0 or g.lane_light[lane] < 0 or g.lane_length[lane] - s > 15.0:
+            return None
+        return self._lights[g.lane_light[lane]]
+
+    def _apply_control(self, v: Vehicle, c: carla.VehicleControl) -> None:
+        if v._npc:
+            raise RuntimeError("NPC vehicles are driven by the embedded traffic model")
+        f, r = self._free, v._row
+        f.throttle[r], f.steer[r], f.brake[r] = c.throttle, c.steer, c.brake
+        f.reverse[r], f.hand_brake[r] = float(c.reverse), float(c.hand_brake)
+
+    def _update_lights(self) -> None:
+        g = self.town.lanes
+        if not len(g.light_id):
+            return
+        tm = self._timing
+        slot = tm.green + tm.yellow + tm.red
+        local = np.remainder(
+            self.elapsed_seconds + self._light_offset * slot * g.light_phases, slot * g.light_phases
+        )
+        active = (local // slot).astype(np.int64)
+        within = local - active * slot
+        phase_state = np.where(within < tm.green, GREEN, np.where(within < tm.green + tm.yellow, YELLOW, RED))
+        self._light_state = np.where(active == g.light_phase, phase_state, RED)
+
+    def _locate_free(self) -> None:
+        """Lane, distance along it, road height and on-lane flag of each hero (one or a few)."""
+        f, g = self._free, self.town.lanes
+        for r in range(len(f.x)):
+            p = (f.x[r], f.y[r], f.z[r])
+            lane, s, _ = g.locate(p, f.yaw[r])
+            f.lane[r], f.s[r] = lane, s
+            f.z[r] = g.interpolate(np.array([lane]), np.array([s]))[0][0, 2]
+            nearest, dist = g.nearest(p)
+            f.on_lane[r] = float(
+                nearest >= 0 and dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE
+            )
+
+    def _free_on_lanes(self):
+        f, g = self._free, self.town.lanes
+        lane = f.lane.astype(np.int64)
+        ok = lane >= 0
+        if ok.any():
+            _, yaw = g.interpolate(np.maximum(lane, 0), f.s)
+            ok &= np.abs(np.remainder(f.yaw - yaw + np.pi, 2 * np.pi) - np.pi) < np.pi / 3
+        return lane[ok], f.s[ok], np.abs(f.v[ok]), f.half[ok, 0]
+
+    def _overlaps(self, xyz: np.ndarray, yaw: float, half: np.ndarray) -> bool:
+        pos, yaws, halves = self._all_boxes()
+        if not len(pos):
+            return False
+        pos = np.vstack([pos, xyz])
+        yaws = np.append(yaws, yaw)
+        halves = np.vstack([halves, half])
+        i, j = overlapping_pairs(pos, yaws, halves)
+        return bool((j == len(pos) - 1).any())
+
+    def _all_boxes(self):
+        f = self._free
+        pos = np.concatenate([np.column_stack([f.x, f.y, f.z]), self.traffic.xyz])
+        return pos, np.concatenate([f.yaw, self.traffic.yaw]), np.concatenate([f.half, self._npc_half])
+
+    def _detect_collisions(self) -> None:
+        pos, yaws, halves = self._all_boxes()
+        i, j = overlapping_pairs(pos, yaws, halves)
+        actors = self._free_actors + self._npc_actors
+        self.collisions = [(actors[a].id, actors[b].id) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+        if not self.collisions or not self._sensors:
+            return
+        speeds = np.concatenate([self._free.v, self.traffic.v])
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            rel = abs(speeds[a] - speeds[b])
+            for me, other in ((a, b), (b, a)):
+                for sensor in self._sensors:
+                    if sensor.type_id == "sensor.other.collision" and sensor.parent is actors[me]:
+                        d = pos[me] - pos[other]
+                        n = d / max(np.linalg.norm(d), 1e-6) * rel * 1500.0  # impulse ~ m * dv
+                        sensor._emit(
+                            CollisionEvent(
+                                self.frame,
+                                self.elapsed_seconds,
+                                actors[me],
+                                actors[other],
+                                carla.Vector3D(*map(float, n)),
+                                actors[me].get_transform(),
+                            )
+                        )
+
+    def _detect_lane_invasions(self) -> None:
+        f, g = self._free, self.town.lanes
+        for r, actor in enumerate(self._free_actors):
+            lane = int(f.lane[r])
+            idx = g.lane_start[lane] + min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
+            lane_yaw = g.yaw[idx]
+            d = np.array([f.x[r], f.y[r]]) - g.points[idx, :2]
+            lateral = -d[0] * np.sin(lane_yaw) + d[1] * np.cos(lane_yaw)  # > 0: right of the lane centre
+            rel = f.yaw[r] - lane_yaw
+            reach = abs(f.half[r, 0] * np.sin(rel)) + abs(f.half[r, 1] * np.cos(rel))
+            half_w = g.lane_width[lane] / 2
+            crossed = []
+            if lateral + reach > half_w and g.mark_right[idx] != 0:
+                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_right[idx])]))
+            if lateral - reach < -half_w and g.mark_left[idx] != 0:
+                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_left[idx])]))
+            overlapping = float(bool(crossed))
+            if overlapping and not f.marking_overlap[r]:
+                event = LaneInvasionEvent(
+                    self.frame, self.elapsed_seconds, actor, crossed, actor.get_transform()
+                )
+                for sensor in self._sensors:
+                    if sensor.type_id == "sensor.other.lane_invasion" and sensor.parent is actor:
+                        sensor._emit(event)
+            f.marking_overlap[r] = overlapping
+
+    def __repr__(self) -> str:
+        return f"EmbeddedWorld(town={self.town.name}, frame={self.frame}, vehicles={len(self._free_actors) + len(self._npc_actors)})"
