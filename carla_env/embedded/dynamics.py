@@ -7,6 +7,7 @@ positive steer (right) increases yaw. Reference point: the vehicle centre.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 MAX_WHEEL_ANGLE = np.radians(70.0)  # CARLA's default max_steer_angle for front wheels
 MAX_LATERAL_ACCEL = 8.0  # m/s^2: tyre limit that caps the wheel angle at speed
@@ -19,42 +20,34 @@ ROLLING = 0.15  # m/s^2 rolling resistance
 DRAG = 0.0004  # 1/m: aerodynamic drag coefficient (a = DRAG * v^2)
 
 
+@njit(cache=True)
 def step_bicycle(
-    x: np.ndarray,
-    y: np.ndarray,
-    yaw: np.ndarray,
-    speed: np.ndarray,  # signed: negative when reversing
-    wheelbase: np.ndarray,
-    throttle: np.ndarray,
-    steer: np.ndarray,
-    brake: np.ndarray,
-    reverse: np.ndarray,
-    hand_brake: np.ndarray,
-    dt: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Advance by dt; returns x, y, yaw, speed, acceleration (signed, along heading)."""
-    throttle = np.clip(throttle, 0.0, 1.0)
-    brake = np.clip(brake, 0.0, 1.0)
-    steer = np.clip(steer, -1.0, 1.0)
-    direction = np.where(reverse, -1.0, 1.0)
-    v_abs = np.abs(speed)
-
-    top = np.where(reverse, MAX_REVERSE_SPEED, TOP_SPEED)
-    drive = direction * throttle * MAX_ACCEL * np.clip(1.0 - v_abs / top, 0.0, 1.0)
-    # Resistances and brakes shrink the speed's magnitude and never reverse it.
-    resist = ROLLING + DRAG * speed * speed + brake * MAX_BRAKE_DECEL + hand_brake * HAND_BRAKE_DECEL
-    pushed = speed + drive * dt
-    new_speed = np.sign(pushed) * np.maximum(np.abs(pushed) - resist * dt, 0.0)
-
-    # Wheel angle: CARLA's full lock, capped by the lateral-acceleration limit at speed.
-    v_mid = 0.5 * (speed + new_speed)
-    cap = np.arctan(MAX_LATERAL_ACCEL * wheelbase / np.maximum(v_mid * v_mid, 1e-6))
-    wheel = steer * np.minimum(MAX_WHEEL_ANGLE, cap)
-    beta = np.arctan(0.5 * np.tan(wheel))  # slip angle at the centre (centre halfway between axles)
-    heading = yaw + beta
-    new_x = x + v_mid * np.cos(heading) * dt
-    new_y = y + v_mid * np.sin(heading) * dt
-    new_yaw = yaw + v_mid * np.cos(beta) * np.tan(wheel) / wheelbase * dt
-    new_yaw = np.remainder(new_yaw + np.pi, 2 * np.pi) - np.pi
-    accel = (new_speed - speed) / dt
-    return new_x, new_y, new_yaw, new_speed, accel
+    x, y, yaw, speed, wheelbase, throttle, steer, brake, reverse, hand_brake, dt, out_accel, out_yaw_rate
+):
+    """Advance every controlled vehicle by dt, in place (x, y, yaw, signed speed, acceleration, yaw rate)."""
+    for i in range(x.shape[0]):
+        th = min(max(throttle[i], 0.0), 1.0)
+        br = min(max(brake[i], 0.0), 1.0)
+        st = min(max(steer[i], -1.0), 1.0)
+        v = speed[i]
+        rev = reverse[i] > 0.5
+        top = MAX_REVERSE_SPEED if rev else TOP_SPEED
+        drive = (-1.0 if rev else 1.0) * th * MAX_ACCEL * min(max(1.0 - abs(v) / top, 0.0), 1.0)
+        # Resistances and brakes shrink the speed's magnitude and never reverse it.
+        resist = (
+            ROLLING + DRAG * v * v + br * MAX_BRAKE_DECEL + (HAND_BRAKE_DECEL if hand_brake[i] > 0.5 else 0.0)
+        )
+        pushed = v + drive * dt
+        nv = np.sign(pushed) * max(abs(pushed) - resist * dt, 0.0)
+        # Wheel angle: CARLA's full lock, capped by the lateral-acceleration limit at speed.
+        v_mid = 0.5 * (v + nv)
+        cap = np.arctan(MAX_LATERAL_ACCEL * wheelbase[i] / max(v_mid * v_mid, 1e-6))
+        wheel = st * min(MAX_WHEEL_ANGLE, cap)
+        beta = np.arctan(0.5 * np.tan(wheel))  # slip angle at the centre, halfway between the axles
+        x[i] += v_mid * np.cos(yaw[i] + beta) * dt
+        y[i] += v_mid * np.sin(yaw[i] + beta) * dt
+        dyaw = v_mid * np.cos(beta) * np.tan(wheel) / wheelbase[i] * dt
+        yaw[i] = (yaw[i] + dyaw + np.pi) % (2 * np.pi) - np.pi
+        out_yaw_rate[i] = dyaw / dt
+        out_accel[i] = (nv - v) / dt
+        speed[i] = nv

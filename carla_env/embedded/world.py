@@ -22,6 +22,7 @@ from carla_env.embedded.blueprints import VEHICLES, ActorBlueprint, BlueprintLib
 from carla_env.embedded.dynamics import step_bicycle
 from carla_env.embedded.kernels import overlapping_pairs
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
+from carla_env.maps.geometry import lane_pose
 from carla_env.maps.town import Town
 
 DEFAULT_DELTA = 0.05
@@ -55,6 +56,7 @@ class _FreeVehicles:
         "hand_brake",
         "lane",
         "s",
+        "lane_yaw",
         "on_lane",
         "marking_overlap",
     )
@@ -119,6 +121,7 @@ class EmbeddedWorld:
         offsets = dict(zip(junctions.tolist(), self._rng.uniform(0, 1, len(junctions)).tolist(), strict=True))
         self._light_offset = np.array([offsets[j] for j in g.light_junction.tolist()])
         self._light_state = np.full(len(g.light_id), GREEN, np.int64)
+        self._lights_valid_until = -1.0
         self._lights = [
             self._register(TrafficLight(self, self._new_id(), t, g.light_location[t]))
             for t in range(len(g.light_id))
@@ -204,8 +207,7 @@ class EmbeddedWorld:
         hero_lane, hero_s, hero_v, hero_half = self._free_on_lanes()
         self.traffic.step(dt, self._light_state, hero_lane, hero_s, hero_v, hero_half)
         if len(f.x):
-            old_yaw = f.yaw
-            f.x, f.y, f.yaw, f.v, f.acc = step_bicycle(
+            step_bicycle(
                 f.x,
                 f.y,
                 f.yaw,
@@ -214,11 +216,12 @@ class EmbeddedWorld:
                 f.throttle,
                 f.steer,
                 f.brake,
-                f.reverse.astype(bool),
-                f.hand_brake.astype(bool),
+                f.reverse,
+                f.hand_brake,
                 dt,
+                f.acc,
+                f.yaw_rate,
             )
-            f.yaw_rate = (np.remainder(f.yaw - old_yaw + np.pi, 2 * np.pi) - np.pi) / dt
             self._locate_free()
         self.frame += 1
         self.elapsed_seconds += dt
@@ -237,7 +240,7 @@ class EmbeddedWorld:
         order = self._rng.permutation(len(lanes))
         pos, yaw = self.town.lanes.interpolate(lanes[order], ss[order])
         bp_ids = list(VEHICLES)
-        chosen, halves, types = [], [], []
+        chosen, types = [], []
         taken = np.concatenate(
             [np.column_stack([self._free.x, self._free.y, self._free.z]), self.traffic.xyz]
         )
@@ -246,20 +249,21 @@ class EmbeddedWorld:
                 break
             if len(taken) and (np.linalg.norm(taken - pos[k], axis=1) < spacing * 0.9).any():
                 continue
-            bp = bp_ids[self._rng.integers(len(bp_ids))]
             chosen.append(k)
-            halves.append(VEHICLES[bp][:3])
-            types.append(bp)
+            types.append(bp_ids[self._rng.integers(len(bp_ids))])
             taken = np.vstack([taken, pos[k]])
         if not chosen:
             return []
-        idx = order[chosen]
-        halves = np.array(halves)
+        return self.spawn_npcs_at(lanes[order[chosen]], ss[order[chosen]], types)
+
+    def spawn_npcs_at(self, lanes: np.ndarray, s: np.ndarray, blueprint_ids: list[str]) -> list[Vehicle]:
+        """NPC vehicles at distance s along lanes (lane indices of the town's lane graph)."""
+        halves = np.array([VEHICLES[bp][:3] for bp in blueprint_ids]).reshape(-1, 3)
         first = self.traffic.count
-        self.traffic.add(lanes[idx], ss[idx], halves[:, 0])
+        self.traffic.add(np.asarray(lanes), np.asarray(s, float), halves[:, 0])
         self._npc_half = np.vstack([self._npc_half, halves])
         spawned = []
-        for k, bp in enumerate(types):
+        for k, bp in enumerate(blueprint_ids):
             vehicle = Vehicle(self, self._new_id(), bp, {"role_name": "autopilot"}, tuple(halves[k]))
             vehicle._row, vehicle._npc = first + k, True
             self._npc_actors.append(vehicle)
@@ -335,8 +339,9 @@ class EmbeddedWorld:
         f.reverse[r], f.hand_brake[r] = float(c.reverse), float(c.hand_brake)
 
     def _update_lights(self) -> None:
+        """Light states from the clock; recomputed only when some light is due to change."""
         g = self.town.lanes
-        if not len(g.light_id):
+        if not len(g.light_id) or self.elapsed_seconds < self._lights_valid_until:
             return
         tm = self._timing
         slot = tm.green + tm.yellow + tm.red
@@ -347,28 +352,34 @@ class EmbeddedWorld:
         within = local - active * slot
         phase_state = np.where(within < tm.green, GREEN, np.where(within < tm.green + tm.yellow, YELLOW, RED))
         self._light_state = np.where(active == g.light_phase, phase_state, RED)
+        to_change = (
+            np.where(
+                within < tm.green,
+                tm.green,
+                np.where(within < tm.green + tm.yellow, tm.green + tm.yellow, slot),
+            )
+            - within
+        )
+        self._lights_valid_until = self.elapsed_seconds + float(to_change.min()) - 1e-9
 
     def _locate_free(self) -> None:
         """Lane, distance along it, road height and on-lane flag of each hero (one or a few)."""
-        f, g = self._free, self.town.lanes
+        f, g, t = self._free, self.town.lanes, self._tables
         for r in range(len(f.x)):
             p = (f.x[r], f.y[r], f.z[r])
             lane, s, _ = g.locate(p, f.yaw[r])
             f.lane[r], f.s[r] = lane, s
-            f.z[r] = g.interpolate(np.array([lane]), np.array([s]))[0][0, 2]
-            nearest, dist = g.nearest(p)
-            f.on_lane[r] = float(
-                nearest >= 0 and dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE
+            _, _, f.z[r], f.lane_yaw[r] = lane_pose(
+                lane, s, t.lane_start, t.lane_count, g.lane_ds, g.lane_length, g.points, g.yaw
             )
+            nearest, dist = g.nearest(p)
+            f.on_lane[r] = float(dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE)
 
     def _free_on_lanes(self):
-        f, g = self._free, self.town.lanes
-        lane = f.lane.astype(np.int64)
-        ok = lane >= 0
-        if ok.any():
-            _, yaw = g.interpolate(np.maximum(lane, 0), f.s)
-            ok &= np.abs(np.remainder(f.yaw - yaw + np.pi, 2 * np.pi) - np.pi) < np.pi / 3
-        return lane[ok], f.s[ok], np.abs(f.v[ok]), f.half[ok, 0]
+        """Heroes that NPCs should treat as road users: on a lane, heading along it."""
+        f = self._free
+        ok = np.abs(np.remainder(f.yaw - f.lane_yaw + np.pi, 2 * np.pi) - np.pi) < np.pi / 3
+        return f.lane[ok].astype(np.int64), f.s[ok], np.abs(f.v[ok]), f.half[ok, 0]
 
     def _overlaps(self, xyz: np.ndarray, yaw: float, half: np.ndarray) -> bool:
         pos, yaws, halves = self._all_boxes()

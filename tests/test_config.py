@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import pytest
+
+from carla_env.config import ConfigError, load_config
+from carla_env.simulator import select_backend
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_merges_over_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "simulator:\n  traffic:\n    vehicles: 7\n"))
+    assert cfg.simulator.traffic.vehicles == 7
+    assert cfg.simulator.town == "GridTown01" and cfg.simulator.timestep == 0.05
+    cfg = load_config(write(tmp_path, "simulator:\n  town: GridTown02\n"), {"simulator": {"seed": 9}})
+    assert (cfg.simulator.town, cfg.simulator.seed) == ("GridTown02", 9)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "simulator:\n  trafic:\n    vehicles: 3\n",
+            "simulator.trafic: unknown key; did you mean 'traffic'?",
+        ),
+        (
+            "simulator:\n  traffic:\n    vehicles: many\n",
+            "simulator.traffic.vehicles: Input should be a valid integer",
+        ),
+        (
+            "simulator:\n  traffic:\n    vehicles: -3\n",
+            "simulator.traffic.vehicles: Input should be greater than or equal to 0 (got -3)",
+        ),
+        ("simulator:\n  town: Twon01\n", "simulator.town: unknown town 'Twon01'"),
+        (
+            "simulator:\n  backend: unreal\n",
+            "simulator.backend: Input should be 'auto', 'embedded' or 'carla'",
+        ),
+        ("simulator: [1, 2\n", "not valid YAML"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+    assert str(tmp_path / "config.yaml") in message or "YAML" in message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_exits_2_with_the_one_line_error(tmp_path):
+    path = write(tmp_path, "simulator:\n  timestep: -1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "carla_env.demo", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"config error in {path}: simulator.timestep: Input should be greater than 0 (got -1)"
+    ]
+
+
+def test_demo_runs_the_embedded_simulator_end_to_end():
+    proc = subprocess.run(
+        [sys.executable, "-m", "carla_env.demo", "--seconds", "20", "--vehicles", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "backend: embedded" in proc.stdout and "400 ticks" in proc.stdout
+
+
+def test_auto_backend_says_what_it_picked(monkeypatch, tmp_path):
+    monkeypatch.delenv("CARLA_ROOT", raising=False)
+    monkeypatch.setattr("carla_env.simulator._carla_server_reachable", lambda *a, **k: False)
+    assert select_backend("auto")[0] == "embedded"
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
+    backend, why = select_backend("auto")
+    assert backend == "carla" and "CARLA_ROOT" in why
+    assert select_backend("embedded") == ("embedded", "backend 'embedded' requested in the config")

@@ -1,0 +1,80 @@
+import carla
+import numpy as np
+import pytest
+
+from carla_env.embedded import EmbeddedWorld
+from carla_env.maps import load_town
+from tests.conftest import REAL_TOWNS, real_town_path
+
+
+def soak(town_ref: str, ticks: int, vehicles: int = 50, seed: int = 0):
+    """Run traffic; return NPC-NPC collision pairs, off-lane samples and the fraction of NPCs that moved."""
+    town = load_town(town_ref)
+    world = EmbeddedWorld(town, seed=seed)
+    npcs = world.spawn_traffic(vehicles)
+    assert len(npcs) == vehicles
+    npc_ids = {a.id for a in npcs}
+    start = world.traffic.xyz.copy()
+    travelled = np.zeros(vehicles)
+    collisions, off_lane = set(), []
+    for tick in range(ticks):
+        before = world.traffic.xyz.copy()
+        world.tick()
+        travelled += np.linalg.norm(world.traffic.xyz - before, axis=1)
+        collisions.update(p for p in world.collisions if p[0] in npc_ids and p[1] in npc_ids)
+        if tick % 25 == 0:
+            for x, y, z in world.traffic.xyz:
+                wp = town.map.get_waypoint(
+                    carla.Location(float(x), float(y), float(z)),
+                    project_to_road=False,
+                    lane_type=carla.LaneType.Driving,
+                )
+                if wp is None:
+                    off_lane.append((tick, x, y, z))
+    assert np.isfinite(world.traffic.xyz).all() and not np.array_equal(start, world.traffic.xyz)
+    return collisions, off_lane, float(np.mean(travelled > 50.0))
+
+
+def test_traffic_is_collision_free_and_stays_on_lanes_generated():
+    collisions, off_lane, moved = soak("GridTown01", 2000)
+    assert not collisions
+    assert not off_lane
+    assert moved > 0.6  # traffic flows: most NPCs got somewhere in 100 s
+
+
+def test_traffic_is_collision_free_and_stays_on_lanes_town01():
+    collisions, off_lane, moved = soak(real_town_path("Town01"), 2000)
+    assert not collisions and not off_lane and moved > 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("town", ["GridTown01", "GridTown05", *REAL_TOWNS])
+def test_ten_thousand_ticks_of_fifty_npcs(town):
+    ref = town if town.startswith("Grid") else real_town_path(town)
+    collisions, off_lane, moved = soak(ref, 10_000)
+    assert not collisions, f"NPC-NPC collisions: {sorted(collisions)[:5]}"
+    assert not off_lane, f"NPCs off their lanes: {off_lane[:5]}"
+    assert moved > 0.6
+
+
+def run(seed: int, ticks: int = 400):
+    town = load_town("GridTown02")
+    world = EmbeddedWorld(town, seed=seed)
+    bp = world.get_blueprint_library().find("vehicle.tesla.model3")
+    hero = world.spawn_actor(bp, town.spawn_points(seed=seed)[0])
+    world.spawn_traffic(40)
+    trace = []
+    for k in range(ticks):
+        hero.apply_control(carla.VehicleControl(throttle=0.4, steer=0.05 * np.sin(k / 20)))
+        world.tick()
+        t = hero.get_transform()
+        trace.append((t.location.x, t.location.y, t.rotation.yaw))
+    return np.array(trace), world.traffic.xyz.copy(), world.light_states.copy()
+
+
+def test_same_seed_same_trajectory_bit_for_bit():
+    a, b = run(3), run(3)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x, y)
+    c = run(4)
+    assert not np.array_equal(a[1], c[1])
