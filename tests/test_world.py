@@ -174,3 +174,18 @@ def test_lane_invasion_reports_the_crossed_marking(town, steer, marking):
             break
     assert events, "steering across a marking must raise a lane-invasion event"
     assert [m.type for m in events[0].crossed_lane_markings] == [marking]
+
+
+def test_off_road_detection(town):
+    world = EmbeddedWorld(town, seed=0)
+    g = town.lanes
+    lane = int(np.flatnonzero(~g.is_junction & (g.lane_length > 60) & (g.lane_right < 0))[0])
+    hero, _ = hero_on_lane(world, town, lane, s=5.0)
+    assert world.on_driving_lane(hero)
+    # Steer hard right off the outermost lane: off the road within a few seconds.
+    for _ in range(80):
+        hero.apply_control(carla.VehicleControl(throttle=0.6, steer=0.4))
+        world.tick()
+    assert not world.on_driving_lane(hero)
+    wp = town.map.get_waypoint(hero.get_location(), project_to_road=False, lane_type=carla.LaneType.Driving)
+    assert wp is None  # carla.Map agrees: no driving lane under the car

@@ -270,6 +270,12 @@ class EmbeddedWorld:
             spawned.append(self._register(vehicle))
         return spawned
 
+    def on_driving_lane(self, vehicle: Vehicle) -> bool:
+        """Off-road detection: is the vehicle's centre within a driving lane (tyres on the line allowed)?"""
+        if vehicle._npc:
+            return True  # NPCs drive on lane centre lines by construction
+        return bool(self._free.on_lane[vehicle._row])
+
     @property
     def light_states(self) -> np.ndarray:
         return self._light_state
