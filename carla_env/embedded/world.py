@@ -24,6 +24,7 @@ from carla_env.embedded.kernels import overlapping_pairs
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.maps.geometry import lane_pose
 from carla_env.maps.town import Town
+from carla_env.sensors.birdview import Scene
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
@@ -269,6 +270,27 @@ class EmbeddedWorld:
             self._npc_actors.append(vehicle)
             spawned.append(self._register(vehicle))
         return spawned
+
+    def birdview_scene(self, hero: Vehicle) -> Scene:
+        """The birdview Scene around `hero`, straight from the arrays (what `scene_from_world` builds
+        through the CARLA API, rounded the same way: carla types store float32, yaw in degrees)."""
+
+        def boxes(xy, yaw, half):
+            f32 = np.float32
+            yaw = np.radians(np.degrees(yaw).astype(f32).astype(float))
+            return np.column_stack([xy.astype(f32).astype(float), yaw, half.astype(f32).astype(float)])
+
+        f = self._free
+        xy = np.concatenate([np.column_stack([f.x, f.y]), self.traffic.xyz[:, :2]])
+        all_boxes = boxes(
+            xy, np.concatenate([f.yaw, self.traffic.yaw]), np.concatenate([f.half, self._npc_half])[:, :2]
+        )
+        hero_row = hero._row if not hero._npc else len(f.x) + hero._row
+        others = np.ones(len(all_boxes), bool)
+        others[hero_row] = False
+        return Scene(
+            ego=all_boxes[hero_row], vehicles=all_boxes[others], light_states=self._light_state.copy()
+        )
 
     def on_driving_lane(self, vehicle: Vehicle) -> bool:
         """Off-road detection: is the vehicle's centre within a driving lane (tyres on the line allowed)?"""

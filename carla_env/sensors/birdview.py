@@ -1,0 +1,291 @@
+"""Bird's-eye view: one renderer for both backends, from arrays only.
+
+Layout after Roach: 192x192 px at 5 px/m, ego heading up, ego 40 px above the
+bottom edge. Frame: CARLA's (x forward, y right), so in the image a vehicle to
+the hero's right is on the right, with no flip.
+
+Static layers (road, solid and broken markings) are rasterised once per town as
+bits of one uint8 image; each observation warps it with a single affine map.
+Dynamic layers are drawn from a `Scene` (plain arrays), so the carla backend
+(actors from `world.get_actors()`) and the embedded one give the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from carla_env.maps.lane_graph import MARKING, LaneGraph
+
+STATIC = ("road", "lane_solid", "lane_broken")
+_CORNERS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], float)
+_SOLID = {MARKING[k] for k in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb", "Grass")}
+_BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
+RED, YELLOW, GREEN = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BirdviewSpec:
+    size: int = 192
+    pixels_per_meter: float = 5.0
+    ego_offset: int = 40  # px from the bottom edge to the ego centre
+    history: tuple[float, ...] = (-1.6, -1.1, -0.6, -0.1)  # seconds; Roach's [-16,-11,-6,-1] frames at 10 Hz
+    # 24 channels by default = 3 bytes a pixel packed. "ego" is available but off, as in Roach
+    # (the ego always sits at the same pixels).
+    channels: tuple[str, ...] = (
+        "road",
+        "route",
+        "lane_solid",
+        "lane_broken",
+        "vehicles",
+        "walkers",
+        "lights_green",
+        "lights_yellow",
+        "lights_red",
+    )
+
+    def channel_names(self) -> list[str]:
+        """One entry per output channel; history layers expand to one channel per history frame."""
+        out = []
+        for c in self.channels:
+            if c in ("vehicles", "walkers") or c.startswith("lights_"):
+                out += [f"{c}@{t:g}s" for t in self.history]
+            else:
+                out.append(c)
+        return out
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names())
+
+
+@dataclass
+class Scene:
+    """What one frame of the world looks like to the renderer: arrays in CARLA's frame."""
+
+    ego: np.ndarray  # (5,) x, y, yaw(rad), half_length, half_width
+    vehicles: np.ndarray  # (N, 5) other vehicles, same columns
+    walkers: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+    light_states: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per lane-graph light
+
+
+class StaticRaster:
+    """The town's static layers as bits of one uint8 image in world coordinates."""
+
+    def __init__(self, lanes: LaneGraph, pixels_per_meter: float, margin: float = 30.0) -> None:
+        self.ppm = pixels_per_meter
+        pts = lanes.points[:, :2]
+        self.origin = pts.min(axis=0) - margin
+        w, h = np.ceil((pts.max(axis=0) + margin - self.origin) * self.ppm).astype(int)
+        self.image = np.zeros((h, w), np.uint8)
+        road = np.zeros_like(self.image)
+        solid = np.zeros_like(self.image)
+        broken = np.zeros_like(self.image)
+        for lane in range(lanes.num_lanes):
+            a, c = lanes.lane_start[lane], lanes.lane_count[lane]
+            p, yaw = lanes.points[a : a + c, :2], lanes.yaw[a : a + c]
+            right = np.column_stack([-np.sin(yaw), np.cos(yaw)]) * (lanes.lane_width[lane] / 2)
+            left_edge, right_edge = self.px(p - right), self.px(p + right)
+            cv2.fillPoly(road, [np.vstack([left_edge, right_edge[::-1]])], 1)
+            for edge, marks in (
+                (left_edge, lanes.mark_left[a : a + c]),
+                (right_edge, lanes.mark_right[a : a + c]),
+            ):
+                for target, kinds in ((solid, _SOLID), (broken, _BROKEN)):
+                    on = np.isin(marks, list(kinds))
+                    for run in _runs(on):
+                        if len(run) > 1:
+                            cv2.polylines(target, [edge[run]], False, 1, 1)
+        for bit, layer in enumerate((road, solid, broken)):
+            self.image |= layer << bit
+
+    def px(self, xy: np.ndarray) -> np.ndarray:
+        return np.round((xy - self.origin) * self.ppm).astype(np.int32)
+
+
+def _runs(mask: np.ndarray) -> list[np.ndarray]:
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return []
+    return np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+
+
+class BirdviewRenderer:
+    """Renders a (C, H, W) uint8 {0, 1} observation (or its bit-packed form) from scenes."""
+
+    def __init__(
+        self, lanes: LaneGraph, spec: BirdviewSpec | None = None, delta_seconds: float = 0.05
+    ) -> None:
+        self.spec = spec or BirdviewSpec()
+        self.lanes = lanes
+        self.raster = StaticRaster(lanes, self.spec.pixels_per_meter)
+        self.names = self.spec.channel_names()
+        self.index = {n: i for i, n in enumerate(self.names)}
+        # History frames, in ticks back from now (0 = current).
+        self.history_ticks = [
+            max(0, round(-t / delta_seconds) - round(0.1 / delta_seconds)) for t in self.spec.history
+        ]
+        self._frames: list[Scene] = []
+        self._stop_lines = self._stop_line_segments(lanes)
+        self.route: np.ndarray | None = None  # (M, 2) world points
+
+    def reset(self) -> None:
+        self._frames = []
+        self.route = None
+
+    # ------------------------------------------------------------------ rendering
+    def __call__(self, scene: Scene) -> np.ndarray:
+        self._frames.insert(0, scene)
+        del self._frames[max(self.history_ticks) + 1 :]
+        return self.render(scene)
+
+    def render(self, scene: Scene) -> np.ndarray:
+        spec, size = self.spec, self.spec.size
+        out = np.zeros((len(self.names), size, size), np.uint8)
+        to_bev = self._world_to_bev(scene.ego)
+        static = cv2.warpAffine(
+            self.raster.image,
+            self._raster_to_bev(to_bev),
+            (size, size),
+            flags=cv2.INTER_NEAREST,
+            borderValue=0,
+        )
+        for bit, name in enumerate(STATIC):
+            if name in self.index:
+                out[self.index[name]] = (static >> bit) & 1
+        if "route" in self.index and self.route is not None:
+            self._polyline(
+                out[self.index["route"]],
+                to_bev,
+                self.route,
+                scene.ego,
+                thickness=int(2 * spec.pixels_per_meter),
+            )
+        frames = self._frames or [scene]
+        seg_light, segs = self._stop_lines
+        seg_px = self._apply(to_bev, segs.reshape(-1, 2)).reshape(-1, 2, 2)
+        on_screen = ((seg_px >= 0) & (seg_px < size)).any(axis=(1, 2))
+        seg_light, seg_px = seg_light[on_screen], seg_px[on_screen]
+        light_width = max(1, int(0.5 * spec.pixels_per_meter))
+        # Every box of every layer goes through one corner transform, then one fillPoly per channel.
+        box_sets = [(self.index["ego"], scene.ego[None, :])] if "ego" in self.index else []
+        pasts = [frames[min(ticks, len(frames) - 1)] for ticks in self.history_ticks]
+        for t, past in zip(spec.history, pasts, strict=True):
+            if "vehicles" in spec.channels:
+                box_sets.append((self.index[f"vehicles@{t:g}s"], past.vehicles))
+            if "walkers" in spec.channels:
+                box_sets.append((self.index[f"walkers@{t:g}s"], past.walkers))
+        self._fill_boxes(out, to_bev, box_sets, scene.ego)
+        for t, past in zip(spec.history, pasts, strict=True):
+            if not len(seg_px) or not len(past.light_states):
+                continue
+            seg_state = past.light_states[seg_light]
+            for state, name in ((GREEN, "lights_green"), (YELLOW, "lights_yellow"), (RED, "lights_red")):
+                chosen = seg_state == state
+                if name in spec.channels and chosen.any():
+                    cv2.polylines(
+                        out[self.index[f"{name}@{t:g}s"]], list(seg_px[chosen]), False, 1, light_width
+                    )
+        return out
+
+    def _world_to_bev(self, ego: np.ndarray) -> np.ndarray:
+        """2x3 affine map from CARLA world (x, y) to BEV pixels (col, row)."""
+        x, y, yaw = ego[:3]
+        ppm, size = self.spec.pixels_per_meter, self.spec.size
+        c, s = np.cos(yaw), np.sin(yaw)
+        # forward f = c*dx + s*dy -> up; right r = -s*dx + c*dy -> right.
+        col = ppm * np.array([-s, c]), size / 2
+        row = -ppm * np.array([c, s]), size - self.spec.ego_offset
+        m = np.array([[*col[0], 0.0], [*row[0], 0.0]])
+        m[:, 2] = np.array([col[1], row[1]]) - m[:, :2] @ np.array([x, y])
+        return m
+
+    def _raster_to_bev(self, to_bev: np.ndarray) -> np.ndarray:
+        # raster (u, v) = (world - origin) * ppm  ->  world = (u, v) / ppm + origin
+        r = self.raster
+        m = to_bev.copy()
+        m[:, 2] = to_bev[:, :2] @ r.origin + to_bev[:, 2]
+        m[:, :2] = to_bev[:, :2] / r.ppm
+        return m
+
+    @staticmethod
+    def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        return np.round(xy @ m[:, :2].T + m[:, 2]).astype(np.int32)
+
+    def _fill_boxes(self, out: np.ndarray, to_bev: np.ndarray, box_sets: list, ego: np.ndarray) -> None:
+        channel = np.concatenate([np.full(len(b), c) for c, b in box_sets])
+        boxes = np.concatenate([b for _, b in box_sets]).reshape(-1, 5)
+        view = self.spec.size / self.spec.pixels_per_meter  # metres: anything farther is off screen
+        near = np.hypot(boxes[:, 0] - ego[0], boxes[:, 1] - ego[1]) < view + 10.0
+        channel, boxes = channel[near], boxes[near]
+        if not len(boxes):
+            return
+        x, y, yaw, hl, hw = boxes.T
+        c, s = np.cos(yaw), np.sin(yaw)
+        f = _CORNERS[None, :, 0] * hl[:, None]
+        r = _CORNERS[None, :, 1] * hw[:, None]
+        wx = x[:, None] + f * c[:, None] - r * s[:, None]
+        wy = y[:, None] + f * s[:, None] + r * c[:, None]
+        pts = self._apply(to_bev, np.stack([wx, wy], -1).reshape(-1, 2)).reshape(-1, 4, 2)
+        for ch in np.unique(channel):
+            cv2.fillPoly(out[ch], list(pts[channel == ch]), 1)
+
+    def _polyline(self, canvas, to_bev, xy, ego, thickness: int) -> None:
+        near = (
+            np.hypot(xy[:, 0] - ego[0], xy[:, 1] - ego[1]) < self.spec.size / self.spec.pixels_per_meter * 1.5
+        )
+        for run in _runs(near):
+            if len(run) > 1:
+                cv2.polylines(canvas, [self._apply(to_bev, xy[run])], False, 1, thickness)
+
+    @staticmethod
+    def _stop_line_segments(lanes: LaneGraph) -> tuple[np.ndarray, np.ndarray]:
+        """(light index per segment, (S, 2, 2) segments across the end of each guarded lane)."""
+        guarded = np.flatnonzero(lanes.lane_light >= 0)
+        end = lanes.lane_start[guarded] + lanes.lane_count[guarded] - 1
+        p, yaw = lanes.points[end, :2], lanes.yaw[end]
+        half = (lanes.lane_width[guarded] / 2)[:, None] * np.column_stack([-np.sin(yaw), np.cos(yaw)])
+        return lanes.lane_light[guarded], np.stack([p - half, p + half], axis=1)
+
+    # ------------------------------------------------------------------ for people
+    def colorize(self, obs: np.ndarray) -> np.ndarray:
+        """RGB rendering of an observation (newest history frame), for previews and videos."""
+        size = self.spec.size
+        img = np.zeros((size, size, 3), np.uint8)
+        layers = [
+            ("road", (70, 70, 70)),
+            ("lane_broken", (200, 200, 200)),
+            ("lane_solid", (255, 255, 255)),
+            ("route", (40, 90, 160)),
+            (f"walkers@{self.spec.history[-1]:g}s", (255, 0, 255)),
+            (f"vehicles@{self.spec.history[-1]:g}s", (0, 160, 255)),
+            (f"lights_green@{self.spec.history[-1]:g}s", (0, 220, 0)),
+            (f"lights_yellow@{self.spec.history[-1]:g}s", (240, 220, 0)),
+            (f"lights_red@{self.spec.history[-1]:g}s", (230, 0, 0)),
+            ("ego", (230, 230, 60)),
+        ]
+        for name, color in layers:
+            if name in self.index:
+                img[obs[self.index[name]] > 0] = color
+        return img
+
+
+def pack(obs: np.ndarray) -> np.ndarray:
+    """(C, H, W) {0,1} uint8 -> (ceil(C/8), H, W) uint8, 8 masks per byte (channel 0 = most significant bit),
+    exactly numpy.packbits(obs, axis=0)."""
+    c = obs.shape[0]
+    if obs.dtype != np.uint8 or obs[0].size % 8 or not obs.flags.c_contiguous:
+        return np.packbits(obs.astype(bool), axis=0)
+    # Values are 0/1, so shifting 8 pixels at once as one uint64 never carries across bytes.
+    planes = obs.reshape(c, -1).view(np.uint64)
+    out = np.zeros(((c + 7) // 8, planes.shape[1]), np.uint64)
+    for k in range(min(8, c)):
+        group = planes[k::8]
+        out[: len(group)] |= group << np.uint64(7 - k)
+    return out.view(np.uint8).reshape((len(out),) + obs.shape[1:])
+
+
+def unpack(packed: np.ndarray, channels: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=0, count=channels)
