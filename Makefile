@@ -6,14 +6,15 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train demo test test-slow lint bench clean
+.PHONY: help setup train demo preview test test-slow lint bench clean
 
 help:
 	@echo "make train EXP=dqn   train (embedded simulator when no CARLA is installed)"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
 	@echo "make lint            ruff"
-	@echo "make bench           simulator throughput vs highway-env"
+	@echo "make preview         bev.png + bev_map.png: the bird's-eye view of TOWN"
+	@echo "make bench           simulator and BEV throughput (figures in JSON)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ train: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)
 
+preview: $(STAMP)
+	$(PY) -m carla_env.preview --town $(TOWN) --out bev.png
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
@@ -42,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py --town $(TOWN) --vehicles 50 --steps 3000 --json
+	$(PY) bench/bev_throughput.py --town $(TOWN) --vehicles 50 --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -190,3 +190,41 @@ def test_route_channel_follows_the_planned_route(town):
     route_px = channel(r, obs, "route")
     assert route_px[192 - 40 - 20, 96]  # 4 m straight ahead is on the route
     assert route.progress(route.points[10]) == pytest.approx(route.distance[10])
+
+
+def test_preview_cli_writes_a_hero_frame_and_a_map(tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    out = tmp_path / "bev.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carla_env.preview",
+            "--town",
+            "GridTown03",
+            "--out",
+            str(out),
+            "--seconds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frame = cv2.imread(str(out))
+    assert frame.shape == (384, 384, 3) and frame.any()
+    whole = cv2.imread(str(tmp_path / "bev_map.png"))
+    assert whole.shape[0] > 384 and (whole == [70, 70, 70]).all(axis=-1).any()  # road drawn
+    bad = subprocess.run(
+        [sys.executable, "-m", "carla_env.preview", "--town", "NoSuchTown"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "unknown town 'NoSuchTown'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
