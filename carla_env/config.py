@@ -7,6 +7,7 @@ Every error is one line naming the key path and what to do, e.g.
 from __future__ import annotations
 
 import difflib
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,10 +54,43 @@ class SimulatorConfig(_Strict):
         return town
 
 
+class HeroConfig(_Strict):
+    blueprint: str = "vehicle.tesla.model3"
+    # The original's strings, "x,y,z[,roll,pitch,yaw]"; empty: random spawn points of the town.
+    spawn_points: list[str] = Field(default_factory=list)
+
+    @field_validator("spawn_points")
+    @classmethod
+    def _parse(cls, points: list[str]) -> list[str]:
+        from carla_env.experiment import parse_transform
+
+        for p in points:
+            parse_transform(p)
+        return points
+
+
+class SensorConfig(BaseModel):
+    """A sensor by CARLA blueprint name; other keys are its attributes."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class ExperimentConfig(_Strict):
+    type: str = Field(
+        "", description="experiment class as 'module:Class', e.g. experiments.dqn.experiment:DQNExperiment"
+    )
+    hero: HeroConfig = HeroConfig()
+    sensors: dict[str, SensorConfig] = Field(default_factory=dict)
+    max_steps: int = Field(1000, gt=0, description="episode truncated after this many steps")
+    route_length: float = Field(250.0, gt=10.0, description="metres of route planned ahead of the hero")
+    # Validated by the experiment class's Options model.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     simulator: SimulatorConfig = SimulatorConfig()
-    # Experiment keys are validated by the experiment class that reads them.
-    experiment: dict[str, Any] = Field(default_factory=dict)
+    experiment: ExperimentConfig = ExperimentConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -93,11 +127,55 @@ def validate_config(data: dict, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with 'simulator' and 'experiment' keys")
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"config error in {source}: {_describe(first, Config)}{more}") from None
+        raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
+    _check_sensors(config, source)
+    if config.experiment.type:
+        cls = experiment_class(config.experiment.type, source)
+        try:
+            cls.Options.model_validate(config.experiment.options)
+        except ValidationError as e:
+            raise ConfigError(
+                f"config error in {source}: experiment.options.{_first_error(e, cls.Options)}"
+            ) from None
+    return config
+
+
+def _first_error(e: ValidationError, model: type[BaseModel]) -> str:
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return _describe(e.errors()[0], model) + more
+
+
+def _check_sensors(config: Config, source: str) -> None:
+    from carla_env.sensors.factory import SUPPORTED
+    from carla_env.simulator import select_backend
+
+    backend, _ = select_backend(config.simulator.backend)
+    for name, sensor in config.experiment.sensors.items():
+        if backend == "embedded" and sensor.type not in SUPPORTED:
+            raise ConfigError(
+                f"config error in {source}: experiment.sensors.{name}.type: {sensor.type!r} is not available on the "
+                f"embedded backend (it has {', '.join(SUPPORTED)}); cameras, lidar and radar need backend: carla"
+            )
+
+
+def experiment_class(path: str, source: str = "config"):
+    """Import 'module:Class' (experiments live outside carla_env, so they are named, not imported)."""
+    from carla_env.experiment import BaseExperiment
+
+    module_name, _, class_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(
+            f"config error in {source}: experiment.type: cannot import {path!r} ({e}); use 'package.module:ClassName'"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseExperiment)):
+        raise ConfigError(
+            f"config error in {source}: experiment.type: {path!r} is not a BaseExperiment subclass"
+        )
+    return cls
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

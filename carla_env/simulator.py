@@ -49,10 +49,10 @@ def select_backend(requested: str) -> tuple[str, str]:
     return "embedded", "no CARLA install (CARLA_ROOT unset) and no server on localhost:2000"
 
 
-def make_core(config: SimulatorConfig) -> SimulatorCore:
+def make_core(config: SimulatorConfig, hero_blueprint: str = "vehicle.tesla.model3") -> SimulatorCore:
     backend, _ = select_backend(config.backend)
     if backend == "embedded":
         from carla_env.embedded.core import EmbeddedCore
 
-        return EmbeddedCore(config)
+        return EmbeddedCore(config, hero_blueprint)
     raise NotImplementedError("the carla backend lands with the CARLA server manager; use backend: embedded")

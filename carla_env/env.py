@@ -1,0 +1,112 @@
+"""CarlaEnv: a gymnasium env over a simulator backend and a BaseExperiment."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from carla_env.config import Config, experiment_class, validate_config
+from carla_env.experiment import parse_transform
+from carla_env.metrics import DrivingMetrics, distance
+from carla_env.sensors.factory import EventSensor, make_sensor
+from carla_env.simulator import make_core
+
+
+class CarlaEnv(gym.Env):
+    """Built from a validated config (a Config or the dict of one); knows nothing of a backend's insides."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, config: Config | dict, render_mode: str | None = None) -> None:
+        self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
+        exp_cfg = self.config.experiment
+        if not exp_cfg.type:
+            raise ValueError("experiment.type is required: name a BaseExperiment subclass as 'module:Class'")
+        cls = experiment_class(exp_cfg.type)
+        self.experiment = cls(exp_cfg, cls.Options.model_validate(exp_cfg.options))
+        self.action_space = self.experiment.get_action_space()
+        self.observation_space = self.experiment.get_observation_space()
+        self.render_mode = render_mode
+        self.core = None
+        self.sensors: dict = {}
+        self._spawn_points = [parse_transform(p) for p in exp_cfg.hero.spawn_points]
+        self._steps = 0
+        self.metrics = DrivingMetrics()
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self.core is None:
+            self.core = make_core(self.config.simulator, hero_blueprint=self.config.experiment.hero.blueprint)
+        self._destroy_sensors()
+        episode_seed = int(self.np_random.integers(2**31))
+        hero_at = self._spawn_points[episode_seed % len(self._spawn_points)] if self._spawn_points else None
+        self.core.reset(seed=episode_seed, hero_transform=hero_at)
+        world, hero = self.core.world, self.core.hero
+        dt = self.config.simulator.timestep
+        self.sensors = {
+            name: make_sensor(name, s.type, s.model_extra or {}, world, hero, self.core.town.lanes, dt)
+            for name, s in self.config.experiment.sensors.items()
+        }
+        self.experiment.reset(self.core, self.np_random)
+        self._steps = 0
+        self.metrics = DrivingMetrics(route_length=self.experiment.route.length)
+        self._last_location = hero.get_location()
+        frame = world.tick()
+        obs, info = self.experiment.get_observation(self._read(frame), self.core)
+        return obs, {**info, "backend": type(self.core).__name__}
+
+    def step(self, action):
+        control = self.experiment.compute_action(action)
+        frame = self.core.tick(control)
+        self._steps += 1
+        data = self._read(frame)
+        obs, info = self.experiment.get_observation(data, self.core)
+        terminated, truncated = self.experiment.get_done_status(obs, self.core)
+        truncated = truncated or self._steps >= self.config.experiment.max_steps
+        reward = float(self.experiment.compute_reward(obs, self.core))
+        hero = self.core.hero
+        location = hero.get_location()
+        events = {name: len(d[1]) for name, d in data.items() if isinstance(self.sensors[name], EventSensor)}
+        self.metrics.update(
+            self.config.simulator.timestep,
+            distance(location, self._last_location),
+            self.experiment.route.progress((location.x, location.y)),
+            sum(
+                n
+                for name, n in events.items()
+                if self.sensors[name].actor.type_id == "sensor.other.collision"
+            ),
+            sum(
+                n
+                for name, n in events.items()
+                if self.sensors[name].actor.type_id == "sensor.other.lane_invasion"
+            ),
+            not self.core.world.on_driving_lane(hero)
+            if hasattr(self.core.world, "on_driving_lane")
+            else False,
+        )
+        self._last_location = location
+        info = {**info, **self.metrics.summary()}
+        return obs, reward, bool(terminated), bool(truncated), info
+
+    def render(self):
+        for sensor in self.sensors.values():
+            if hasattr(sensor, "renderer"):
+                obs = sensor.renderer.render(sensor.renderer._frames[0]) if sensor.renderer._frames else None
+                return None if obs is None else sensor.renderer.colorize(obs)
+        return None
+
+    def close(self) -> None:
+        self._destroy_sensors()
+        if self.core is not None:
+            self.core.close()
+            self.core = None
+
+    # ------------------------------------------------------------------ internals
+    def _read(self, frame: int) -> dict:
+        return {name: sensor.read(frame) for name, sensor in self.sensors.items()}
+
+    def _destroy_sensors(self) -> None:
+        for sensor in self.sensors.values():
+            sensor.destroy()
+        self.sensors = {}

@@ -1,0 +1,73 @@
+"""Sensor factory keyed by CARLA blueprint names; data delivered as {name: (frame, data)} for the tick's frame."""
+
+from __future__ import annotations
+
+import carla
+import numpy as np
+
+from carla_env.sensors.birdview import BirdviewRenderer, BirdviewSpec, pack
+from carla_env.sensors.scene import scene_from_world
+
+EVENT_SENSORS = ("sensor.other.collision", "sensor.other.lane_invasion")
+BIRDVIEW = "sensor.birdview"
+SUPPORTED = (*EVENT_SENSORS, BIRDVIEW)
+
+
+class EventSensor:
+    """A CARLA event sensor (collision, lane invasion): the events of each frame, matched by frame id."""
+
+    def __init__(self, name: str, world, hero, blueprint_id: str) -> None:
+        self.name = name
+        bp = world.get_blueprint_library().find(blueprint_id)
+        self.actor = world.spawn_actor(bp, carla.Transform(), attach_to=hero)
+        self._events: dict[int, list] = {}
+        self.actor.listen(lambda event: self._events.setdefault(event.frame, []).append(event))
+
+    def read(self, frame: int) -> tuple[int, list]:
+        events = self._events.pop(frame, [])
+        self._events = {f: e for f, e in self._events.items() if f > frame}  # drop stale frames
+        return frame, events
+
+    def destroy(self) -> None:
+        if self.actor.is_alive:
+            self.actor.stop()
+            self.actor.destroy()
+
+
+class BirdviewSensor:
+    """The shared BEV renderer fed from the world: the embedded world's arrays, or the CARLA API."""
+
+    def __init__(
+        self, name: str, world, hero, lanes, spec: BirdviewSpec, packed: bool, delta_seconds: float
+    ) -> None:
+        self.name = name
+        self.world, self.hero, self.lanes = world, hero, lanes
+        self.renderer = BirdviewRenderer(lanes, spec, delta_seconds)
+        self.packed = packed
+
+    def read(self, frame: int) -> tuple[int, np.ndarray]:
+        if hasattr(self.world, "birdview_scene"):
+            scene = self.world.birdview_scene(self.hero)
+        else:
+            scene = scene_from_world(self.world, self.hero, self.lanes)
+        obs = self.renderer(scene)
+        return frame, pack(obs) if self.packed else obs
+
+    def destroy(self) -> None:
+        self.renderer.reset()
+
+
+def make_sensor(name: str, blueprint_id: str, attributes: dict, world, hero, lanes, delta_seconds: float):
+    if blueprint_id in EVENT_SENSORS:
+        return EventSensor(name, world, hero, blueprint_id)
+    if blueprint_id == BIRDVIEW:
+        spec_keys = {k: v for k, v in attributes.items() if k != "packed"}
+        for key in ("history", "channels"):
+            if key in spec_keys:
+                spec_keys[key] = tuple(spec_keys[key])
+        return BirdviewSensor(
+            name, world, hero, lanes, BirdviewSpec(**spec_keys), bool(attributes.get("packed")), delta_seconds
+        )
+    raise ValueError(
+        f"sensor {name!r}: blueprint {blueprint_id!r} is not available on this backend; use one of {', '.join(SUPPORTED)}"
+    )

@@ -1,0 +1,116 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from carla_env.config import ConfigError, load_config
+from carla_env.env import CarlaEnv
+
+DQN = "experiments/dqn/config.yaml"
+
+
+@pytest.fixture
+def env():
+    e = CarlaEnv(load_config(DQN, {"simulator": {"backend": "embedded"}}))
+    yield e
+    e.close()
+
+
+def test_dqn_env_passes_gymnasiums_checker(env):
+    check_env(env, skip_render_check=True)
+
+
+def test_packed_bev_observation_and_driving_metrics(env):
+    obs, info = env.reset(seed=3)
+    assert obs.dtype == np.uint8 and obs.shape == (3, 192, 192) and env.observation_space.contains(obs)
+    assert obs.any()
+    assert info["backend"] == "EmbeddedCore"
+    total, steps = 0.0, 0
+    for _ in range(40):
+        obs, reward, terminated, truncated, info = env.step(2 * 3)  # straight, accelerate
+        total += reward
+        steps += 1
+        if terminated or truncated:
+            break
+    for key in (
+        "route_completion",
+        "collisions_per_km",
+        "lane_invasions_per_km",
+        "off_road_seconds",
+        "mean_speed",
+        "driving_score",
+    ):
+        assert key in info
+    assert info["mean_speed"] > 1.0 and info["distance_m"] > 5.0
+    assert 0 < info["route_completion"] <= 1.0
+
+
+def test_same_seed_same_episode(env):
+    def rollout():
+        obs, _ = env.reset(seed=11)
+        frames = [obs]
+        for a in [6, 6, 7, 6, 5, 6, 6, 8, 6, 6]:
+            frames.append(env.step(a)[0])
+        return np.stack(frames)
+
+    assert np.array_equal(rollout(), rollout())
+
+
+def test_time_limit_truncates():
+    e = CarlaEnv(
+        load_config(
+            DQN,
+            {
+                "simulator": {"backend": "embedded", "traffic": {"vehicles": 0}},
+                "experiment": {"max_steps": 5},
+            },
+        )
+    )
+    e.reset(seed=0)
+    flags = [e.step(4)[3] for _ in range(5)]  # coast
+    assert flags == [False] * 4 + [True]
+    e.close()
+
+
+def test_env_spaces_are_gymnasium_spaces(env):
+    assert isinstance(env.action_space, gym.spaces.Discrete) and env.action_space.n == 15
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            {"experiment": {"options": {"progres_reward": 1}}},
+            "experiment.options.progres_reward: unknown key",
+        ),
+        (
+            {"experiment": {"sensors": {"cam": {"type": "sensor.camera.rgb"}}}},
+            "experiment.sensors.cam.type: 'sensor.camera.rgb' is not available on the embedded backend",
+        ),
+        ({"experiment": {"type": "experiments.nope:Nothing"}}, "experiment.type: cannot import"),
+        ({"experiment": {"hero": {"spawn_points": ["1,2"]}}}, "experiment.hero.spawn_points"),
+    ],
+)
+def test_experiment_config_errors(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_config(DQN, {"simulator": {"backend": "embedded"}, **override})
+
+
+def test_spawn_point_strings_place_the_hero():
+    e = CarlaEnv(load_config(DQN, {"simulator": {"backend": "embedded", "traffic": {"vehicles": 0}}}))
+    e.reset(seed=0)
+    p = e.core.town.spawn_points(seed=5)[0]
+    text = f"{p.location.x},{p.location.y},{p.location.z},0,0,{p.rotation.yaw}"
+    e.close()
+    e = CarlaEnv(
+        load_config(
+            DQN,
+            {
+                "simulator": {"backend": "embedded", "traffic": {"vehicles": 0}},
+                "experiment": {"hero": {"spawn_points": [text]}},
+            },
+        )
+    )
+    e.reset(seed=0)
+    assert e.core.hero.get_location().distance(p.location) < 0.6
+    e.close()
