@@ -9,7 +9,8 @@ TOWN ?= GridTown01
 .PHONY: help setup train demo preview test test-slow lint bench clean
 
 help:
-	@echo "make train EXP=dqn   train (embedded simulator when no CARLA is installed)"
+	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
+	@echo "make demo            a lane-following hero among traffic, no learning"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
 	@echo "make lint            ruff"
@@ -24,9 +25,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Until train.py lands (issue: CarlaEnv/train/infer) this drives the embedded simulator demo.
+# Extra train.py flags: make train EXP=dqn ARGS="--restore"
 train: $(STAMP)
-	$(PY) -m carla_env.demo --town $(TOWN)
+	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
 
 demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)

@@ -88,9 +88,28 @@ class ExperimentConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class StopConfig(_Strict):
+    timesteps: int | None = Field(200_000, gt=0, description="env steps sampled")
+    iterations: int | None = Field(None, gt=0)
+
+
+class TrainingConfig(_Strict):
+    algorithm: Literal["DQN"] = "DQN"
+    num_env_runners: int = Field(0, ge=0, description="0: sample in the learner's process")
+    checkpoint_every: int = Field(5, gt=0, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(3, gt=0)
+    stop: StopConfig = StopConfig()
+    model: dict[str, Any] = Field(default_factory=dict, description="RLlib model_config")
+    settings: dict[str, Any] = Field(default_factory=dict, description="AlgorithmConfig.training(**settings)")
+    reporting: dict[str, Any] = Field(
+        default_factory=dict, description="AlgorithmConfig.reporting(**reporting)"
+    )
+
+
 class Config(_Strict):
     simulator: SimulatorConfig = SimulatorConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    training: TrainingConfig = TrainingConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

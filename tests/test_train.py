@@ -1,0 +1,129 @@
+"""End to end on the embedded backend: train, checkpoint, resume; bad input exits 2 and keeps the run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "simulator": {"backend": "embedded", "traffic": {"vehicles": 5}},
+    "experiment": {
+        "max_steps": 60,
+        "sensors": {
+            "birdview": {
+                "type": "sensor.birdview",
+                "packed": True,
+                "size": 48,
+                "pixels_per_meter": 2.0,
+                "ego_offset": 10,
+            }
+        },
+    },
+    "training": {
+        "checkpoint_every": 1,
+        "model": {"conv_filters": [[8, [4, 4], 4], [16, [3, 3], 2]], "head_fcnet_hiddens": [32]},
+        "settings": {
+            "train_batch_size_per_learner": 8,
+            "num_steps_sampled_before_learning_starts": 100,
+            "replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
+            "training_intensity": 0.5,
+        },
+        "reporting": {"min_sample_timesteps_per_iteration": 150},
+    },
+}
+
+
+def tiny_config(tmp_path) -> Path:
+    base = yaml.safe_load((ROOT / "experiments/dqn/config.yaml").read_text())
+    for section, values in TINY.items():
+        base.setdefault(section, {})
+        for k, v in values.items():
+            base[section][k] = (
+                {**base[section][k], **v}
+                if isinstance(v, dict) and k in base[section] and k != "sensors"
+                else v
+            )
+    base["experiment"]["sensors"] = {**TINY["experiment"]["sensors"]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def train(*args, timeout=420):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def iterations(run: Path) -> list[int]:
+    (result,) = run.glob("*/result.json")
+    return [json.loads(line)["training_iteration"] for line in result.read_text().splitlines()]
+
+
+@pytest.mark.timeout(900)
+def test_train_checkpoint_kill_resume(tmp_path):
+    cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
+    run = runs / "e2e"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            str(cfg),
+            "--name",
+            "e2e",
+            "--dir",
+            str(runs),
+            "--stop-iters",
+            "4",
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(run.glob("*/checkpoint_000001")):  # two iterations checkpointed
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole run, Ray included
+        proc.wait()
+    saved = sorted(p.name for p in run.glob("*/checkpoint_*"))
+    assert "checkpoint_000003" not in saved  # interrupted before the end
+    # An existing run is never clobbered by accident.
+    again = train(cfg, "--name", "e2e", "--dir", runs)
+    assert again.returncode == 2 and "--restore" in again.stderr
+    resumed = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert iterations(run)[-1] == 4
+    # It continued from the last checkpoint, not from scratch.
+    assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
+    assert list(run.glob("*/checkpoint_000003"))
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulator:\n  town: Nowhere\n")
+    proc = train(bad, "--dir", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"config error in {bad}: simulator.town")
+    cfg = tiny_config(tmp_path)
+    proc = train(cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore")
+    assert proc.returncode == 2 and "no run at" in proc.stderr
+    proc = train(cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--stop-iters", 3)
+    assert proc.returncode == 2 and "drop --stop" in proc.stderr

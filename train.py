@@ -1,0 +1,187 @@
+"""Train a driving agent with Ray RLlib (new API stack) under Ray Tune.
+
+    python train.py experiments/dqn/config.yaml [--name N] [--dir D] [--restore | --overwrite]
+                    [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
+
+Checkpoints every `training.checkpoint_every` iterations and at the end; `--restore` resumes an
+interrupted run (Ctrl-C or kill -9) from its last checkpoint. Exit code 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ENV_NAME = "carla_env"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="experiment config YAML, e.g. experiments/dqn/config.yaml")
+    p.add_argument("--name", help="run name (default: the experiment folder's name)")
+    p.add_argument("--dir", default=str(ROOT / "runs"), help="storage: a local folder or an s3:// URI")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--restore", action="store_true", help="resume the run NAME from its last checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="delete an existing run NAME and start afresh")
+    p.add_argument("--address", help="join a running Ray cluster ('auto')")
+    p.add_argument("--num-env-runners", type=int)
+    p.add_argument("--stop-timesteps", type=int)
+    p.add_argument("--stop-iters", type=int)
+    return p.parse_args(argv)
+
+
+def build_algo_config(config):
+    import gymnasium as gym
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from carla_env.config import ConfigError
+    from carla_env.env import CarlaEnv
+    from carla_env.rllib.callbacks import DrivingMetricsCallback
+    from carla_env.rllib.modules import PackedBevDQNCatalog, PackedBevDQNModule
+    from carla_env.sensors.birdview import BirdviewSpec
+
+    probe = CarlaEnv(config)  # spaces only: no world is built before reset
+    obs_space = probe.observation_space
+    tr = config.training
+    bev = next((s for s in config.experiment.sensors.values() if s.type == "sensor.birdview"), None)
+    packed = bev is not None and (bev.model_extra or {}).get("packed")
+    model = dict(tr.model)
+    algo = DQNConfig().environment(ENV_NAME, env_config=config.model_dump())
+    algo = algo.env_runners(num_env_runners=tr.num_env_runners, num_envs_per_env_runner=1)
+    if packed and isinstance(obs_space, gym.spaces.Box) and obs_space.dtype.name == "uint8":
+        extra = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in bev.model_extra.items() if k != "packed"
+        }
+        model["bev_channels"] = BirdviewSpec(**extra).num_channels
+        algo = algo.rl_module(
+            rl_module_spec=RLModuleSpec(module_class=PackedBevDQNModule, catalog_class=PackedBevDQNCatalog),
+            model_config=model,
+        )
+    else:
+        algo = algo.rl_module(model_config=model)
+    for section, values in (("training", tr.settings), ("reporting", tr.reporting)):
+        try:
+            algo = getattr(algo, section)(**values)
+        except TypeError as e:
+            key = "settings" if section == "training" else section
+            raise ConfigError(
+                f"config error: training.{key}: {e}; see DQNConfig.{section}() for valid keys"
+            ) from None
+    # Deterministic env errors must fail the run, not restart runners forever.
+    algo = algo.fault_tolerance(restart_failed_env_runners=False)
+    algo = algo.callbacks(DrivingMetricsCallback)
+    return algo.resources(num_gpus=0) if not _has_gpu() else algo.learners(num_gpus_per_learner=1)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from carla_env.config import ConfigError, load_config
+
+    overrides: dict = {"training": {}}
+    if args.num_env_runners is not None:
+        overrides["training"]["num_env_runners"] = args.num_env_runners
+    stop = {}
+    if args.stop_timesteps is not None:
+        stop["timesteps"] = args.stop_timesteps
+    if args.stop_iters is not None:
+        stop["iterations"] = args.stop_iters
+    if stop:
+        overrides["training"]["stop"] = stop
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    name = args.name or Path(args.config).resolve().parent.name
+    storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
+    run_dir = Path(storage) / name if "://" not in storage else None
+    if run_dir is not None and run_dir.exists() and not (args.restore or args.overwrite):
+        print(
+            f"run {run_dir} exists; pass --restore to resume it or --overwrite to start afresh",
+            file=sys.stderr,
+        )
+        return 2
+    if args.restore and (args.stop_timesteps or args.stop_iters):
+        print(
+            "--restore continues a run to the stop it was started with; drop --stop-timesteps/--stop-iters",
+            file=sys.stderr,
+        )
+        return 2
+    if args.restore and run_dir is not None and not run_dir.exists():
+        print(f"--restore: no run at {run_dir}; drop --restore to start one", file=sys.stderr)
+        return 2
+    if args.overwrite and run_dir is not None and run_dir.exists():
+        shutil.rmtree(run_dir)
+
+    # Snapshot the experiment state after every result (not on Tune's timer), so a kill -9 loses at
+    # most one checkpoint interval: restore then finds the newest checkpoint.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    import ray
+    from ray import tune
+
+    from carla_env.env import CarlaEnv
+    from carla_env.rllib.progress import ProgressLine
+
+    try:
+        algo_config = build_algo_config(config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(
+        address=args.address,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        include_dashboard=False,
+        log_to_driver=False,
+        **({} if args.address else {"num_cpus": max(2, os.cpu_count() or 2)}),
+    )
+    tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
+    tr = config.training
+    stop = {}
+    if tr.stop.timesteps:
+        stop["num_env_steps_sampled_lifetime"] = tr.stop.timesteps
+    if tr.stop.iterations:
+        stop["training_iteration"] = tr.stop.iterations
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        stop=stop,
+        verbose=0,
+        callbacks=[ProgressLine()],
+        checkpoint_config=tune.CheckpointConfig(
+            checkpoint_frequency=tr.checkpoint_every, checkpoint_at_end=True, num_to_keep=tr.keep_checkpoints
+        ),
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
+    if args.restore:
+        tuner = tune.Tuner.restore(
+            str(run_dir) if run_dir else f"{storage}/{name}",
+            trainable=tr.algorithm,
+            resume_errored=True,
+            param_space=algo_config,
+        )
+    else:
+        tuner = tune.Tuner(tr.algorithm, param_space=algo_config, run_config=run_config)
+    results = tuner.fit()
+    best = results[0]
+    if best.error:
+        print(f"training failed: {best.error}", file=sys.stderr)
+        return 1
+    ckpt = best.checkpoint.path if best.checkpoint else None
+    print(f"done: {name}; last checkpoint: {ckpt}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
