@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train demo preview test test-slow lint bench clean
+.PHONY: help setup train infer demo preview test test-slow lint bench clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
+	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (or CHECKPOINT=...): table, JSON, video"
 	@echo "make demo            a lane-following hero among traffic, no learning"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
@@ -29,6 +30,10 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
 
+CHECKPOINT ?= runs/$(EXP)
+infer: $(STAMP)
+	$(PY) infer.py $(CHECKPOINT) --episodes 5 --video runs/$(EXP)-infer.mp4 --json runs/$(EXP)-infer.json
+
 demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)
 
@@ -43,7 +48,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check carla_env bench tests
+	$(PY) -m ruff format --check carla_env bench tests experiments train.py infer.py
 
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py --town $(TOWN) --vehicles 50 --steps 3000 --json

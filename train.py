@@ -17,6 +17,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ENV_NAME = "carla_env"
+CONFIG_NAME = (
+    "carla_env_config.yaml"  # the validated config, beside the run's checkpoints (infer.py reads it)
+)
+
+
+def save_config(config, path: Path) -> None:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)  # never a half-written config
 
 
 def parse_args(argv):
@@ -123,6 +135,8 @@ def main(argv=None) -> int:
         return 2
     if args.overwrite and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
+    if run_dir is not None and not args.restore:
+        save_config(config, run_dir / CONFIG_NAME)
 
     # Snapshot the experiment state after every result (not on Tune's timer), so a kill -9 loses at
     # most one checkpoint interval: restore then finds the newest checkpoint.

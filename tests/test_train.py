@@ -114,6 +114,36 @@ def test_train_checkpoint_kill_resume(tmp_path):
     # It continued from the last checkpoint, not from scratch.
     assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
     assert list(run.glob("*/checkpoint_000003"))
+    # Infer from the run folder: newest checkpoint, the config saved with the run.
+    video, summary = tmp_path / "out.mp4", tmp_path / "out.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "infer.py"),
+            str(run),
+            "--episodes",
+            "1",
+            "--video",
+            str(video),
+            "--json",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint_000003" in proc.stdout and "route_completion" in proc.stdout
+    result = json.loads(summary.read_text())
+    assert len(result["episodes"]) == 1 and 0.0 <= result["mean"]["route_completion"] <= 1.0
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = capture.read()
+    assert ok and frame.shape == (48, 48, 3) and frame.any()
+    assert frames == result["episodes"][0]["steps"]  # one frame a step
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
@@ -127,3 +157,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "no run at" in proc.stderr
     proc = train(cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--stop-iters", 3)
     assert proc.returncode == 2 and "drop --stop" in proc.stderr
+    for target, message in ((tmp_path / "nope", "checkpoint not found"), (tmp_path, "no RLlib checkpoint")):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "infer.py"), str(target)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 2 and message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
