@@ -49,12 +49,18 @@ def parse_args(argv):
 def build_algo_config(config):
     import gymnasium as gym
     from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from carla_env.config import ConfigError
     from carla_env.env import CarlaEnv
     from carla_env.rllib.callbacks import DrivingMetricsCallback
-    from carla_env.rllib.modules import PackedBevDQNCatalog, PackedBevDQNModule
+    from carla_env.rllib.modules import (
+        PackedBevDQNCatalog,
+        PackedBevDQNModule,
+        PackedBevPPOCatalog,
+        PackedBevPPOModule,
+    )
     from carla_env.sensors.birdview import BirdviewSpec
 
     probe = CarlaEnv(config)  # spaces only: no world is built before reset
@@ -63,7 +69,11 @@ def build_algo_config(config):
     bev = next((s for s in config.experiment.sensors.values() if s.type == "sensor.birdview"), None)
     packed = bev is not None and (bev.model_extra or {}).get("packed")
     model = dict(tr.model)
-    algo = DQNConfig().environment(ENV_NAME, env_config=config.model_dump())
+    algo_class, module, catalog = {
+        "DQN": (DQNConfig, PackedBevDQNModule, PackedBevDQNCatalog),
+        "PPO": (PPOConfig, PackedBevPPOModule, PackedBevPPOCatalog),
+    }[tr.algorithm]
+    algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
     algo = algo.env_runners(num_env_runners=tr.num_env_runners, num_envs_per_env_runner=1)
     if packed and isinstance(obs_space, gym.spaces.Box) and obs_space.dtype.name == "uint8":
         extra = {
@@ -71,7 +81,7 @@ def build_algo_config(config):
         }
         model["bev_channels"] = BirdviewSpec(**extra).num_channels
         algo = algo.rl_module(
-            rl_module_spec=RLModuleSpec(module_class=PackedBevDQNModule, catalog_class=PackedBevDQNCatalog),
+            rl_module_spec=RLModuleSpec(module_class=module, catalog_class=catalog),
             model_config=model,
         )
     else:
@@ -82,7 +92,7 @@ def build_algo_config(config):
         except TypeError as e:
             key = "settings" if section == "training" else section
             raise ConfigError(
-                f"config error: training.{key}: {e}; see DQNConfig.{section}() for valid keys"
+                f"config error: training.{key}: {e}; see {algo_class.__name__}.{section}() for valid keys"
             ) from None
     # Deterministic env errors must fail the run, not restart runners forever.
     algo = algo.fault_tolerance(restart_failed_env_runners=False)

@@ -94,7 +94,7 @@ class StopConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    algorithm: Literal["DQN"] = "DQN"
+    algorithm: Literal["DQN", "PPO"] = "DQN"
     num_env_runners: int = Field(0, ge=0, description="0: sample in the learner's process")
     checkpoint_every: int = Field(5, gt=0, description="iterations between checkpoints")
     keep_checkpoints: int = Field(3, gt=0)

@@ -114,3 +114,14 @@ def test_spawn_point_strings_place_the_hero():
     e.reset(seed=0)
     assert e.core.hero.get_location().distance(p.location) < 0.6
     e.close()
+
+
+def test_ppo_env_passes_gymnasiums_checker_with_continuous_actions():
+    e = CarlaEnv(load_config("experiments/ppo/config.yaml", {"simulator": {"backend": "embedded"}}))
+    check_env(e, skip_render_check=True)
+    e.reset(seed=0)
+    for _ in range(20):
+        e.step(np.array([0.0, 1.0], np.float32))  # straight, full throttle
+    v = e.core.hero.get_velocity()
+    assert np.hypot(v.x, v.y) > 3.0
+    e.close()

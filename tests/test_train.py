@@ -167,3 +167,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         )
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ppo_trains_an_iteration(tmp_path):
+    base = yaml.safe_load((ROOT / "experiments/ppo/config.yaml").read_text())
+    base["simulator"].update(backend="embedded", traffic={"vehicles": 5})
+    base["experiment"].update(max_steps=60, sensors=TINY["experiment"]["sensors"])
+    base["training"].update(
+        model={**TINY["training"]["model"], "vf_share_layers": True},
+        settings={"train_batch_size_per_learner": 128, "minibatch_size": 64, "num_epochs": 1},
+    )
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    proc = train(cfg, "--name", "ppo", "--dir", tmp_path / "runs", "--stop-iters", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "iter    1" in proc.stdout
+    assert list((tmp_path / "runs/ppo").glob("*/checkpoint_000000"))

@@ -1,0 +1,100 @@
+"""Route driving on the bird's-eye view, shared by the DQN and PPO experiments: packed BEV
+observation, reward for progress along the route with penalties for leaving the lane, wrong
+heading, collisions and idling; terminates on collision, off-road or route done."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from carla_env.experiment import BaseExperiment
+from carla_env.sensors.birdview import BirdviewSpec
+
+
+class DrivingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    progress_reward: float = 0.1  # per metre of route progress
+    collision_penalty: float = 10.0
+    off_road_penalty: float = 5.0
+    wrong_heading_penalty: float = 0.2  # per step heading more than 90 deg off the route
+    idle_penalty: float = 0.02  # per step below 0.5 m/s
+    birdview_sensor: str = "birdview"
+
+
+class RouteDrivingExperiment(BaseExperiment):
+    Options = DrivingOptions
+
+    def __init__(self, config, options: DrivingOptions) -> None:
+        super().__init__(config, options)
+        bev = config.sensors.get(options.birdview_sensor)
+        if bev is None or bev.type != "sensor.birdview":
+            raise ValueError(
+                f"experiment.sensors.{options.birdview_sensor}: the DQN experiment needs a sensor.birdview"
+            )
+        extra = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in (bev.model_extra or {}).items()
+            if k != "packed"
+        }
+        spec = BirdviewSpec(**extra)
+        self.packed = bool((bev.model_extra or {}).get("packed"))
+        depth = -(-spec.num_channels // 8) if self.packed else spec.num_channels
+        self._obs_space = gym.spaces.Box(
+            0, 255 if self.packed else 1, (depth, spec.size, spec.size), np.uint8
+        )
+        self._last_progress = 0.0
+
+    def get_observation_space(self) -> gym.Space:
+        return self._obs_space
+
+    def reset(self, core, rng) -> None:
+        super().reset(core, rng)
+        self._last_progress = 0.0
+        self._collided = False
+
+    def get_observation(self, sensor_data: dict, core):
+        _, bev = sensor_data[self.options.birdview_sensor]
+        collided = any(
+            len(events)
+            for name, (_, events) in sensor_data.items()
+            if name != self.options.birdview_sensor and "collision" in name
+        )
+        self._collided = self._collided or collided
+        return bev, {}
+
+    def _heading_error(self, core) -> float:
+        t = core.hero.get_transform()
+        pts = self.route.points
+        d = np.hypot(pts[:, 0] - t.location.x, pts[:, 1] - t.location.y)
+        k = int(np.argmin(d))
+        a, b = pts[max(k - 1, 0)], pts[min(k + 1, len(pts) - 1)]
+        route_yaw = math.atan2(b[1] - a[1], b[0] - a[0])
+        return abs((math.radians(t.rotation.yaw) - route_yaw + math.pi) % (2 * math.pi) - math.pi)
+
+    def get_done_status(self, observation, core):
+        off_road = (
+            not core.world.on_driving_lane(core.hero) if hasattr(core.world, "on_driving_lane") else False
+        )
+        loc = core.hero.get_location()
+        done_route = self.route.progress((loc.x, loc.y)) >= self.route.length - 2.0
+        return bool(self._collided or off_road or done_route), False
+
+    def compute_reward(self, observation, core) -> float:
+        o = self.options
+        loc = core.hero.get_location()
+        progress = self.route.progress((loc.x, loc.y))
+        reward = o.progress_reward * max(min(progress - self._last_progress, 5.0), -5.0)
+        self._last_progress = max(self._last_progress, progress)
+        v = core.hero.get_velocity()
+        if math.hypot(v.x, v.y) < 0.5:
+            reward -= o.idle_penalty
+        if self._heading_error(core) > math.pi / 2:
+            reward -= o.wrong_heading_penalty
+        if self._collided:
+            reward -= o.collision_penalty
+        if hasattr(core.world, "on_driving_lane") and not core.world.on_driving_lane(core.hero):
+            reward -= o.off_road_penalty
+        return reward
