@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from carla_env.env import CarlaEnv
+    from carla_env.metrics import DrivingMetrics
 
     env = CarlaEnv(config)
     if env.observation_space.shape != module.observation_space.shape:
@@ -135,16 +136,7 @@ def main(argv=None) -> int:
     env.close()
     if writer is not None:
         writer.release()
-    keys = [
-        "return",
-        "route_completion",
-        "driving_score",
-        "collisions_per_km",
-        "lane_invasions_per_km",
-        "off_road_seconds",
-        "mean_speed",
-        "distance_m",
-    ]
+    keys = ["return", *DrivingMetrics().summary()]
     mean = {key: float(np.mean([e.get(key, np.nan) for e in episodes])) for key in keys}
     print(f"\ncheckpoint: {checkpoint}\n" + "".join(f"{key:>24}  {mean[key]:10.3f}\n" for key in keys))
     if args.json is not None:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-METRICS = (
-    "route_completion",
-    "collisions_per_km",
-    "lane_invasions_per_km",
-    "off_road_seconds",
-    "mean_speed",
-    "driving_score",
-)
+from carla_env.metrics import DrivingMetrics
+
+METRICS = tuple(DrivingMetrics().summary())  # the names the env reports in info
 
 
 class DrivingMetricsCallback(RLlibCallback):
