@@ -7,7 +7,7 @@ import gymnasium as gym
 from carla_env.config import Config, experiment_class, validate_config
 from carla_env.experiment import parse_transform
 from carla_env.metrics import DrivingMetrics, distance
-from carla_env.sensors.factory import EventSensor, make_sensor
+from carla_env.sensors.factory import BirdviewSensor, EventSensor, make_sensor
 from carla_env.simulator import make_core
 
 
@@ -90,10 +90,10 @@ class CarlaEnv(gym.Env):
         return obs, reward, bool(terminated), bool(truncated), info
 
     def render(self):
+        """The colour bird's-eye view of the newest step (render_mode 'rgb_array'), if a BEV sensor exists."""
         for sensor in self.sensors.values():
-            if hasattr(sensor, "renderer"):
-                obs = sensor.renderer.render(sensor.renderer._frames[0]) if sensor.renderer._frames else None
-                return None if obs is None else sensor.renderer.colorize(obs)
+            if isinstance(sensor, BirdviewSensor):
+                return sensor.colour_frame()
         return None
 
     def close(self) -> None:

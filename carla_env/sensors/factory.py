@@ -44,17 +44,23 @@ class BirdviewSensor:
         self.world, self.hero, self.lanes = world, hero, lanes
         self.renderer = BirdviewRenderer(lanes, spec, delta_seconds)
         self.packed = packed
+        self.last: np.ndarray | None = None  # the newest unpacked observation
 
     def read(self, frame: int) -> tuple[int, np.ndarray]:
         if hasattr(self.world, "birdview_scene"):
             scene = self.world.birdview_scene(self.hero)
         else:
             scene = scene_from_world(self.world, self.hero, self.lanes)
-        obs = self.renderer(scene)
-        return frame, pack(obs) if self.packed else obs
+        self.last = self.renderer(scene)
+        return frame, pack(self.last) if self.packed else self.last
+
+    def colour_frame(self) -> np.ndarray | None:
+        """RGB rendering of the newest observation, for people (videos, previews)."""
+        return None if self.last is None else self.renderer.colorize(self.last)
 
     def destroy(self) -> None:
         self.renderer.reset()
+        self.last = None
 
 
 def make_sensor(name: str, blueprint_id: str, attributes: dict, world, hero, lanes, delta_seconds: float):
