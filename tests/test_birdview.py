@@ -228,3 +228,10 @@ def test_preview_cli_writes_a_hero_frame_and_a_map(tmp_path):
     )
     assert bad.returncode == 2 and "unknown town 'NoSuchTown'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_renderers_of_one_town_share_a_read_only_raster(town):
+    a, b = BirdviewRenderer(town.lanes), BirdviewRenderer(town.lanes)
+    assert a.raster is b.raster
+    assert not a.raster.image.flags.writeable
+    assert BirdviewRenderer(town.lanes, BirdviewSpec(pixels_per_meter=2.0)).raster is not a.raster

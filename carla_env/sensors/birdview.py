@@ -100,9 +100,23 @@ class StaticRaster:
                             cv2.polylines(target, [edge[run]], False, 1, 1)
         for bit, layer in enumerate((road, solid, broken)):
             self.image |= layer << bit
+        self.image.flags.writeable = False  # shared by every renderer of this town
 
     def px(self, xy: np.ndarray) -> np.ndarray:
         return np.round((xy - self.origin) * self.ppm).astype(np.int32)
+
+
+_RASTERS: dict[tuple[str, float], StaticRaster] = {}
+
+
+def static_raster(lanes: LaneGraph, pixels_per_meter: float) -> StaticRaster:
+    """The town's raster, built once per process (an env builds a renderer every episode)."""
+    key = (lanes.xodr_hash, pixels_per_meter)
+    if key not in _RASTERS:
+        if len(_RASTERS) >= 4:
+            _RASTERS.pop(next(iter(_RASTERS)))  # a few towns at most: Town04 alone is 22 MB
+        _RASTERS[key] = StaticRaster(lanes, pixels_per_meter)
+    return _RASTERS[key]
 
 
 def _runs(mask: np.ndarray) -> list[np.ndarray]:
@@ -120,7 +134,7 @@ class BirdviewRenderer:
     ) -> None:
         self.spec = spec or BirdviewSpec()
         self.lanes = lanes
-        self.raster = StaticRaster(lanes, self.spec.pixels_per_meter)
+        self.raster = static_raster(lanes, self.spec.pixels_per_meter)
         self.names = self.spec.channel_names()
         self.index = {n: i for i, n in enumerate(self.names)}
         # History frames, in ticks back from now (0 = current).
