@@ -149,7 +149,7 @@ def validate_config(data: dict, source: str = "config") -> Config:
         config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
-    _check_sensors(config, source)
+    _check_backend(config, source)
     if config.experiment.type:
         cls = experiment_class(config.experiment.type, source)
         try:
@@ -166,11 +166,16 @@ def _first_error(e: ValidationError, model: type[BaseModel]) -> str:
     return _describe(e.errors()[0], model) + more
 
 
-def _check_sensors(config: Config, source: str) -> None:
+def _check_backend(config: Config, source: str) -> None:
     from carla_env.sensors.factory import SUPPORTED
     from carla_env.simulator import select_backend
 
-    backend, _ = select_backend(config.simulator.backend)
+    backend, why = select_backend(config.simulator.backend)
+    if backend == "carla":
+        raise ConfigError(
+            f"config error in {source}: simulator.backend: resolved to 'carla' ({why}), but this version has no "
+            "CARLA server backend yet; set simulator.backend: embedded"
+        )
     for name, sensor in config.experiment.sensors.items():
         if backend == "embedded" and sensor.type not in SUPPORTED:
             raise ConfigError(

@@ -92,3 +92,14 @@ def test_auto_backend_says_what_it_picked(monkeypatch, tmp_path):
     backend, why = select_backend("auto")
     assert backend == "carla" and "CARLA_ROOT" in why
     assert select_backend("embedded") == ("embedded", "backend 'embedded' requested in the config")
+
+
+def test_carla_backend_is_refused_at_load_until_it_exists(monkeypatch, tmp_path):
+    """No traceback mid-run: a CARLA install picks 'carla', which this version cannot run yet."""
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
+    with pytest.raises(
+        ConfigError,
+        match=r"simulator.backend: resolved to 'carla' \(CARLA_ROOT=.*set simulator.backend: embedded",
+    ):
+        load_config(write(tmp_path, "simulator:\n  backend: auto\n"))
+    assert load_config(write(tmp_path, "simulator:\n  backend: embedded\n")).simulator.backend == "embedded"
