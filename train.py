@@ -61,13 +61,13 @@ def build_algo_config(config):
         PackedBevPPOCatalog,
         PackedBevPPOModule,
     )
-    from carla_env.sensors.birdview import BirdviewSpec
+    from carla_env.sensors.birdview import birdview_from_attributes
 
     probe = CarlaEnv(config)  # spaces only: no world is built before reset
     obs_space = probe.observation_space
     tr = config.training
     bev = next((s for s in config.experiment.sensors.values() if s.type == "sensor.birdview"), None)
-    packed = bev is not None and (bev.model_extra or {}).get("packed")
+    spec, packed = birdview_from_attributes(bev.model_extra or {}) if bev is not None else (None, False)
     model = dict(tr.model)
     algo_class, module, catalog = {
         "DQN": (DQNConfig, PackedBevDQNModule, PackedBevDQNCatalog),
@@ -76,10 +76,7 @@ def build_algo_config(config):
     algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
     algo = algo.env_runners(num_env_runners=tr.num_env_runners, num_envs_per_env_runner=1)
     if packed and isinstance(obs_space, gym.spaces.Box) and obs_space.dtype.name == "uint8":
-        extra = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in bev.model_extra.items() if k != "packed"
-        }
-        model["bev_channels"] = BirdviewSpec(**extra).num_channels
+        model["bev_channels"] = spec.num_channels
         algo = algo.rl_module(
             rl_module_spec=RLModuleSpec(module_class=module, catalog_class=catalog),
             model_config=model,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 
 from carla_env.config import Config, experiment_class, validate_config
-from carla_env.experiment import parse_transform
+from carla_env.experiment import count_events, is_off_road, parse_transform
 from carla_env.metrics import DrivingMetrics, distance
-from carla_env.sensors.factory import BirdviewSensor, EventSensor, make_sensor
+from carla_env.sensors.factory import BirdviewSensor, make_sensor
 from carla_env.simulator import make_core
 
 
@@ -66,24 +66,14 @@ class CarlaEnv(gym.Env):
         reward = float(self.experiment.compute_reward(obs, self.core))
         hero = self.core.hero
         location = hero.get_location()
-        events = {name: len(d[1]) for name, d in data.items() if isinstance(self.sensors[name], EventSensor)}
+        sensors = self.config.experiment.sensors
         self.metrics.update(
             self.config.simulator.timestep,
             distance(location, self._last_location),
             self.experiment.route.progress((location.x, location.y)),
-            sum(
-                n
-                for name, n in events.items()
-                if self.sensors[name].actor.type_id == "sensor.other.collision"
-            ),
-            sum(
-                n
-                for name, n in events.items()
-                if self.sensors[name].actor.type_id == "sensor.other.lane_invasion"
-            ),
-            not self.core.world.on_driving_lane(hero)
-            if hasattr(self.core.world, "on_driving_lane")
-            else False,
+            count_events(sensors, data, "sensor.other.collision"),
+            count_events(sensors, data, "sensor.other.lane_invasion"),
+            is_off_road(self.core),
         )
         self._last_location = location
         info = {**info, **self.metrics.summary()}

@@ -56,6 +56,17 @@ class BaseExperiment:
         raise NotImplementedError
 
 
+def count_events(sensors: dict, sensor_data: dict, blueprint_id: str) -> int:
+    """Events this tick from the configured sensors of one type (e.g. 'sensor.other.collision')."""
+    return sum(len(sensor_data[name][1]) for name, cfg in sensors.items() if cfg.type == blueprint_id)
+
+
+def is_off_road(core) -> bool:
+    """Whether the hero is off every driving lane, as far as the backend can tell (False if it cannot)."""
+    on_lane = getattr(core.world, "on_driving_lane", None)
+    return on_lane is not None and not on_lane(core.hero)
+
+
 def random_route(core, length: float, rng: np.random.Generator) -> Route:
     """A route of about `length` metres from the hero along random successors (planned on the lane graph)."""
     lanes = core.town.lanes

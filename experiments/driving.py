@@ -10,8 +10,8 @@ import gymnasium as gym
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from carla_env.experiment import BaseExperiment
-from carla_env.sensors.birdview import BirdviewSpec
+from carla_env.experiment import BaseExperiment, count_events, is_off_road
+from carla_env.sensors.birdview import birdview_from_attributes, observation_space
 
 
 class DrivingOptions(BaseModel):
@@ -32,19 +32,9 @@ class RouteDrivingExperiment(BaseExperiment):
         bev = config.sensors.get(options.birdview_sensor)
         if bev is None or bev.type != "sensor.birdview":
             raise ValueError(
-                f"experiment.sensors.{options.birdview_sensor}: the DQN experiment needs a sensor.birdview"
+                f"experiment.sensors.{options.birdview_sensor}: the route-driving experiment needs a sensor.birdview"
             )
-        extra = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in (bev.model_extra or {}).items()
-            if k != "packed"
-        }
-        spec = BirdviewSpec(**extra)
-        self.packed = bool((bev.model_extra or {}).get("packed"))
-        depth = -(-spec.num_channels // 8) if self.packed else spec.num_channels
-        self._obs_space = gym.spaces.Box(
-            0, 255 if self.packed else 1, (depth, spec.size, spec.size), np.uint8
-        )
+        self._obs_space = observation_space(*birdview_from_attributes(bev.model_extra or {}))
         self._last_progress = 0.0
 
     def get_observation_space(self) -> gym.Space:
@@ -57,11 +47,7 @@ class RouteDrivingExperiment(BaseExperiment):
 
     def get_observation(self, sensor_data: dict, core):
         _, bev = sensor_data[self.options.birdview_sensor]
-        collided = any(
-            len(events)
-            for name, (_, events) in sensor_data.items()
-            if name != self.options.birdview_sensor and "collision" in name
-        )
+        collided = count_events(self.config.sensors, sensor_data, "sensor.other.collision") > 0
         self._collided = self._collided or collided
         return bev, {}
 
@@ -75,9 +61,7 @@ class RouteDrivingExperiment(BaseExperiment):
         return abs((math.radians(t.rotation.yaw) - route_yaw + math.pi) % (2 * math.pi) - math.pi)
 
     def get_done_status(self, observation, core):
-        off_road = (
-            not core.world.on_driving_lane(core.hero) if hasattr(core.world, "on_driving_lane") else False
-        )
+        off_road = is_off_road(core)
         loc = core.hero.get_location()
         done_route = self.route.progress((loc.x, loc.y)) >= self.route.length - 2.0
         return bool(self._collided or off_road or done_route), False
@@ -95,6 +79,6 @@ class RouteDrivingExperiment(BaseExperiment):
             reward -= o.wrong_heading_penalty
         if self._collided:
             reward -= o.collision_penalty
-        if hasattr(core.world, "on_driving_lane") and not core.world.on_driving_lane(core.hero):
+        if is_off_road(core):
             reward -= o.off_road_penalty
         return reward

@@ -70,7 +70,7 @@ def _pick_successor(lane, r, succ_ptr, succ_idx):
 
 
 @njit(cache=True)
-def _chain_start(plan_row, granted, junction):
+def _chain_start(plan_row, granted):
     """Index in the plan where the junction run a granted vehicle holds begins."""
     for k in range(plan_row.shape[0]):
         if plan_row[k] == granted:
@@ -197,7 +197,7 @@ def traffic_step(
         held = np.zeros(length.shape[0], np.bool_)
         for i in range(n):
             if granted[i] >= 0:
-                k0 = _chain_start(plan[i], granted[i], junction)
+                k0 = _chain_start(plan[i], granted[i])
                 for k in range(k0, K):
                     if not junction[plan[i, k]]:
                         break

@@ -280,12 +280,9 @@ class EmbeddedWorld:
             yaw = np.radians(np.degrees(yaw).astype(f32).astype(float))
             return np.column_stack([xy.astype(f32).astype(float), yaw, half.astype(f32).astype(float)])
 
-        f = self._free
-        xy = np.concatenate([np.column_stack([f.x, f.y]), self.traffic.xyz[:, :2]])
-        all_boxes = boxes(
-            xy, np.concatenate([f.yaw, self.traffic.yaw]), np.concatenate([f.half, self._npc_half])[:, :2]
-        )
-        hero_row = hero._row if not hero._npc else len(f.x) + hero._row
+        pos, yaws, halves = self._all_boxes()
+        all_boxes = boxes(pos[:, :2], yaws, halves[:, :2])
+        hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
         return Scene(

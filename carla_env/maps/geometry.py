@@ -29,6 +29,18 @@ def lane_pose(lane, s, lane_start, lane_count, lane_ds, lane_length, points, yaw
     return x, y, z, h
 
 
+@njit(cache=True, inline="always")
+def _match_cost(p, x, y, z, heading, use_heading, points, yaw):
+    """Planar distance to lane point p, plus penalties for another level (overpass) or an opposing heading."""
+    d = np.hypot(points[p, 0] - x, points[p, 1] - y)
+    cost = d
+    if abs(points[p, 2] - z) > 2.5:
+        cost += 1000.0
+    if use_heading and abs(_wrap(yaw[p] - heading)) > np.pi / 2:
+        cost += 50.0
+    return cost, d
+
+
 @njit(cache=True)
 def nearest_point(
     x,
@@ -59,12 +71,7 @@ def nearest_point(
                 c = gx * grid_shape[1] + gy
                 for k in range(cell_ptr[c], cell_ptr[c + 1]):
                     p = cell_pts[k]
-                    d = np.hypot(points[p, 0] - x, points[p, 1] - y)
-                    cost = d
-                    if abs(points[p, 2] - z) > 2.5:
-                        cost += 1000.0
-                    if use_heading and abs(_wrap(yaw[p] - heading)) > np.pi / 2:
-                        cost += 50.0
+                    cost, d = _match_cost(p, x, y, z, heading, use_heading, points, yaw)
                     if cost < best_cost:
                         best, best_cost, best_dist = p, cost, d
         # A hit within this ring is exact once the ring's inner radius exceeds its distance.
@@ -72,12 +79,7 @@ def nearest_point(
             return best, best_dist
     # Far from every lane (or only costly hits nearby): scan all points.
     for p in range(points.shape[0]):
-        d = np.hypot(points[p, 0] - x, points[p, 1] - y)
-        cost = d
-        if abs(points[p, 2] - z) > 2.5:
-            cost += 1000.0
-        if use_heading and abs(_wrap(yaw[p] - heading)) > np.pi / 2:
-            cost += 50.0
+        cost, d = _match_cost(p, x, y, z, heading, use_heading, points, yaw)
         if cost < best_cost:
             best, best_cost, best_dist = p, cost, d
     return best, best_dist

@@ -61,6 +61,20 @@ class BirdviewSpec:
         return len(self.channel_names())
 
 
+def birdview_from_attributes(attributes: dict) -> tuple[BirdviewSpec, bool]:
+    """A `sensor.birdview` config's attributes -> (BirdviewSpec, packed?). YAML lists become tuples."""
+    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items() if k != "packed"}
+    return BirdviewSpec(**spec), bool(attributes.get("packed"))
+
+
+def observation_space(spec: BirdviewSpec, packed: bool):
+    """The gymnasium space of the observation: (C, H, W) masks, or (ceil(C/8), H, W) bytes when packed."""
+    import gymnasium as gym
+
+    depth = -(-spec.num_channels // 8) if packed else spec.num_channels
+    return gym.spaces.Box(0, 255 if packed else 1, (depth, spec.size, spec.size), np.uint8)
+
+
 @dataclass
 class Scene:
     """What one frame of the world looks like to the renderer: arrays in CARLA's frame."""

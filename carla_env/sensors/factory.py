@@ -5,7 +5,7 @@ from __future__ import annotations
 import carla
 import numpy as np
 
-from carla_env.sensors.birdview import BirdviewRenderer, BirdviewSpec, pack
+from carla_env.sensors.birdview import BirdviewRenderer, BirdviewSpec, birdview_from_attributes, pack
 from carla_env.sensors.scene import scene_from_world
 
 EVENT_SENSORS = ("sensor.other.collision", "sensor.other.lane_invasion")
@@ -67,13 +67,8 @@ def make_sensor(name: str, blueprint_id: str, attributes: dict, world, hero, lan
     if blueprint_id in EVENT_SENSORS:
         return EventSensor(name, world, hero, blueprint_id)
     if blueprint_id == BIRDVIEW:
-        spec_keys = {k: v for k, v in attributes.items() if k != "packed"}
-        for key in ("history", "channels"):
-            if key in spec_keys:
-                spec_keys[key] = tuple(spec_keys[key])
-        return BirdviewSensor(
-            name, world, hero, lanes, BirdviewSpec(**spec_keys), bool(attributes.get("packed")), delta_seconds
-        )
+        spec, packed = birdview_from_attributes(attributes)
+        return BirdviewSensor(name, world, hero, lanes, spec, packed, delta_seconds)
     raise ValueError(
         f"sensor {name!r}: blueprint {blueprint_id!r} is not available on this backend; use one of {', '.join(SUPPORTED)}"
     )
