@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train infer demo preview test test-slow lint bench clean
+.PHONY: help setup train infer demo preview test test-slow lint bench learning clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint            ruff"
 	@echo "make preview         bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
+	@echo "make learning        GPU machine: train PPO+DQN, evaluate on a held-out town, scale; writes docs/results/"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py --town $(TOWN) --vehicles 50 --steps 3000 --json
 	$(PY) bench/bev_throughput.py --town $(TOWN) --vehicles 50 --json
+
+# Extra flags: make learning ARGS="--algos ppo --minutes 20"
+learning: $(STAMP)
+	$(PY) bench/learning.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

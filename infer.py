@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from carla_env.rllib.policy import MODULE_PATH, ModulePolicy
+
 CONFIG_NAME = "carla_env_config.yaml"
-MODULE_PATH = Path("learner_group/learner/rl_module/default_policy")
 
 
 class CheckpointError(ValueError):
@@ -49,11 +50,9 @@ def find_config(checkpoint: Path) -> Path:
     )
 
 
-def load_module(checkpoint: Path):
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
+def load_policy(checkpoint: Path) -> ModulePolicy:
     try:
-        return RLModule.from_checkpoint(str(checkpoint / MODULE_PATH))
+        return ModulePolicy.from_checkpoint(checkpoint)
     except Exception as e:  # a foreign or truncated checkpoint: say so in one line
         raise CheckpointError(
             f"cannot load the RLModule from {checkpoint}: {type(e).__name__}: {e}"
@@ -81,22 +80,21 @@ def main(argv=None) -> int:
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
         config = load_config(args.config or find_config(checkpoint))
-        module = load_module(checkpoint)
+        policy = load_policy(checkpoint)
     except (CheckpointError, ConfigError) as e:
         print(e, file=sys.stderr)
         return 2
 
     import cv2
-    import torch
     from tqdm import tqdm
 
     from carla_env.env import CarlaEnv
     from carla_env.metrics import DrivingMetrics
 
     env = CarlaEnv(config)
-    if env.observation_space.shape != module.observation_space.shape:
+    if env.observation_space.shape != policy.observation_space.shape:
         print(
-            f"checkpoint {checkpoint} expects observations {module.observation_space.shape}, the config gives "
+            f"checkpoint {checkpoint} expects observations {policy.observation_space.shape}, the config gives "
             f"{env.observation_space.shape}; pass the --config it was trained with",
             file=sys.stderr,
         )
@@ -107,9 +105,7 @@ def main(argv=None) -> int:
         obs, _ = env.reset(seed=args.seed + k)
         done, ret, info, steps = False, 0.0, {}, 0
         while not done:
-            with torch.no_grad():
-                out = module.forward_inference({"obs": torch.from_numpy(np.asarray(obs)[None])})
-            obs, reward, terminated, truncated, info = env.step(int(out["actions"][0]))
+            obs, reward, terminated, truncated, info = env.step(policy(obs))
             ret += reward
             steps += 1
             done = terminated or truncated

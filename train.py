@@ -74,7 +74,18 @@ def build_algo_config(config):
         "PPO": (PPOConfig, PackedBevPPOModule, PackedBevPPOCatalog),
     }[tr.algorithm]
     algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
-    algo = algo.env_runners(num_env_runners=tr.num_env_runners, num_envs_per_env_runner=1)
+    gpu = _has_gpu()
+    runner_gpus = tr.gpus_per_runner if gpu else 0.0
+    if runner_gpus * max(tr.num_env_runners, 1) >= 1.0:
+        raise ConfigError(
+            f"config error: training.gpus_per_runner: {tr.gpus_per_runner} x {tr.num_env_runners} runners "
+            "leaves no GPU for the learner; lower it below 1/num_env_runners"
+        )
+    algo = algo.env_runners(
+        num_env_runners=tr.num_env_runners,
+        num_envs_per_env_runner=tr.envs_per_runner,
+        num_gpus_per_env_runner=runner_gpus,
+    )
     if packed and isinstance(obs_space, gym.spaces.Box) and obs_space.dtype.name == "uint8":
         model["bev_channels"] = spec.num_channels
         algo = algo.rl_module(
@@ -94,13 +105,33 @@ def build_algo_config(config):
     # Deterministic env errors must fail the run, not restart runners forever.
     algo = algo.fault_tolerance(restart_failed_env_runners=False)
     algo = algo.callbacks(DrivingMetricsCallback)
-    return algo.resources(num_gpus=0) if not _has_gpu() else algo.learners(num_gpus_per_learner=1)
+    if not gpu:
+        return algo.resources(num_gpus=0)
+    return algo.learners(num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1)
 
 
 def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def init_ray(address: str | None = None) -> None:
+    """Start (or join) Ray with this repo importable in every worker, and register the env."""
+    import ray
+    from ray import tune
+
+    from carla_env.env import CarlaEnv
+
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        include_dashboard=False,
+        log_to_driver=False,
+        **({} if address else {"num_cpus": max(2, os.cpu_count() or 2)}),
+    )
+    tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
 
 
 def main(argv=None) -> int:
@@ -148,10 +179,8 @@ def main(argv=None) -> int:
     # Snapshot the experiment state after every result (not on Tune's timer), so a kill -9 loses at
     # most one checkpoint interval: restore then finds the newest checkpoint.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    import ray
     from ray import tune
 
-    from carla_env.env import CarlaEnv
     from carla_env.rllib.progress import ProgressLine
 
     try:
@@ -159,15 +188,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        address=args.address,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        include_dashboard=False,
-        log_to_driver=False,
-        **({} if args.address else {"num_cpus": max(2, os.cpu_count() or 2)}),
-    )
-    tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
+    init_ray(args.address)
     tr = config.training
     stop = {}
     if tr.stop.timesteps:

@@ -55,22 +55,14 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     import ray
-    from ray import tune
 
     from carla_env.config import load_config
-    from carla_env.env import CarlaEnv
-    from train import ENV_NAME
+    from train import init_ray
 
     config = load_config(
         ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
     )
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-    )
-    tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
+    init_ray()
     rows = [measure(config, int(k), args.iterations) for k in args.runners.split(",")]
     base = rows[0]["env_steps_per_s"] / rows[0]["runners"]
     for row in rows:

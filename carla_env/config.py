@@ -38,7 +38,8 @@ class LightsConfig(_Strict):
 
 class SimulatorConfig(_Strict):
     backend: Literal["auto", "embedded", "carla"] = "auto"
-    town: str = "GridTown01"
+    # One town, or a list: env runner k drives towns[k % len] (training on several towns).
+    town: str | list[str] = "GridTown01"
     timestep: float = Field(0.05, gt=0.0, le=0.5, description="fixed_delta_seconds")
     seed: int = 0
     traffic: TrafficConfig = TrafficConfig()
@@ -46,12 +47,21 @@ class SimulatorConfig(_Strict):
 
     @field_validator("town")
     @classmethod
-    def _town_exists(cls, town: str) -> str:
-        try:
-            resolve_town(town)
-        except TownError as e:
-            raise ValueError(str(e)) from None
+    def _town_exists(cls, town: str | list[str]) -> str | list[str]:
+        if isinstance(town, list) and not town:
+            raise ValueError("give at least one town")
+        for name in [town] if isinstance(town, str) else town:
+            try:
+                resolve_town(name)
+            except TownError as e:
+                raise ValueError(str(e)) from None
         return town
+
+    def for_worker(self, index: int) -> SimulatorConfig:
+        """This config with the one town that env runner `index` drives."""
+        if isinstance(self.town, str):
+            return self
+        return self.model_copy(update={"town": self.town[index % len(self.town)]})
 
 
 class HeroConfig(_Strict):
@@ -96,6 +106,10 @@ class StopConfig(_Strict):
 class TrainingConfig(_Strict):
     algorithm: Literal["DQN", "PPO"] = "DQN"
     num_env_runners: int = Field(0, ge=0, description="0: sample in the learner's process")
+    envs_per_runner: int = Field(1, ge=1, description="envs stepped by one runner; their inference is batched")
+    # GPU share per env runner for the policy's inference (only used when CUDA is present); the
+    # learner takes what the runners leave of GPU 0.
+    gpus_per_runner: float = Field(0.0, ge=0.0, lt=1.0)
     checkpoint_every: int = Field(5, gt=0, description="iterations between checkpoints")
     keep_checkpoints: int = Field(3, gt=0)
     stop: StopConfig = StopConfig()

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backend, why = select_backend(config.simulator.backend)
     print(f"backend: {backend} ({why}); town: {config.simulator.town}")
-    core = make_core(config.simulator)
+    core = make_core(config.simulator.for_worker(0))
     core.reset()
     hero_id = core.hero.id
     driver = LaneFollower(core.town.lanes, seed=config.simulator.seed)

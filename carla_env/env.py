@@ -18,6 +18,10 @@ class CarlaEnv(gym.Env):
 
     def __init__(self, config: Config | dict, render_mode: str | None = None) -> None:
         self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
+        # RLlib passes an EnvContext: runner k takes the k-th town of a town list.
+        runners = getattr(config, "num_workers", 0) + 1
+        worker = getattr(config, "worker_index", 0) + runners * getattr(config, "vector_index", 0)
+        self.simulator_config = self.config.simulator.for_worker(worker)
         exp_cfg = self.config.experiment
         if not exp_cfg.type:
             raise ValueError("experiment.type is required: name a BaseExperiment subclass as 'module:Class'")
@@ -36,7 +40,7 @@ class CarlaEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if self.core is None:
-            self.core = make_core(self.config.simulator, hero_blueprint=self.config.experiment.hero.blueprint)
+            self.core = make_core(self.simulator_config, hero_blueprint=self.config.experiment.hero.blueprint)
         self._destroy_sensors()
         episode_seed = int(self.np_random.integers(2**31))
         hero_at = self._spawn_points[episode_seed % len(self._spawn_points)] if self._spawn_points else None

@@ -46,6 +46,8 @@ class DrivingMetrics:
             "mean_speed": self.distance / self.seconds if self.seconds else 0.0,
             "distance_m": self.distance,
             "driving_score": completion * penalty,
+            "collisions": float(self.collisions),
+            "lane_invasions": float(self.lane_invasions),
         }
 
 

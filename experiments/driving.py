@@ -21,6 +21,8 @@ class DrivingOptions(BaseModel):
     off_road_penalty: float = 5.0
     wrong_heading_penalty: float = 0.2  # per step heading more than 90 deg off the route
     idle_penalty: float = 0.02  # per step below 0.5 m/s
+    speeding_penalty: float = 0.0  # per step, per m/s above the lane's speed limit (off: see docs/results)
+    lane_invasion_penalty: float = 0.0  # per crossed marking event
     birdview_sensor: str = "birdview"
 
 
@@ -44,11 +46,13 @@ class RouteDrivingExperiment(BaseExperiment):
         super().reset(core, rng)
         self._last_progress = 0.0
         self._collided = False
+        self._invasions = 0
 
     def get_observation(self, sensor_data: dict, core):
         _, bev = sensor_data[self.options.birdview_sensor]
         collided = count_events(self.config.sensors, sensor_data, "sensor.other.collision") > 0
         self._collided = self._collided or collided
+        self._invasions = count_events(self.config.sensors, sensor_data, "sensor.other.lane_invasion")
         return bev, {}
 
     def _heading_error(self, core) -> float:
@@ -73,8 +77,13 @@ class RouteDrivingExperiment(BaseExperiment):
         reward = o.progress_reward * max(min(progress - self._last_progress, 5.0), -5.0)
         self._last_progress = max(self._last_progress, progress)
         v = core.hero.get_velocity()
-        if math.hypot(v.x, v.y) < 0.5:
+        speed = math.hypot(v.x, v.y)
+        if speed < 0.5:
             reward -= o.idle_penalty
+        limit = core.hero.get_speed_limit() / 3.6  # km/h in CARLA's API
+        if limit > 0:
+            reward -= o.speeding_penalty * max(speed - limit, 0.0)
+        reward -= o.lane_invasion_penalty * self._invasions
         if self._heading_error(core) > math.pi / 2:
             reward -= o.wrong_heading_penalty
         if self._collided:

@@ -62,3 +62,42 @@ def test_sampling_throughput_per_runner_count():
     )
     (row,) = out["rows"]
     assert row["runners"] == 1 and row["env_steps"] > 0 and row["efficiency_vs_linear"] == 1.0
+
+
+def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):
+    """Evaluation and report phases on 2 episodes: the autopilot finishes its routes, random does not."""
+    proc = subprocess.run(
+        [sys.executable, "bench/learning.py", "--phases", "eval,report", "--algos", "", "--eval-episodes", "2",
+         "--out", tmp_path, "--runs", tmp_path / "runs"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "learning.json").read_text())
+    autopilot, random = results["evaluation"]["autopilot"], results["evaluation"]["random"]
+    assert autopilot["episodes"] == random["episodes"] == 2
+    assert autopilot["route_completion"] > 0.9 and autopilot["collisions_per_km"] == 0.0
+    assert random["route_completion"] < 0.5
+    assert "| autopilot | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+def test_learning_bench_rejects_an_unknown_phase():
+    proc = subprocess.run(
+        [sys.executable, "bench/learning.py", "--phases", "trian"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "--phases: unknown ['trian']" in proc.stderr
+
+
+@pytest.mark.slow
+def test_learning_bench_training_resumes_across_calls(tmp_path):
+    """Two calls of the train phase: the second continues the first's curve from its checkpoint."""
+    args = [sys.executable, "bench/learning.py", "--phases", "train", "--algos", "ppo", "--runners", "1",
+            "--train-batch", "256", "--out", tmp_path, "--runs", tmp_path / "runs"]  # fmt: skip
+    for budget in (["--minutes", "0.01"], ["--minutes", "10", "--call-minutes", "0"]):
+        proc = subprocess.run(
+            [*map(str, args), *budget], capture_output=True, text=True, timeout=600, cwd=ROOT
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads((tmp_path / "runs/ppo/state.json").read_text())["curve"]
+    assert [row["iteration"] for row in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2
+    assert curve[-1]["env_steps"] > curve[0]["env_steps"]

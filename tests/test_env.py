@@ -7,6 +7,7 @@ from carla_env.config import ConfigError, load_config
 from carla_env.env import CarlaEnv
 
 DQN = "experiments/dqn/config.yaml"
+PPO = "experiments/ppo/config.yaml"
 
 
 @pytest.fixture
@@ -125,3 +126,45 @@ def test_ppo_env_passes_gymnasiums_checker_with_continuous_actions():
     v = e.core.hero.get_velocity()
     assert np.hypot(v.x, v.y) > 3.0
     e.close()
+
+
+def test_a_town_list_gives_each_env_runner_its_town():
+    from ray.rllib.env.env_context import EnvContext
+
+    cfg = load_config(
+        PPO,
+        {"simulator": {"backend": "embedded", "town": ["GridTown01", "GridTown03"]}},
+    )
+    towns = [
+        CarlaEnv(EnvContext(cfg.model_dump(), worker_index=k, num_workers=2)).simulator_config.town
+        for k in range(4)
+    ]
+    assert towns == ["GridTown01", "GridTown03", "GridTown01", "GridTown03"]
+    with pytest.raises(ConfigError, match="simulator.town"):
+        load_config(PPO, {"simulator": {"town": ["GridTown01", "Nowhere"]}})
+
+
+def test_speeding_costs_reward_in_proportion_to_the_excess():
+    """Same seed, same actions (full throttle, straight): only the speeding penalty differs."""
+
+    def drive(options):
+        env = CarlaEnv(
+            load_config(PPO, {"simulator": {"backend": "embedded"}, "experiment": {"options": options}})
+        )
+        env.reset(seed=3)
+        rows = []
+        for _ in range(60):
+            _, reward, terminated, truncated, _ = env.step(np.array([0.0, 1.0], np.float32))
+            v = env.core.hero.get_velocity()
+            rows.append((reward, float(np.hypot(v.x, v.y)), env.core.hero.get_speed_limit() / 3.6))
+            if terminated or truncated:
+                break
+        env.close()
+        return rows
+
+    free, fined = drive({"speeding_penalty": 0.0}), drive({"speeding_penalty": 0.05})
+    assert len(free) == len(fined)
+    over = [(a[0] - b[0], a[1] - a[2]) for a, b in zip(free, fined, strict=True) if a[1] > a[2] + 1.0]
+    assert over, "full throttle must exceed the speed limit within 6 s"
+    for fine, excess in over:
+        assert fine == pytest.approx(0.05 * excess, rel=1e-6)

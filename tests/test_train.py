@@ -169,9 +169,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_ppo_trains_an_iteration(tmp_path):
+def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     base = yaml.safe_load((ROOT / "experiments/ppo/config.yaml").read_text())
-    base["simulator"].update(backend="embedded", traffic={"vehicles": 5})
+    base["simulator"].update(backend="embedded", traffic={"vehicles": 5}, town=["GridTown01", "GridTown03"])
     base["experiment"].update(max_steps=60, sensors=TINY["experiment"]["sensors"])
     base["training"].update(
         model={**TINY["training"]["model"], "vf_share_layers": True},
@@ -183,3 +183,13 @@ def test_ppo_trains_an_iteration(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter    1" in proc.stdout
     assert list((tmp_path / "runs/ppo").glob("*/checkpoint_000000"))
+    summary = tmp_path / "ppo.json"
+    proc = subprocess.run(
+        [sys.executable, "infer.py", tmp_path / "runs/ppo", "--episodes", "1", "--json", summary],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(summary.read_text())["episodes"][0]["steps"] > 0

@@ -176,6 +176,27 @@ def test_lane_invasion_reports_the_crossed_marking(town, steer, marking):
     assert [m.type for m in events[0].crossed_lane_markings] == [marking]
 
 
+def test_driving_through_junctions_invades_no_lane(town):
+    """Junction lanes carry no paint (NONE): crossing between them is no invasion."""
+    from carla_env.agents import LaneFollower
+
+    world = EmbeddedWorld(town, seed=0)
+    g = town.lanes
+    lane = int(np.flatnonzero(~g.is_junction & (g.lane_length > 50))[0])
+    hero, _ = hero_on_lane(world, town, lane, s=5.0)
+    events = []
+    bp = world.get_blueprint_library().find("sensor.other.lane_invasion")
+    world.spawn_actor(bp, carla.Transform(), attach_to=hero).listen(events.append)
+    driver, junction_ticks = LaneFollower(g, target_speed=5.0), 0
+    for _ in range(600):
+        hero.apply_control(driver.run_step(hero))
+        world.tick()
+        junction_ticks += bool(g.is_junction[world._vehicle_lane(hero)[0]])
+    assert junction_ticks > 20, "the drive must pass junctions to test anything"
+    crossed = [m.type for e in events for m in e.crossed_lane_markings]
+    assert carla.LaneMarkingType.NONE not in crossed
+
+
 def test_off_road_detection(town):
     world = EmbeddedWorld(town, seed=0)
     g = town.lanes

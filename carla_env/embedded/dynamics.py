@@ -39,10 +39,11 @@ def step_bicycle(
         )
         pushed = v + drive * dt
         nv = np.sign(pushed) * max(abs(pushed) - resist * dt, 0.0)
-        # Wheel angle: CARLA's full lock, capped by the lateral-acceleration limit at speed.
+        # Wheel angle: steer is a fraction of CARLA's full lock (as in CARLA); the tyres' grip
+        # (lateral-acceleration limit) caps the angle that turns the car at speed.
         v_mid = 0.5 * (v + nv)
         cap = np.arctan(MAX_LATERAL_ACCEL * wheelbase[i] / max(v_mid * v_mid, 1e-6))
-        wheel = st * min(MAX_WHEEL_ANGLE, cap)
+        wheel = min(max(st * MAX_WHEEL_ANGLE, -cap), cap)
         beta = np.arctan(0.5 * np.tan(wheel))  # slip angle at the centre, halfway between the axles
         x[i] += v_mid * np.cos(yaw[i] + beta) * dt
         y[i] += v_mid * np.sin(yaw[i] + beta) * dt

@@ -28,6 +28,7 @@ from carla_env.sensors.birdview import Scene
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
+UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
 
 
@@ -459,9 +460,9 @@ class EmbeddedWorld:
             reach = abs(f.half[r, 0] * np.sin(rel)) + abs(f.half[r, 1] * np.cos(rel))
             half_w = g.lane_width[lane] / 2
             crossed = []
-            if lateral + reach > half_w and g.mark_right[idx] != 0:
+            if lateral + reach > half_w and g.mark_right[idx] != UNMARKED:
                 crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_right[idx])]))
-            if lateral - reach < -half_w and g.mark_left[idx] != 0:
+            if lateral - reach < -half_w and g.mark_left[idx] != UNMARKED:
                 crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_left[idx])]))
             overlapping = float(bool(crossed))
             if overlapping and not f.marking_overlap[r]:
