@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train infer demo preview test test-slow lint bench learning clean
+.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint            ruff"
 	@echo "make preview         bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
+	@echo "make carla-smoke     with CARLA_ROOT set: launch CARLA, 20 vehicles, 200 frames with BEV; FPS, restarts"
 	@echo "make learning        GPU machine: train PPO+DQN, evaluate on a held-out town, scale; writes docs/results/"
 
 $(STAMP): pyproject.toml
@@ -54,6 +55,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py --town $(TOWN) --vehicles 50 --steps 3000 --json
 	$(PY) bench/bev_throughput.py --town $(TOWN) --vehicles 50 --json
+
+carla-smoke: $(STAMP)
+	$(PY) -m carla_env.carla_server.smoke $(ARGS)
 
 # Extra flags: make learning ARGS="--algos ppo --minutes 20"
 learning: $(STAMP)

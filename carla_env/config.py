@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,28 @@ class LightsConfig(_Strict):
     red: float = Field(2.0, ge=0, description="all-red clearance after each phase")
 
 
+class CarlaServerConfig(_Strict):
+    """The real CARLA backend: a server this process launches and owns, or one it attaches to."""
+
+    launch: bool = Field(True, description="start $CARLA_ROOT/CarlaUE4.sh; false: attach to host:port")
+    host: str = "localhost"
+    port: int = Field(2000, ge=1024, le=65000, description="first RPC port; runner k uses port + 3k")
+    tm_port: int = Field(8000, ge=1024, le=65000, description="first Traffic Manager port; runner k: + k")
+    carla_root: str | None = Field(None, description="default: $CARLA_ROOT")
+    quality: Literal["Low", "Epic"] = "Low"
+    gpus: list[int] = Field(
+        default_factory=list, description="graphics adapters, round-robin; empty: all visible"
+    )
+    extra_args: list[str] = Field(default_factory=list)
+    ready_timeout: float = Field(120.0, gt=0, description="seconds for a launched server to answer")
+    client_timeout: float = Field(10.0, gt=0, description="seconds for one client call")
+    tick_timeout: float = Field(10.0, gt=0, description="a tick longer than this restarts the server")
+    recycle_episodes: int = Field(0, ge=0, description="relaunch after this many episodes; 0: never")
+    recycle_rss_gb: float = Field(0.0, ge=0, description="relaunch above this server RSS; 0: never")
+    walkers: int = Field(0, ge=0, description="background pedestrians")
+    weather: str = Field("ClearNoon", description="a carla.WeatherParameters preset")
+
+
 class SimulatorConfig(_Strict):
     backend: Literal["auto", "embedded", "carla"] = "auto"
     # One town, or a list: env runner k drives towns[k % len] (training on several towns).
@@ -44,6 +67,7 @@ class SimulatorConfig(_Strict):
     seed: int = 0
     traffic: TrafficConfig = TrafficConfig()
     lights: LightsConfig = LightsConfig()
+    carla: CarlaServerConfig = CarlaServerConfig()
 
     @field_validator("town")
     @classmethod
@@ -106,7 +130,9 @@ class StopConfig(_Strict):
 class TrainingConfig(_Strict):
     algorithm: Literal["DQN", "PPO"] = "DQN"
     num_env_runners: int = Field(0, ge=0, description="0: sample in the learner's process")
-    envs_per_runner: int = Field(1, ge=1, description="envs stepped by one runner; their inference is batched")
+    envs_per_runner: int = Field(
+        1, ge=1, description="envs stepped by one runner; their inference is batched"
+    )
     # GPU share per env runner for the policy's inference (only used when CUDA is present); the
     # learner takes what the runners leave of GPU 0.
     gpus_per_runner: float = Field(0.0, ge=0.0, lt=1.0)
@@ -181,20 +207,27 @@ def _first_error(e: ValidationError, model: type[BaseModel]) -> str:
 
 
 def _check_backend(config: Config, source: str) -> None:
-    from carla_env.sensors.factory import SUPPORTED
+    from carla_env.sensors.factory import CARLA_EVENTS, CARLA_STREAMS, SUPPORTED
     from carla_env.simulator import select_backend
 
-    backend, why = select_backend(config.simulator.backend)
-    if backend == "carla":
+    backend, _ = select_backend(config.simulator.backend)
+    server = config.simulator.carla
+    if backend == "carla" and server.launch and not (server.carla_root or os.environ.get("CARLA_ROOT")):
         raise ConfigError(
-            f"config error in {source}: simulator.backend: resolved to 'carla' ({why}), but this version has no "
-            "CARLA server backend yet; set simulator.backend: embedded"
+            f"config error in {source}: simulator.carla.carla_root: launching a CARLA server needs CARLA_ROOT "
+            "(or this key); or set simulator.carla.launch: false to attach to a running server"
         )
     for name, sensor in config.experiment.sensors.items():
         if backend == "embedded" and sensor.type not in SUPPORTED:
             raise ConfigError(
                 f"config error in {source}: experiment.sensors.{name}.type: {sensor.type!r} is not available on the "
                 f"embedded backend (it has {', '.join(SUPPORTED)}); cameras, lidar and radar need backend: carla"
+            )
+        on_carla = (*SUPPORTED, *CARLA_STREAMS, *CARLA_EVENTS)
+        if backend == "carla" and sensor.type not in on_carla:
+            raise ConfigError(
+                f"config error in {source}: experiment.sensors.{name}.type: {sensor.type!r} is not supported; "
+                f"use one of {', '.join(on_carla)}"
             )
 
 

@@ -8,7 +8,7 @@ from carla_env.config import Config, experiment_class, validate_config
 from carla_env.experiment import count_events, is_off_road, parse_transform
 from carla_env.metrics import DrivingMetrics, distance
 from carla_env.sensors.factory import BirdviewSensor, make_sensor
-from carla_env.simulator import make_core
+from carla_env.simulator import SimulatorRestarted, make_core
 
 
 class CarlaEnv(gym.Env):
@@ -20,8 +20,8 @@ class CarlaEnv(gym.Env):
         self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
         # RLlib passes an EnvContext: runner k takes the k-th town of a town list.
         runners = getattr(config, "num_workers", 0) + 1
-        worker = getattr(config, "worker_index", 0) + runners * getattr(config, "vector_index", 0)
-        self.simulator_config = self.config.simulator.for_worker(worker)
+        self.slot = getattr(config, "worker_index", 0) + runners * getattr(config, "vector_index", 0)
+        self.simulator_config = self.config.simulator.for_worker(self.slot)
         exp_cfg = self.config.experiment
         if not exp_cfg.type:
             raise ValueError("experiment.type is required: name a BaseExperiment subclass as 'module:Class'")
@@ -40,11 +40,22 @@ class CarlaEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if self.core is None:
-            self.core = make_core(self.simulator_config, hero_blueprint=self.config.experiment.hero.blueprint)
+            cameras = any(
+                s.type.startswith("sensor.camera.") for s in self.config.experiment.sensors.values()
+            )
+            self.core = make_core(
+                self.simulator_config,
+                self.config.experiment.hero.blueprint,
+                slot=self.slot,
+                rendering=cameras,
+            )
         self._destroy_sensors()
         episode_seed = int(self.np_random.integers(2**31))
         hero_at = self._spawn_points[episode_seed % len(self._spawn_points)] if self._spawn_points else None
-        self.core.reset(seed=episode_seed, hero_transform=hero_at)
+        try:
+            self.core.reset(seed=episode_seed, hero_transform=hero_at)
+        except SimulatorRestarted:  # the server was replaced while resetting: a fresh one resets once more
+            self.core.reset(seed=episode_seed, hero_transform=hero_at)
         world, hero = self.core.world, self.core.hero
         dt = self.config.simulator.timestep
         self.sensors = {
@@ -55,13 +66,19 @@ class CarlaEnv(gym.Env):
         self._steps = 0
         self.metrics = DrivingMetrics(route_length=self.experiment.route.length)
         self._last_location = hero.get_location()
-        frame = world.tick()
+        frame = self.core.tick(None)
         obs, info = self.experiment.get_observation(self._read(frame), self.core)
+        self._last_obs = obs
         return obs, {**info, "backend": type(self.core).__name__}
 
     def step(self, action):
         control = self.experiment.compute_action(action)
-        frame = self.core.tick(control)
+        try:
+            frame = self.core.tick(control)
+        except SimulatorRestarted as e:  # a crashed or hung server was replaced: this episode is over
+            self.sensors = {}  # their actors went with the old server
+            info = {**self.metrics.summary(), "simulator_restart": str(e), **self._server_stats()}
+            return self._last_obs, 0.0, False, True, info
         self._steps += 1
         data = self._read(frame)
         obs, info = self.experiment.get_observation(data, self.core)
@@ -80,7 +97,8 @@ class CarlaEnv(gym.Env):
             is_off_road(self.core),
         )
         self._last_location = location
-        info = {**info, **self.metrics.summary()}
+        info = {**info, **self.metrics.summary(), **self._server_stats()}
+        self._last_obs = obs
         return obs, reward, bool(terminated), bool(truncated), info
 
     def render(self):
@@ -97,6 +115,17 @@ class CarlaEnv(gym.Env):
             self.core = None
 
     # ------------------------------------------------------------------ internals
+    def _server_stats(self) -> dict:
+        """CARLA backend: restarts and tick latency, logged with the driving metrics."""
+        stats = getattr(self.core, "stats", None)
+        if not stats:
+            return {}
+        return {
+            "server_restarts": float(stats["restarts"]),
+            "tick_ms_mean": 1e3 * stats["tick_seconds_mean"],
+            "tick_ms_max": 1e3 * stats["tick_seconds_max"],
+        }
+
     def _read(self, frame: int) -> dict:
         return {name: sensor.read(frame) for name, sensor in self.sensors.items()}
 

@@ -13,6 +13,10 @@ from carla_env.config import SimulatorConfig
 DEFAULT_CARLA_PORT = 2000
 
 
+class SimulatorRestarted(RuntimeError):
+    """A backend replaced its crashed or hung simulator; the running episode is over (reason in the message)."""
+
+
 @runtime_checkable
 class SimulatorCore(Protocol):
     """What CarlaEnv and experiments see of a backend: CARLA-API objects and a tick."""
@@ -49,10 +53,18 @@ def select_backend(requested: str) -> tuple[str, str]:
     return "embedded", "no CARLA install (CARLA_ROOT unset) and no server on localhost:2000"
 
 
-def make_core(config: SimulatorConfig, hero_blueprint: str = "vehicle.tesla.model3") -> SimulatorCore:
+def make_core(
+    config: SimulatorConfig,
+    hero_blueprint: str = "vehicle.tesla.model3",
+    slot: int = 0,
+    rendering: bool = False,
+) -> SimulatorCore:
+    """`slot` numbers the server among this machine's envs (its ports); `rendering`: a camera needs the GPU."""
     backend, _ = select_backend(config.backend)
     if backend == "embedded":
         from carla_env.embedded.core import EmbeddedCore
 
         return EmbeddedCore(config, hero_blueprint)
-    raise NotImplementedError("the carla backend lands with the CARLA server manager; use backend: embedded")
+    from carla_env.carla_server.core import CarlaCore
+
+    return CarlaCore(config, hero_blueprint, slot=slot, rendering=rendering)

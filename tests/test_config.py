@@ -94,12 +94,16 @@ def test_auto_backend_says_what_it_picked(monkeypatch, tmp_path):
     assert select_backend("embedded") == ("embedded", "backend 'embedded' requested in the config")
 
 
-def test_carla_backend_is_refused_at_load_until_it_exists(monkeypatch, tmp_path):
-    """No traceback mid-run: a CARLA install picks 'carla', which this version cannot run yet."""
-    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
+def test_carla_backend_needs_a_root_to_launch_a_server(monkeypatch, tmp_path):
+    """No traceback mid-run: 'carla' with nothing to launch is a one-line error at load."""
+    monkeypatch.delenv("CARLA_ROOT", raising=False)
     with pytest.raises(
-        ConfigError,
-        match=r"simulator.backend: resolved to 'carla' \(CARLA_ROOT=.*set simulator.backend: embedded",
+        ConfigError, match=r"simulator.carla.carla_root: launching a CARLA server needs CARLA_ROOT"
     ):
-        load_config(write(tmp_path, "simulator:\n  backend: auto\n"))
-    assert load_config(write(tmp_path, "simulator:\n  backend: embedded\n")).simulator.backend == "embedded"
+        load_config(write(tmp_path, "simulator:\n  backend: carla\n"))
+    attach = load_config(
+        write(tmp_path, "simulator:\n  backend: carla\n  carla: {launch: false, port: 2010}\n")
+    )
+    assert (attach.simulator.backend, attach.simulator.carla.port) == ("carla", 2010)
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
+    assert load_config(write(tmp_path, "simulator:\n  backend: auto\n")).simulator.carla.launch

@@ -41,8 +41,9 @@ class EmbeddedCore:
         self.hero = self.world.spawn_actor(bp, hero_transform)
         self.world.spawn_traffic(cfg.traffic.vehicles, spacing=cfg.traffic.spawn_spacing)
 
-    def tick(self, control: carla.VehicleControl) -> int:
-        self.hero.apply_control(control)
+    def tick(self, control: carla.VehicleControl | None) -> int:
+        if control is not None:
+            self.hero.apply_control(control)
         return self.world.tick()
 
     def close(self) -> None:

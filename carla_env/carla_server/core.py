@@ -1,0 +1,220 @@
+"""The CARLA backend's core: a server (launched and owned, or attached), a synchronous world with a
+seeded Traffic Manager, the hero and background traffic; recovery from a dead or hung server.
+
+A crash or a tick past `tick_timeout` kills the server's group, relaunches it, rebuilds client,
+world and Traffic Manager, and raises SimulatorRestarted: the env ends that episode as truncated.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import carla
+import numpy as np
+
+from carla_env.carla_server.ports import pick_ports
+from carla_env.carla_server.server import CarlaServer, ServerError, carla_probe, server_command
+from carla_env.config import SimulatorConfig
+from carla_env.maps.town import load_town, resolve_town
+from carla_env.simulator import SimulatorRestarted
+
+CAMERA_PREFIX = "sensor.camera."
+
+
+def visible_gpus() -> list[int]:
+    ids = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ids:
+        return [int(i) for i in ids.split(",") if i.strip().isdigit()]
+    return [int(p.name[len("card") :]) for p in Path("/dev/dri").glob("card[0-9]*")] or [0]
+
+
+class CarlaCore:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        hero_blueprint: str = "vehicle.tesla.model3",
+        slot: int = 0,
+        rendering: bool = False,
+        client_factory=carla.Client,
+        probe=carla_probe,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.config, self.server_config = config, config.carla
+        self.hero_blueprint, self.slot, self.rendering = hero_blueprint, slot, rendering
+        self._client_factory, self._probe = client_factory, probe
+        self._log_dir = Path(log_dir or os.environ.get("CARLA_ENV_LOGS", "runs/carla_logs"))
+        root = self.server_config.carla_root or os.environ.get("CARLA_ROOT")
+        self._root = root
+        self.town = load_town(config.town, root)
+        self._source = resolve_town(config.town, root)
+        self.server: CarlaServer | None = None
+        self.client = self.world = self.map = self.tm = self.hero = None
+        self._loaded_town: str | None = None
+        self._npcs: list[int] = []
+        self._episodes_since_launch = 0
+        self.stats = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
+        self._connect()
+
+    # --------------------------------------------------------------------------------- the server
+    def _connect(self) -> None:
+        sc = self.server_config
+        if sc.launch:
+            ports = pick_ports(sc.port, sc.tm_port, self.slot)
+            gpus = sc.gpus or visible_gpus()
+            cmd = server_command(
+                self._root, ports, sc.quality, gpus[self.slot % len(gpus)], self.rendering, sc.extra_args
+            )
+            self.server = CarlaServer(cmd, ports, self._log_dir / f"carla_{ports.rpc}.log", sc.host)
+            self.server.start()
+            self.server.wait_ready(sc.ready_timeout, self._probe)
+            rpc, tm_port = ports.rpc, ports.tm
+        else:
+            rpc, tm_port = sc.port, sc.tm_port + self.slot
+        self.client = self._client_factory(sc.host, rpc)
+        self.client.set_timeout(sc.client_timeout)
+        self.tm_port = tm_port
+        self._loaded_town = None
+        self._episodes_since_launch = 0
+
+    def _load_world(self) -> None:
+        """Load the town only when it changes (reloading leaks server memory); sync mode on world and TM."""
+        if self._loaded_town != self.config.town:
+            if self._source.kind == "carla":
+                self.world = self.client.load_world(self._source.name)
+            else:  # our generated towns and .xodr files
+                self.world = self.client.generate_opendrive_world(
+                    self.town.xodr,
+                    carla.OpendriveGenerationParameters(wall_height=0.0, smooth_junctions=True),
+                )
+            self._loaded_town = self.config.town
+        elif self.world is None:
+            self.world = self.client.get_world()
+        settings = self.world.get_settings()
+        settings.synchronous_mode = True
+        settings.fixed_delta_seconds = self.config.timestep
+        settings.no_rendering_mode = not self.rendering
+        self.world.apply_settings(settings)
+        self.map = self.world.get_map()
+        self.tm = self.client.get_trafficmanager(self.tm_port)
+        self.tm.set_synchronous_mode(True)
+        self.world.set_weather(getattr(carla.WeatherParameters, self.server_config.weather))
+
+    def _restart(self, reason: str) -> None:
+        self.stats["restarts"] += 1
+        if self.server is not None:
+            self.server.stop()
+        self.server = None
+        self.world = self.hero = None
+        self._npcs = []
+        self._connect()
+        self._load_world()
+        raise SimulatorRestarted(reason)
+
+    def _recycle_due(self) -> str | None:
+        sc = self.server_config
+        if self.server is None:
+            return None
+        if sc.recycle_episodes and self._episodes_since_launch >= sc.recycle_episodes:
+            return f"recycled after {self._episodes_since_launch} episodes"
+        if sc.recycle_rss_gb and self.server.rss_bytes() > sc.recycle_rss_gb * 2**30:
+            return f"recycled above {sc.recycle_rss_gb} GB RSS"
+        return None
+
+    # ------------------------------------------------------------------------------------ episodes
+    def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
+        reason = self._recycle_due()
+        if reason is not None:
+            self.stats["restarts"] += 1
+            self.server.stop()
+            self.server = None
+            self.world = None
+            self._connect()
+        if self.world is None or self._loaded_town != self.config.town:
+            self._load_world()
+        self._destroy_actors()
+        seed = self.config.seed if seed is None else seed
+        self.tm.set_random_device_seed(seed)
+        rng = np.random.default_rng(seed)
+        library = self.world.get_blueprint_library()
+        hero_bp = library.find(self.hero_blueprint)
+        hero_bp.set_attribute("role_name", "hero")
+        # The lane graph's spawn slots (as on the embedded backend), shuffled by the episode seed.
+        points = self.town.spawn_points(
+            seed=int(rng.integers(2**31)), spacing=self.config.traffic.spawn_spacing
+        )
+        for at in [hero_transform] if hero_transform is not None else points:
+            self.hero = self.world.try_spawn_actor(hero_bp, at)
+            if self.hero is not None:
+                break
+        if self.hero is None:
+            raise ServerError(f"no free spawn point for the hero in {self.config.town}")
+        self._spawn_traffic(library, points, rng)
+        self._episodes_since_launch += 1
+        self.tick(None)
+
+    def _spawn_traffic(self, library, points, rng) -> None:
+        """Background vehicles in one synchronous batch, then autopilot on this core's TM port."""
+        count = self.config.traffic.vehicles
+        if not count:
+            return
+        vehicles = [
+            bp for bp in library.filter("vehicle.*") if bp.get_attribute("number_of_wheels").as_int() == 4
+        ]
+        hero_at = self.hero.get_location()
+        free = [p for p in points if p.location.distance(hero_at) > 10.0]
+        picks = rng.permutation(len(free))[:count]
+        spawn = [
+            carla.command.SpawnActor(vehicles[int(rng.integers(len(vehicles)))], free[int(k)]) for k in picks
+        ]
+        ids = [r.actor_id for r in self.client.apply_batch_sync(spawn, True) if not r.error]
+        self.client.apply_batch_sync([carla.command.SetAutopilot(i, True, self.tm_port) for i in ids], True)
+        self._npcs = ids
+
+    def tick(self, control: carla.VehicleControl | None) -> int:
+        if self.server is not None and not self.server.alive():
+            self._restart(f"CARLA server (pid {self.server.pid}) died; log: {self.server.log_path}")
+        if control is not None:
+            self.hero.apply_control(control)
+        t0 = time.perf_counter()
+        try:
+            frame = self.world.tick(self.server_config.tick_timeout)
+        except RuntimeError as e:  # the client's time-out: a hung server
+            self._restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
+        dt = time.perf_counter() - t0
+        s = self.stats
+        s["ticks"] += 1
+        s["tick_seconds_max"] = max(s["tick_seconds_max"], dt)
+        s["tick_seconds_mean"] += (dt - s["tick_seconds_mean"]) / s["ticks"]
+        return frame
+
+    def on_driving_lane(self, vehicle) -> bool:
+        loc = vehicle.get_location()
+        return self.map.get_waypoint(loc, project_to_road=False, lane_type=carla.LaneType.Driving) is not None
+
+    # --------------------------------------------------------------------------------------- close
+    def _destroy_actors(self) -> None:
+        ids = list(self._npcs) + ([self.hero.id] if self.hero is not None else [])
+        if ids and self.client is not None:
+            self.client.apply_batch_sync([carla.command.DestroyActor(i) for i in ids], True)
+        self._npcs, self.hero = [], None
+
+    def close(self) -> None:
+        """Actors destroyed in one batch (the env stops its sensors first), sync off, server group killed."""
+        try:
+            if self.world is not None and (self.server is None or self.server.alive()):
+                self._destroy_actors()
+                if self.tm is not None:
+                    self.tm.set_synchronous_mode(False)
+                settings = self.world.get_settings()
+                settings.synchronous_mode = False
+                settings.fixed_delta_seconds = None
+                self.world.apply_settings(settings)
+        except RuntimeError:
+            pass  # a dead server: nothing left to tidy on its side
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            self.server = None
+            self.world = self.client = self.tm = None

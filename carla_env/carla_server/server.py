@@ -1,0 +1,210 @@
+"""One CARLA server process: launched headless in its own process group with its own log, probed
+until ready inside a deadline, stopped by group (TERM, then KILL). Never kills anything by name.
+
+A reaper process (reaper.py) kills the group if the launching process dies without closing it, and
+atexit / SIGTERM handlers stop every live server on a normal exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from carla_env.carla_server.ports import Ports, is_free
+
+LAUNCHER = "CarlaUE4.sh"
+_LIVE: weakref.WeakSet[CarlaServer] = weakref.WeakSet()
+
+
+class ServerError(RuntimeError):
+    """A server that would not start or answer; str(e) says which port, why, and where its log is."""
+
+
+class VersionMismatch(ServerError):
+    pass
+
+
+def carla_probe(host: str, port: int, timeout: float) -> None:
+    """Ready when the server answers; a client/server version mismatch fails at once."""
+    import carla
+
+    client = carla.Client(host, port)
+    client.set_timeout(timeout)
+    server, ours = client.get_server_version(), client.get_client_version()
+    if server.split("-")[0] != ours.split("-")[0]:
+        raise VersionMismatch(
+            f"CARLA server on port {port} is {server} but the carla client is {ours}; "
+            f"pip install carla=={server.split('-')[0]} or use the matching server"
+        )
+
+
+def server_command(
+    carla_root: str, ports: Ports, quality: str, gpu: int | None, rendering: bool, extra: list[str]
+) -> list[str]:
+    launcher = Path(carla_root) / LAUNCHER
+    if not launcher.is_file():
+        raise ServerError(f"no {LAUNCHER} in {carla_root}; set CARLA_ROOT to the CARLA release folder")
+    cmd = [
+        str(launcher),
+        "-RenderOffScreen" if rendering else "-nullrhi",  # -opengl was removed in 0.9.12
+        f"-carla-rpc-port={ports.rpc}",
+        f"-carla-streaming-port={ports.streaming}",
+        f"-carla-secondary-port={ports.secondary}",
+        f"-quality-level={quality}",
+        "-nosound",
+    ]
+    if gpu is not None:
+        cmd.append(f"-graphicsadapter={gpu}")
+    return cmd + list(extra)
+
+
+class CarlaServer:
+    def __init__(self, command: list[str], ports: Ports, log_path: Path, host: str = "localhost") -> None:
+        self.command, self.ports, self.log_path, self.host = command, ports, Path(log_path), host
+        self.process: subprocess.Popen | None = None
+        self._reaper: subprocess.Popen | None = None
+
+    # -------------------------------------------------------------------------------------------- life
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "carla_env.carla_server.reaper", str(os.getpid()), str(self.process.pid)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")])),
+            },
+        )
+        _LIVE.add(self)
+        _install_exit_handlers()
+
+    def wait_ready(
+        self,
+        timeout: float,
+        probe: Callable[[str, int, float], None] = carla_probe,
+        probe_timeout: float = 2.0,
+    ) -> float:
+        """Seconds until the server answered; on death or deadline the server is stopped and ServerError raised."""
+        t0 = time.monotonic()
+        last = None
+        while time.monotonic() - t0 < timeout:
+            code = self.process.poll()
+            if code is not None:
+                self.stop()
+                raise ServerError(
+                    f"CARLA server on port {self.ports.rpc} exited with code {code} while starting; log: {self.log_path}"
+                )
+            try:
+                probe(
+                    self.host, self.ports.rpc, min(probe_timeout, max(timeout - (time.monotonic() - t0), 0.1))
+                )
+                return time.monotonic() - t0
+            except VersionMismatch:
+                self.stop()
+                raise
+            except Exception as e:  # not up yet: connection refused, client time-out
+                last = e
+                time.sleep(0.2)
+        self.stop()
+        raise ServerError(
+            f"CARLA server on port {self.ports.rpc} did not answer within {timeout:.0f} s "
+            f"(last: {type(last).__name__ if last else 'none'}); raise simulator.carla.ready_timeout or see {self.log_path}"
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process group (the launcher script and the engine)."""
+        if not self.alive():
+            return 0
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) != self.process.pid:
+                    continue
+                total += int((entry / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def stop(self, grace: float = 10.0, port_wait: float = 10.0) -> None:
+        """TERM the group, KILL it after `grace`, then wait (bounded) for its ports to free."""
+        _LIVE.discard(self)
+        if self.process is not None:
+            pgid = self.process.pid
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(pgid, signal.SIGKILL)  # stragglers of the group too (the engine behind the script)
+            self.process.wait()
+            deadline = time.monotonic() + port_wait
+            while time.monotonic() < deadline and not all(is_free(p) for p in self.ports.all()[:3]):
+                time.sleep(0.1)
+        if self._reaper is not None and self._reaper.poll() is None:
+            self._reaper.kill()
+            self._reaper.wait()
+        self._reaper = None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def stop_all() -> None:
+    for server in list(_LIVE):
+        server.stop(grace=5.0, port_wait=0.0)
+
+
+_handlers_installed = False
+
+
+def _install_exit_handlers() -> None:
+    """atexit always; SIGTERM only where nobody else handles it (Ray workers keep theirs)."""
+    global _handlers_installed
+    if _handlers_installed:
+        return
+    _handlers_installed = True
+    atexit.register(stop_all)
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+            def on_term(signum, frame):
+                stop_all()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        pass

@@ -1,0 +1,312 @@
+"""The CARLA backend without a CARLA server: a fake launcher process for the lifecycle, and mocks
+autospec'd from the real carla 0.9.16 wheel (a misspelt or missing API call fails the test)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import create_autospec
+
+import carla
+import pytest
+
+from carla_env.carla_server.core import CarlaCore
+from carla_env.carla_server.ports import PortError, is_free, pick_ports
+from carla_env.carla_server.server import CarlaServer, ServerError, server_command
+from carla_env.config import SimulatorConfig
+from carla_env.simulator import SimulatorRestarted
+
+FAKE_ROOT = Path(__file__).parent / "fake_carla"
+ROOT = Path(__file__).resolve().parents[1]
+BASE = 30000 + (os.getpid() % 400) * 40  # per test process, away from CARLA's defaults
+
+
+def tcp_probe(host, port, timeout):
+    socket.create_connection((host, port), timeout=timeout).close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_CARLA_PIDS", str(pids))
+    monkeypatch.setenv("FAKE_CARLA_MODE", "ok")
+
+    def read_pids() -> list[int]:
+        return (
+            [int(p) for line in pids.read_text().splitlines() for p in line.split()] if pids.exists() else []
+        )
+
+    return read_pids
+
+
+def new_server(tmp_path, base=BASE, rendering=False) -> CarlaServer:
+    ports = pick_ports(base, base + 20, 0)
+    cmd = server_command(str(FAKE_ROOT), ports, "Low", 0, rendering, [])
+    return CarlaServer(cmd, ports, tmp_path / f"carla_{ports.rpc}.log")
+
+
+# ------------------------------------------------------------------------------------------- ports
+def test_ports_are_distinct_per_slot_and_a_taken_port_moves_the_slot():
+    slots = [pick_ports(BASE, BASE + 20, k) for k in range(6)]
+    used = [p for s in slots for p in s.all()]
+    assert len(set(used)) == len(used)
+    assert [s.rpc for s in slots] == [BASE + 3 * k for k in range(6)]
+    with socket.socket() as squatter:  # another program holds slot 0's streaming port
+        squatter.bind(("127.0.0.1", slots[0].streaming))
+        moved = pick_ports(BASE, BASE + 20, 0)
+        assert moved != slots[0] and slots[0].streaming not in moved.all()
+        assert all(is_free(p) for p in moved.all())
+        with pytest.raises(PortError, match="no free ports for CARLA server slot 0"):
+            pick_ports(slots[0].rpc - 1, BASE + 20, 0, attempts=1)
+
+
+def test_server_command_is_headless_with_its_ports_and_gpu():
+    ports = pick_ports(BASE, BASE + 20, 1)
+    cmd = server_command(str(FAKE_ROOT), ports, "Epic", 2, False, ["-benchmark"])
+    assert cmd[0].endswith("CarlaUE4.sh") and "-nullrhi" in cmd and "-opengl" not in cmd
+    assert f"-carla-rpc-port={ports.rpc}" in cmd and f"-carla-streaming-port={ports.streaming}" in cmd
+    assert {"-quality-level=Epic", "-nosound", "-graphicsadapter=2", "-benchmark"} <= set(cmd)
+    assert "-RenderOffScreen" in server_command(str(FAKE_ROOT), ports, "Low", None, True, [])
+    with pytest.raises(ServerError, match="no CarlaUE4.sh in /nowhere; set CARLA_ROOT"):
+        server_command("/nowhere", ports, "Low", None, False, [])
+
+
+# --------------------------------------------------------------------------------------- lifecycle
+def test_stop_kills_the_servers_whole_group_and_nothing_else(fake, tmp_path):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # e.g. a user's CARLA
+    try:
+        server = new_server(tmp_path)
+        server.start()
+        assert server.wait_ready(10, tcp_probe) < 10
+        launcher, engine = fake()
+        assert alive(launcher) and alive(engine) and not is_free(server.ports.rpc)
+        server.stop()
+        assert not alive(launcher) and not alive(engine)
+        assert is_free(server.ports.rpc)
+        assert bystander.poll() is None, "a process that is not ours was killed"
+    finally:
+        bystander.kill()
+
+
+def test_a_server_that_exits_at_start_is_a_one_line_error(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CARLA_MODE", "exit")
+    server = new_server(tmp_path)
+    server.start()
+    with pytest.raises(ServerError, match=r"exited with code 3 while starting; log: .*carla_\d+\.log"):
+        server.wait_ready(10, tcp_probe)
+
+
+def test_a_server_that_never_answers_hits_the_deadline_and_is_killed(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CARLA_MODE", "hang")
+    server = new_server(tmp_path)
+    server.start()
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match=r"did not answer within 2 s.*ready_timeout"):
+        server.wait_ready(1.5, tcp_probe)
+    assert time.monotonic() - t0 < 15
+    assert fake() and not any(alive(p) for p in fake())
+
+
+def test_killing_the_parent_leaves_no_orphan_server(fake, tmp_path):
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "from tests.test_carla_server import new_server, tcp_probe;"
+        "s = new_server(Path(sys.argv[2]), int(sys.argv[3])); s.start(); s.wait_ready(10, tcp_probe);"
+        "print('ready', flush=True); import time; time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(ROOT), str(tmp_path), str(BASE + 9)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout.readline().strip() == "ready"
+    pids = fake()
+    assert pids and all(alive(p) for p in pids)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_until(lambda: not any(alive(p) for p in pids), 15), "the server outlived its parent"
+
+
+# ------------------------------------------------------------------------------------ core (mocks)
+def mock_client_factory(town_map, clients: list):
+    """carla.Client factory returning autospec'd client/world/TM; every client is kept in `clients`."""
+
+    def factory(host, port):
+        client = create_autospec(carla.Client, instance=True)
+        world = create_autospec(carla.World, instance=True)
+        tm = create_autospec(carla.TrafficManager, instance=True)
+        library = create_autospec(carla.BlueprintLibrary, instance=True)
+        blueprint = create_autospec(carla.ActorBlueprint, instance=True)
+        blueprint.get_attribute.return_value.as_int.return_value = 4
+        library.find.return_value = blueprint
+        library.filter.return_value = [blueprint]
+        hero = create_autospec(carla.Vehicle, instance=True)
+        hero.id = 1
+        hero.get_location.return_value = carla.Location(-1e4, -1e4, 0)
+        for method in ("get_world", "load_world", "generate_opendrive_world"):
+            getattr(client, method).return_value = world
+        client.get_trafficmanager.return_value = tm
+        client.apply_batch_sync.side_effect = lambda commands, sync: [
+            SimpleNamespace(actor_id=100 + k, error="") for k, _ in enumerate(commands)
+        ]
+        world.get_settings.return_value = carla.WorldSettings()
+        world.get_map.return_value = town_map
+        world.get_blueprint_library.return_value = library
+        world.try_spawn_actor.return_value = hero
+        world.tick.return_value = 42
+        client.port, client.world, client.tm, client.hero = port, world, tm, hero
+        clients.append(client)
+        return client
+
+    return factory
+
+
+def core_config(**carla_keys) -> SimulatorConfig:
+    return SimulatorConfig(
+        backend="carla", town="GridTown03", timestep=0.05, traffic={"vehicles": 5}, carla=carla_keys
+    )
+
+
+class SpawnActor(SimpleNamespace):
+    """carla.command.SpawnActor needs a server-made ActorBlueprint; this records what was asked."""
+
+    def __init__(self, blueprint, transform):
+        assert isinstance(transform, carla.Transform)
+        super().__init__(blueprint=blueprint, transform=transform)
+
+
+@pytest.fixture(autouse=True)
+def _spawn_command(monkeypatch):
+    monkeypatch.setattr(carla.command, "SpawnActor", SpawnActor)
+
+
+def make_core(tmp_path, clients, **carla_keys) -> CarlaCore:
+    from carla_env.maps.town import load_town
+
+    return CarlaCore(
+        core_config(**carla_keys),
+        client_factory=mock_client_factory(load_town("GridTown03").map, clients),
+        probe=tcp_probe,
+        log_dir=tmp_path,
+    )
+
+
+def test_core_goes_synchronous_before_the_first_tick_and_drives_npcs_on_its_tm_port(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, tm_port=BASE + 20)
+    core.reset(seed=5)
+    client = clients[0]
+    world = client.world
+    client.set_timeout.assert_called_once_with(10.0)
+    client.generate_opendrive_world.assert_called_once()  # a generated town goes to the server as OpenDRIVE
+    names = [c[0] for c in world.mock_calls]
+    assert names.index("apply_settings") < names.index("tick")
+    settings = world.apply_settings.call_args[0][0]
+    assert settings.synchronous_mode and settings.fixed_delta_seconds == pytest.approx(0.05)
+    assert settings.no_rendering_mode  # no camera
+    client.get_trafficmanager.assert_called_with(BASE + 20)
+    client.tm.set_synchronous_mode.assert_called_with(True)
+    client.tm.set_random_device_seed.assert_called_with(5)
+    world.tick.assert_called_with(10.0)  # a tick with a time-out, never an unbounded wait
+    spawn, autopilot = [c.args[0] for c in client.apply_batch_sync.call_args_list]
+    assert len(spawn) == 5 and all(isinstance(c, SpawnActor) for c in spawn)
+    assert [(c.actor_id, c.enabled, c.tm_port) for c in autopilot] == [
+        (100 + k, True, BASE + 20) for k in range(5)
+    ]
+    core.reset(seed=6)
+    client.generate_opendrive_world.assert_called_once()  # same town: no reload (it leaks), actors respawned
+    destroyed = client.apply_batch_sync.call_args_list[2].args[0]
+    assert sorted(c.actor_id for c in destroyed) == [1, 100, 101, 102, 103, 104]
+
+
+def test_core_close_destroys_actors_in_one_batch_and_turns_sync_off(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE)
+    core.reset(seed=1)
+    client = clients[0]
+    calls_before = len(client.apply_batch_sync.call_args_list)
+    core.close()
+    batches = client.apply_batch_sync.call_args_list[calls_before:]
+    assert len(batches) == 1 and all(isinstance(c, carla.command.DestroyActor) for c in batches[0].args[0])
+    assert not client.world.apply_settings.call_args[0][0].synchronous_mode
+    client.tm.set_synchronous_mode.assert_called_with(False)
+
+
+def test_a_hung_tick_restarts_and_ends_the_episode(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, tick_timeout=2.0)
+    core.reset(seed=1)
+    clients[0].world.tick.side_effect = RuntimeError("time-out of 2000ms while waiting for the simulator")
+    with pytest.raises(SimulatorRestarted, match="tick exceeded 2 s"):
+        core.tick(carla.VehicleControl())
+    assert core.stats["restarts"] == 1 and len(clients) == 2
+    core.reset(seed=2)
+    assert core.tick(carla.VehicleControl()) == 42
+
+
+def test_a_crashed_server_is_relaunched_mid_episode(fake, tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, carla_root=str(FAKE_ROOT), port=BASE + 12, tm_port=BASE + 32)
+    core.reset(seed=1)
+    first = core.server.pid
+    launcher, engine = fake()
+    os.kill(first, signal.SIGKILL)  # the server crashes; its engine child lingers in the group
+    assert wait_until(lambda: not core.server.alive(), 5)
+    with pytest.raises(SimulatorRestarted, match=rf"CARLA server \(pid {first}\) died"):
+        core.tick(carla.VehicleControl())
+    assert core.server.alive() and core.server.pid != first and not alive(engine)
+    assert core.stats["restarts"] == 1
+    core.close()
+    assert not any(alive(p) for p in fake())
+
+
+def test_servers_are_recycled_after_n_episodes(fake, tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, carla_root=str(FAKE_ROOT), port=BASE + 24, recycle_episodes=2)
+    pids = []
+    for seed in range(3):
+        core.reset(seed=seed)
+        pids.append(core.server.pid)
+    assert pids[0] == pids[1] != pids[2] and core.stats["restarts"] == 1
+    core.close()
+    assert not any(alive(p) for p in fake())
+
+
+def test_carla_smoke_without_carla_says_what_to_install(monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k != "CARLA_ROOT"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "carla_env.carla_server.smoke"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder"
+    )
