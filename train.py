@@ -107,7 +107,9 @@ def build_algo_config(config):
     algo = algo.callbacks(DrivingMetricsCallback)
     if not gpu:
         return algo.resources(num_gpus=0)
-    return algo.learners(num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1)
+    return algo.learners(
+        num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1
+    )
 
 
 def _has_gpu() -> bool:
