@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke clean
+.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke ami cluster-up cluster-down cluster-status submit infra-check clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
@@ -18,6 +18,12 @@ help:
 	@echo "make preview         bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
 	@echo "make carla-smoke     with CARLA_ROOT set: launch CARLA, 20 vehicles, 200 frames with BEV; FPS, restarts"
+	@echo "make ami             build the CARLA AMI with Packer (AWS); records its id for terraform"
+	@echo "make cluster-up      results bucket + private Ray cluster (prints a cost estimate first)"
+	@echo "make cluster-down    destroy the cluster; the results bucket and its checkpoints stay"
+	@echo "make cluster-status  head, workers, ray status"
+	@echo "make submit EXP=dqn  train on the cluster (= make train EXP=dqn CLUSTER=1), streams logs"
+	@echo "make infra-check     terraform fmt, checkov, packer validate, HCL/ops/user_data tests (offline)"
 	@echo "make learning        GPU machine: train PPO+DQN, evaluate on a held-out town, scale; writes docs/results/"
 
 $(STAMP): pyproject.toml
@@ -28,9 +34,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Extra train.py flags: make train EXP=dqn ARGS="--restore"
+# Extra train.py flags: make train EXP=dqn ARGS="--restore"; CLUSTER=1 trains on the AWS cluster.
 train: $(STAMP)
+ifdef CLUSTER
+	$(PY) -m ops submit $(EXP) --args "$(ARGS)"
+else
 	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
+endif
 
 CHECKPOINT ?= runs/$(EXP)
 infer: $(STAMP)
@@ -50,7 +60,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check carla_env bench tests experiments train.py infer.py
+	$(PY) -m ruff format --check carla_env bench tests experiments ops train.py infer.py
 
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py --town $(TOWN) --vehicles 50 --steps 3000 --json
@@ -59,9 +69,38 @@ bench: $(STAMP)
 carla-smoke: $(STAMP)
 	$(PY) -m carla_env.carla_server.smoke $(ARGS)
 
+REGION ?= us-west-2
+WORKERS ?= 2
+ami: $(STAMP)
+	$(PY) -m ops --region $(REGION) ami
+
+cluster-up: $(STAMP)
+	$(PY) -m ops --region $(REGION) up --workers $(WORKERS)
+
+cluster-down: $(STAMP)
+	$(PY) -m ops --region $(REGION) down
+
+cluster-status: $(STAMP)
+	$(PY) -m ops --region $(REGION) status
+
+submit: $(STAMP)
+	$(PY) -m ops --region $(REGION) submit $(EXP) --args "$(ARGS)"
+
+# checkov in its own venv: its pins clash with Ray's.
+INFRA_VENV := .venv-infra
+$(INFRA_VENV)/.installed:
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install -q "checkov>=3.2"
+	touch $@
+
+infra-check: $(STAMP) $(INFRA_VENV)/.installed
+	terraform fmt -check -recursive terraform
+	$(INFRA_VENV)/bin/checkov -d terraform --framework terraform --quiet --compact --skip-download
+	$(PY) -m pytest tests/test_infra.py -v -rs
+
 # Extra flags: make learning ARGS="--algos ppo --minutes 20"
 learning: $(STAMP)
 	$(PY) bench/learning.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .ruff_cache

@@ -127,7 +127,7 @@ def init_ray(address: str | None = None) -> None:
 
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     ray.init(
-        address=address,
+        address=address or "local",  # never join a cluster by accident (e.g. one `ray start` left running)
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
         include_dashboard=False,
         log_to_driver=False,

@@ -1,0 +1,92 @@
+"""Training on the cluster: an SSM port forward to the head's Jobs API, submission with the repo as
+working_dir, log streaming, and results pulled from S3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from ops.tools import ROOT, OpsError, require
+
+DASHBOARD = "http://127.0.0.1:{port}"
+EXCLUDES = [
+    ".git",
+    ".venv",
+    ".venv-infra",
+    "runs",
+    "dist",
+    "docs/results",
+    "*.mp4",
+    "terraform/**/.terraform",
+]
+
+
+def port_forward(instance_id: str, region: str, port: int = 8265) -> subprocess.Popen:
+    """`aws ssm start-session` forwarding localhost:port to the head's dashboard (no open port)."""
+    require("aws")
+    proc = subprocess.Popen(
+        ["aws", "ssm", "start-session", "--region", region, "--target", instance_id,
+         "--document-name", "AWS-StartPortForwardingSession",
+         "--parameters", f"portNumber={port},localPortNumber={port}"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc
+
+
+def ray_token(ssm, parameter: str) -> str:
+    return ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
+
+
+def job_client(port: int, token: str, timeout: float = 60.0):
+    """A JobSubmissionClient once the forwarded port answers (Ray's token auth via RAY_AUTH_TOKEN)."""
+    from ray.job_submission import JobSubmissionClient
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return JobSubmissionClient(DASHBOARD.format(port=port))
+        except Exception as e:
+            if time.monotonic() > deadline:
+                raise OpsError(f"no Ray Jobs API on localhost:{port} after {timeout:.0f} s: {e}") from None
+            time.sleep(1.0)
+
+
+def submit(client, exp: str, bucket: str, extra_args: str = "") -> str:
+    config = ROOT / "experiments" / exp / "config.yaml"
+    if not config.is_file():
+        raise OpsError(f"no experiment {exp!r}: {config} does not exist")
+    entrypoint = (
+        f"python train.py experiments/{exp}/config.yaml --address auto --dir s3://{bucket}/runs {extra_args}"
+    )
+    return client.submit_job(
+        entrypoint=entrypoint.strip(), runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES}
+    )
+
+
+async def stream_logs(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def pull_results(s3, bucket: str, run: str, dest: Path = ROOT / "runs") -> list[Path]:
+    """Download s3://bucket/runs/<run>/ into runs/<run>/ (what `make infer` reads)."""
+    prefix = f"runs/{run}/"
+    paginator = s3.get_paginator("list_objects_v2")
+    keys = [
+        o["Key"]
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
+    if not keys:
+        raise OpsError(f"nothing under s3://{bucket}/{prefix}; check the run name (`make cluster-status`)")
+    out = []
+    for key in keys:
+        target = dest / key[len("runs/") :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+        out.append(target)
+    return out
