@@ -310,3 +310,42 @@ def test_carla_smoke_without_carla_says_what_to_install(monkeypatch):
         proc.stderr.strip()
         == "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder"
     )
+
+
+def test_stream_sensors_are_mounted_configured_and_matched_by_frame():
+    """Camera data comes back for the frame asked for, never by queue order; a late frame times out."""
+    import threading
+
+    from carla_env.sensors.factory import StreamSensor, make_sensor
+
+    world = create_autospec(carla.World, instance=True)
+    library = create_autospec(carla.BlueprintLibrary, instance=True)
+    blueprint = create_autospec(carla.ActorBlueprint, instance=True)
+    world.get_blueprint_library.return_value = library
+    library.find.return_value = blueprint
+    camera = create_autospec(carla.Sensor, instance=True)
+    world.spawn_actor.return_value = camera
+    hero = create_autospec(carla.Vehicle, instance=True)
+    attrs = {"image_size_x": 320, "fov": 90, "x": 1.5, "z": 2.4, "pitch": -10}
+    sensor = make_sensor("front", "sensor.camera.rgb", attrs, world, hero, None, 0.05)
+    assert isinstance(sensor, StreamSensor)
+    library.find.assert_called_once_with("sensor.camera.rgb")
+    assert sorted(c.args for c in blueprint.set_attribute.call_args_list) == [
+        ("fov", "90"),
+        ("image_size_x", "320"),
+    ]
+    at = world.spawn_actor.call_args.args[1]
+    assert (at.location.x, at.location.z, at.rotation.pitch) == pytest.approx((1.5, 2.4, -10.0))
+    assert world.spawn_actor.call_args.kwargs["attach_to"] is hero
+    deliver = camera.listen.call_args.args[0]
+    for frame in (7, 8, 9):  # out of order, from the client's thread, as CARLA does
+        threading.Thread(target=deliver, args=(SimpleNamespace(frame=frame, data=f"img{frame}"),)).start()
+    assert sensor.read(8) == (8, SimpleNamespace(frame=8, data="img8"))
+    assert sensor.read(9)[1].data == "img9"  # frame 7 was dropped as stale, not returned
+    sensor.timeout = 0.2
+    with pytest.raises(TimeoutError, match="sensor 'front': no data for frame 10"):
+        sensor.read(10)
+    camera.is_alive = True
+    sensor.destroy()
+    camera.stop.assert_called_once_with()
+    camera.destroy.assert_called_once_with()

@@ -168,3 +168,34 @@ def test_speeding_costs_reward_in_proportion_to_the_excess():
     assert over, "full throttle must exceed the speed limit within 6 s"
     for fine, excess in over:
         assert fine == pytest.approx(0.05 * excess, rel=1e-6)
+
+
+def test_a_server_restart_ends_the_episode_truncated_with_the_reason(monkeypatch):
+    """A backend that replaced its simulator mid-episode (as CarlaCore does after a crash)."""
+    from carla_env import env as env_module
+    from carla_env.embedded.core import EmbeddedCore
+    from carla_env.simulator import SimulatorRestarted
+
+    class CrashingCore(EmbeddedCore):
+        stats = {"restarts": 0, "tick_seconds_mean": 0.001, "tick_seconds_max": 0.002, "ticks": 0}
+
+        def tick(self, control):
+            self.stats["ticks"] += 1
+            if self.stats["ticks"] == 5:
+                self.stats["restarts"] += 1
+                raise SimulatorRestarted("CARLA server (pid 123) died")
+            return super().tick(control)
+
+    monkeypatch.setattr(
+        env_module, "make_core", lambda config, blueprint, **kw: CrashingCore(config, blueprint)
+    )
+    e = CarlaEnv(load_config(DQN, {"simulator": {"backend": "embedded"}}))
+    first, _ = e.reset(seed=0)
+    results = [e.step(0) for _ in range(4)]
+    obs, reward, terminated, truncated, info = results[-1]
+    assert [r[3] for r in results] == [False, False, False, True] and not terminated and reward == 0.0
+    assert info["simulator_restart"] == "CARLA server (pid 123) died" and info["server_restarts"] == 1.0
+    assert obs.shape == first.shape
+    e.reset(seed=1)  # the next episode runs on the replaced simulator
+    assert not e.step(0)[3]
+    e.close()
