@@ -37,6 +37,22 @@ class LightsConfig(_Strict):
     red: float = Field(2.0, ge=0, description="all-red clearance after each phase")
 
 
+# carla.MapLayer names (carla 0.9.16), checked at config load.
+MapLayerName = Literal[
+    "NONE",
+    "Buildings",
+    "Decals",
+    "Foliage",
+    "Ground",
+    "ParkedVehicles",
+    "Particles",
+    "Props",
+    "StreetLights",
+    "Walls",
+    "All",
+]
+
+
 class CarlaServerConfig(_Strict):
     """The real CARLA backend: a server this process launches and owns, or one it attaches to."""
 
@@ -55,7 +71,11 @@ class CarlaServerConfig(_Strict):
     tick_timeout: float = Field(10.0, gt=0, description="a tick longer than this restarts the server")
     recycle_episodes: int = Field(0, ge=0, description="relaunch after this many episodes; 0: never")
     recycle_rss_gb: float = Field(0.0, ge=0, description="relaunch above this server RSS; 0: never")
-    walkers: int = Field(0, ge=0, description="background pedestrians")
+    walkers: int = Field(0, ge=0, le=1000, description="background pedestrians on the navigation mesh")
+    map_layers: list[MapLayerName] = Field(
+        default_factory=lambda: ["All"],
+        description="layers loaded in an _Opt town (e.g. [Ground, StreetLights] for a bare town)",
+    )
     weather: str = Field("ClearNoon", description="a carla.WeatherParameters preset")
 
 

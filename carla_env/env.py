@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from carla_env.carla_server.ports import slot_index
 from carla_env.config import Config, experiment_class, validate_config
 from carla_env.experiment import count_events, is_off_road, parse_transform
 from carla_env.metrics import DrivingMetrics, distance
@@ -19,8 +20,11 @@ class CarlaEnv(gym.Env):
     def __init__(self, config: Config | dict, render_mode: str | None = None) -> None:
         self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
         # RLlib passes an EnvContext: runner k takes the k-th town of a town list.
-        runners = getattr(config, "num_workers", 0) + 1
-        self.slot = getattr(config, "worker_index", 0) + runners * getattr(config, "vector_index", 0)
+        self.slot = slot_index(
+            getattr(config, "worker_index", 0),
+            getattr(config, "vector_index", 0),
+            getattr(config, "num_workers", 0),
+        )
         self.simulator_config = self.config.simulator.for_worker(self.slot)
         exp_cfg = self.config.experiment
         if not exp_cfg.type:

@@ -1,6 +1,7 @@
 """The CARLA backend without a CARLA server: a fake launcher process for the lifecycle, and mocks
 autospec'd from the real carla 0.9.16 wheel (a misspelt or missing API call fails the test)."""
 
+import itertools
 import os
 import signal
 import socket
@@ -170,8 +171,9 @@ def mock_client_factory(town_map, clients: list):
         for method in ("get_world", "load_world", "generate_opendrive_world"):
             getattr(client, method).return_value = world
         client.get_trafficmanager.return_value = tm
+        ids = itertools.count(100)  # actor ids as a server hands them out
         client.apply_batch_sync.side_effect = lambda commands, sync: [
-            SimpleNamespace(actor_id=100 + k, error="") for k, _ in enumerate(commands)
+            SimpleNamespace(actor_id=next(ids), error="") for _ in commands
         ]
         world.get_settings.return_value = carla.WorldSettings()
         world.get_map.return_value = town_map
@@ -185,18 +187,18 @@ def mock_client_factory(town_map, clients: list):
     return factory
 
 
-def core_config(**carla_keys) -> SimulatorConfig:
+def core_config(town="GridTown03", **carla_keys) -> SimulatorConfig:
     return SimulatorConfig(
-        backend="carla", town="GridTown03", timestep=0.05, traffic={"vehicles": 5}, carla=carla_keys
+        backend="carla", town=town, timestep=0.05, traffic={"vehicles": 5}, carla=carla_keys
     )
 
 
 class SpawnActor(SimpleNamespace):
     """carla.command.SpawnActor needs a server-made ActorBlueprint; this records what was asked."""
 
-    def __init__(self, blueprint, transform):
+    def __init__(self, blueprint, transform, parent=None):
         assert isinstance(transform, carla.Transform)
-        super().__init__(blueprint=blueprint, transform=transform)
+        super().__init__(blueprint=blueprint, transform=transform, parent=parent)
 
 
 @pytest.fixture(autouse=True)
@@ -204,11 +206,11 @@ def _spawn_command(monkeypatch):
     monkeypatch.setattr(carla.command, "SpawnActor", SpawnActor)
 
 
-def make_core(tmp_path, clients, **carla_keys) -> CarlaCore:
+def make_core(tmp_path, clients, town="GridTown03", **carla_keys) -> CarlaCore:
     from carla_env.maps.town import load_town
 
     return CarlaCore(
-        core_config(**carla_keys),
+        core_config(town, **carla_keys),
         client_factory=mock_client_factory(load_town("GridTown03").map, clients),
         probe=tcp_probe,
         log_dir=tmp_path,
@@ -254,6 +256,66 @@ def test_core_close_destroys_actors_in_one_batch_and_turns_sync_off(tmp_path):
     assert len(batches) == 1 and all(isinstance(c, carla.command.DestroyActor) for c in batches[0].args[0])
     assert not client.world.apply_settings.call_args[0][0].synchronous_mode
     client.tm.set_synchronous_mode.assert_called_with(False)
+
+
+def test_walkers_walk_on_the_navigation_mesh_and_their_controllers_stop_before_destroy(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, walkers=3)
+    client = clients[0]
+    world = client.world
+    world.get_random_location_from_navigation.side_effect = lambda: carla.Location(1.0, 2.0, 0.5)
+    controllers = [create_autospec(carla.WalkerAIController, instance=True) for _ in range(3)]
+    world.get_actors.return_value = controllers
+    core.reset(seed=3)
+    world.set_pedestrians_seed.assert_called_once_with(3)
+    _, _, walkers, brains = [c.args[0] for c in client.apply_batch_sync.call_args_list]
+    assert len(walkers) == 3 and all(w.transform.location.y == 2.0 for w in walkers)
+    walker_ids = [105 + 5 + k for k in range(3)]  # after 5 vehicles and their 5 autopilot commands
+    assert [b.parent for b in brains] == walker_ids  # each controller rides its walker
+    names = [c[0] for c in world.mock_calls]
+    first_start = min(i for i, n in enumerate(names) if n == "get_actors")
+    assert "tick" in names[:first_start]  # a controller starts only after the tick that spawned it
+    for c in controllers:
+        c.start.assert_called_once_with()
+        c.go_to_location.assert_called_once()
+        assert 1.0 <= c.set_max_speed.call_args.args[0] <= 1.6
+        c.stop.assert_not_called()
+    calls_before = len(client.apply_batch_sync.call_args_list)
+    core.close()
+    for c in controllers:
+        c.stop.assert_called_once_with()
+    (destroyed,) = [c.args[0] for c in client.apply_batch_sync.call_args_list[calls_before:]]
+    controller_ids = [113 + k for k in range(3)]
+    assert [c.actor_id for c in destroyed] == [
+        *(
+            i for pair in zip(controller_ids, walker_ids, strict=True) for i in pair
+        ),  # a controller before its walker
+        *range(100, 105),
+        1,
+    ]
+
+
+def test_an_opt_town_loads_with_the_configured_layers_from_its_base_road_network(tmp_path, monkeypatch):
+    from carla_env.maps.town import CARLA_XODR_DIR, load_town
+
+    opendrive = tmp_path / "carla" / CARLA_XODR_DIR
+    opendrive.mkdir(parents=True)
+    (opendrive / "Town01.xodr").write_text(load_town("GridTown03").xodr)
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path / "carla"))
+    clients = []
+    core = make_core(
+        tmp_path, clients, town="Town01_Opt", launch=False, port=BASE, map_layers=["Ground", "StreetLights"]
+    )
+    core.reset(seed=0)
+    name, reset_settings, layers = clients[0].load_world.call_args.args
+    assert (name, reset_settings) == ("Town01_Opt", True)
+    assert layers == carla.MapLayer(int(carla.MapLayer.Ground) | int(carla.MapLayer.StreetLights))
+    clients[0].generate_opendrive_world.assert_not_called()
+
+
+def test_an_unknown_map_layer_is_refused_at_config_load():
+    with pytest.raises(ValueError, match="map_layers"):
+        core_config(map_layers=["Buildngs"])
 
 
 def test_a_hung_tick_restarts_and_ends_the_episode(tmp_path):

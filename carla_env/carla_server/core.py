@@ -7,6 +7,9 @@ world and Traffic Manager, and raises SimulatorRestarted: the env ends that epis
 
 from __future__ import annotations
 
+import functools
+import logging
+import operator
 import os
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ from carla_env.config import SimulatorConfig
 from carla_env.maps.town import load_town, resolve_town
 from carla_env.simulator import SimulatorRestarted
 
-CAMERA_PREFIX = "sensor.camera."
+log = logging.getLogger(__name__)
 
 
 def visible_gpus() -> list[int]:
@@ -53,6 +56,7 @@ class CarlaCore:
         self.client = self.world = self.map = self.tm = self.hero = None
         self._loaded_town: str | None = None
         self._npcs: list[int] = []
+        self._walkers: list[tuple[int, int]] = []  # (walker, its AI controller)
         self._episodes_since_launch = 0
         self.stats = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
         self._connect()
@@ -82,7 +86,7 @@ class CarlaCore:
         """Load the town only when it changes (reloading leaks server memory); sync mode on world and TM."""
         if self._loaded_town != self.config.town:
             if self._source.kind == "carla":
-                self.world = self.client.load_world(self._source.name)
+                self.world = self.client.load_world(self._source.name, True, self._map_layers())
             else:  # our generated towns and .xodr files
                 self.world = self.client.generate_opendrive_world(
                     self.town.xodr,
@@ -101,15 +105,27 @@ class CarlaCore:
         self.tm.set_synchronous_mode(True)
         self.world.set_weather(getattr(carla.WeatherParameters, self.server_config.weather))
 
-    def _restart(self, reason: str) -> None:
+    def _map_layers(self) -> carla.MapLayer:
+        return carla.MapLayer(
+            functools.reduce(
+                operator.or_, (int(carla.MapLayer.names[n]) for n in self.server_config.map_layers), 0
+            )
+        )
+
+    def _relaunch(self, reason: str) -> None:
+        """Kill the server's group, start a fresh one and rebuild client, world and Traffic Manager."""
+        log.warning("CARLA slot %d: %s; relaunching", self.slot, reason)
         self.stats["restarts"] += 1
         if self.server is not None:
             self.server.stop()
         self.server = None
         self.world = self.hero = None
-        self._npcs = []
+        self._npcs, self._walkers = [], []  # their ids died with the server
         self._connect()
         self._load_world()
+
+    def _restart(self, reason: str) -> None:
+        self._relaunch(reason)
         raise SimulatorRestarted(reason)
 
     def _recycle_due(self) -> str | None:
@@ -126,11 +142,7 @@ class CarlaCore:
     def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
         reason = self._recycle_due()
         if reason is not None:
-            self.stats["restarts"] += 1
-            self.server.stop()
-            self.server = None
-            self.world = None
-            self._connect()
+            self._relaunch(reason)
         if self.world is None or self._loaded_town != self.config.town:
             self._load_world()
         self._destroy_actors()
@@ -151,6 +163,7 @@ class CarlaCore:
         if self.hero is None:
             raise ServerError(f"no free spawn point for the hero in {self.config.town}")
         self._spawn_traffic(library, points, rng)
+        self._spawn_walkers(library, seed, rng)
         self._episodes_since_launch += 1
         self.tick(None)
 
@@ -171,6 +184,33 @@ class CarlaCore:
         ids = [r.actor_id for r in self.client.apply_batch_sync(spawn, True) if not r.error]
         self.client.apply_batch_sync([carla.command.SetAutopilot(i, True, self.tm_port) for i in ids], True)
         self._npcs = ids
+
+    def _spawn_walkers(self, library, seed: int, rng) -> None:
+        """Pedestrians on the navigation mesh in one batch, then their AI controllers in another."""
+        count = self.server_config.walkers
+        if not count:
+            return
+        self.world.set_pedestrians_seed(seed)
+        spots = [self.world.get_random_location_from_navigation() for _ in range(count)]
+        spots = [s for s in spots if s is not None]  # a town without sidewalks has no mesh
+        people = list(library.filter("walker.pedestrian.*"))
+        if not spots or not people:
+            return
+        batch = [
+            carla.command.SpawnActor(people[int(rng.integers(len(people)))], carla.Transform(s))
+            for s in spots
+        ]
+        walkers = [r.actor_id for r in self.client.apply_batch_sync(batch, True) if not r.error]
+        brain = library.find("controller.ai.walker")
+        batch = [carla.command.SpawnActor(brain, carla.Transform(), w) for w in walkers]
+        results = self.client.apply_batch_sync(batch, True)
+        pairs = [(w, r.actor_id) for w, r in zip(walkers, results, strict=True) if not r.error]
+        self._walkers = pairs
+        self.world.tick(self.server_config.tick_timeout)  # controllers start after their first tick
+        for controller in self.world.get_actors([c for _, c in pairs]):
+            controller.start()
+            controller.go_to_location(self.world.get_random_location_from_navigation())
+            controller.set_max_speed(float(rng.uniform(1.0, 1.6)))  # walking pace, m/s
 
     def tick(self, control: carla.VehicleControl | None) -> int:
         if self.server is not None and not self.server.alive():
@@ -195,10 +235,17 @@ class CarlaCore:
 
     # --------------------------------------------------------------------------------------- close
     def _destroy_actors(self) -> None:
-        ids = list(self._npcs) + ([self.hero.id] if self.hero is not None else [])
-        if ids and self.client is not None:
+        """Walker controllers stopped first (a destroyed walker under a running one crashes the server)."""
+        if self.client is None:
+            return
+        if self._walkers:
+            for controller in self.world.get_actors([c for _, c in self._walkers]):
+                controller.stop()
+        ids = [i for pair in self._walkers for i in pair[::-1]] + list(self._npcs)
+        ids += [self.hero.id] if self.hero is not None else []
+        if ids:
             self.client.apply_batch_sync([carla.command.DestroyActor(i) for i in ids], True)
-        self._npcs, self.hero = [], None
+        self._npcs, self._walkers, self.hero = [], [], None
 
     def close(self) -> None:
         """Actors destroyed in one batch (the env stops its sensors first), sync off, server group killed."""

@@ -30,8 +30,9 @@ class Ports:
         return self.rpc, self.streaming, self.secondary, self.tm
 
 
-def slot_index(worker_index: int, vector_index: int, envs_per_runner: int) -> int:
-    return worker_index * envs_per_runner + vector_index
+def slot_index(worker_index: int, vector_index: int, num_workers: int) -> int:
+    """Distinct per env on a machine: worker indices run 0..num_workers (0 is the local runner)."""
+    return worker_index + (num_workers + 1) * vector_index
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:

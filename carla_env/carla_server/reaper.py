@@ -32,12 +32,14 @@ def main(parent: int, pgid: int, poll: float = 0.25, grace: float = 5.0) -> None
         time.sleep(poll)
     else:
         return
-    os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if group_alive(pgid):
+    try:  # the group may end on its own between the checks
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from carla_env.maps.generator import BUILTIN_TOWNS, TownSpec, generate_town
 from carla_env.maps.lane_graph import LaneGraph, build_lane_graph
 
 CARLA_XODR_DIR = Path("CarlaUE4/Content/Carla/Maps/OpenDrive")
+OPT_SUFFIX = "_Opt"  # CARLA towns whose layers (buildings, props, ...) load and unload
 GRID_PREFIX = "grid:"
 
 
@@ -74,9 +75,11 @@ def resolve_town(town: str, carla_root: str | None = None) -> TownSource:
         return TownSource(path.stem, "file", path=path)
     root = carla_root if carla_root is not None else os.environ.get("CARLA_ROOT")
     if root:
-        path = Path(root) / CARLA_XODR_DIR / f"{town}.xodr"
-        if path.is_file():
-            return TownSource(town, "carla", path=path)
+        # A layered town (Town01_Opt) shares its road network with the plain one.
+        for stem in (town, town.removesuffix(OPT_SUFFIX)):
+            path = Path(root) / CARLA_XODR_DIR / f"{stem}.xodr"
+            if path.is_file():
+                return TownSource(town, "carla", path=path)
     known = list(BUILTIN_TOWNS)
     hint = difflib.get_close_matches(town, known, n=1)
     where = f"not in $CARLA_ROOT/{CARLA_XODR_DIR} ({root})" if root else "CARLA_ROOT is not set"
