@@ -282,6 +282,9 @@ def markdown(results: dict) -> str:
                 f"{shaped['training_minutes']:.1f} min | - |"
             )
         lines.append("")
+    lines += [f"- {note}" for note in results.get("notes", [])]  # provenance recorded in learning.json
+    if results.get("notes"):
+        lines.append("")
     rows = results.get("scaling", [])
     if rows:
         lines += ["| EnvRunners | env steps/s | efficiency vs linear |", "|---|---|---|"]

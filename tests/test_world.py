@@ -176,6 +176,40 @@ def test_lane_invasion_reports_the_crossed_marking(town, steer, marking):
     assert [m.type for m in events[0].crossed_lane_markings] == [marking]
 
 
+def test_a_corner_still_behind_the_lane_start_is_no_invasion(town):
+    """Leaving a turn the car is angled: its rear corner may overhang the kerb line while still in the
+    junction (no paint there). The same pose mid-lane puts that corner over the line: an invasion."""
+    from carla_env.embedded.world import UNMARKED
+
+    g = town.lanes
+    lane = next(
+        int(k)
+        for k in np.flatnonzero(~g.is_junction & (g.lane_length > 40))
+        if (g.mark_right[g.lane_start[k] : g.lane_start[k] + g.lane_count[k]] != UNMARKED).all()
+    )
+    crossed = {}
+    for s in (1.0, 20.0):
+        world = EmbeddedWorld(town, seed=0)
+        points, yaws = g.interpolate(np.array([lane]), np.array([s]))
+        (x, y, z), yaw = points[0], yaws[0]
+        right = 0.5  # metres right of the centre line; nose 25 degrees to the left
+        at = carla.Transform(
+            carla.Location(float(x - right * np.sin(yaw)), float(y + right * np.cos(yaw)), float(z)),
+            carla.Rotation(yaw=float(np.degrees(yaw) - 25.0)),
+        )
+        bp = world.get_blueprint_library().find("vehicle.tesla.model3")
+        hero = world.spawn_actor(bp, at)
+        assert world._vehicle_lane(hero)[0] == lane
+        events = []
+        sensor = world.get_blueprint_library().find("sensor.other.lane_invasion")
+        world.spawn_actor(sensor, carla.Transform(), attach_to=hero).listen(events.append)
+        hero.apply_control(carla.VehicleControl(brake=1.0))
+        world.tick()
+        crossed[s] = [m.type for e in events for m in e.crossed_lane_markings]
+    assert crossed[1.0] == []
+    assert len(crossed[20.0]) == 1 and crossed[20.0][0] != carla.LaneMarkingType.NONE
+
+
 def test_driving_through_junctions_invades_no_lane(town):
     """Junction lanes carry no paint (NONE): crossing between them is no invasion."""
     from carla_env.agents import LaneFollower

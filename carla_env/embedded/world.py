@@ -27,6 +27,7 @@ from carla_env.maps.town import Town
 from carla_env.sensors.birdview import Scene
 
 DEFAULT_DELTA = 0.05
+CORNER_SIGNS = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=float)  # box corners as +-half sizes
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
@@ -449,20 +450,27 @@ class EmbeddedWorld:
                         )
 
     def _detect_lane_invasions(self) -> None:
+        """A bounding-box corner over a painted line of the lane under the car's centre, as CARLA's
+        sensor tests the box corners. Corners beyond the lane's ends are not tested: there the paint
+        belongs to the next lane or stops at a junction (a car leaving a turn is still angled)."""
         f, g = self._free, self.town.lanes
         for r, actor in enumerate(self._free_actors):
             lane = int(f.lane[r])
-            idx = g.lane_start[lane] + min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
+            k = min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
+            idx = g.lane_start[lane] + k
             lane_yaw = g.yaw[idx]
-            d = np.array([f.x[r], f.y[r]]) - g.points[idx, :2]
-            lateral = -d[0] * np.sin(lane_yaw) + d[1] * np.cos(lane_yaw)  # > 0: right of the lane centre
-            rel = f.yaw[r] - lane_yaw
-            reach = abs(f.half[r, 0] * np.sin(rel)) + abs(f.half[r, 1] * np.cos(rel))
+            cy, sy = np.cos(f.yaw[r]), np.sin(f.yaw[r])
+            hl, hw = f.half[r, 0] * CORNER_SIGNS[:, 0], f.half[r, 1] * CORNER_SIGNS[:, 1]
+            dx = f.x[r] - g.points[idx, 0] + hl * cy - hw * sy
+            dy = f.y[r] - g.points[idx, 1] + hl * sy + hw * cy
+            along = k * g.lane_ds[lane] + dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
+            lateral = -dx * np.sin(lane_yaw) + dy * np.cos(lane_yaw)  # > 0: right of the lane centre
+            on_lane = (along >= 0.0) & (along <= g.lane_length[lane])
             half_w = g.lane_width[lane] / 2
             crossed = []
-            if lateral + reach > half_w and g.mark_right[idx] != UNMARKED:
+            if (on_lane & (lateral > half_w)).any() and g.mark_right[idx] != UNMARKED:
                 crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_right[idx])]))
-            if lateral - reach < -half_w and g.mark_left[idx] != UNMARKED:
+            if (on_lane & (lateral < -half_w)).any() and g.mark_left[idx] != UNMARKED:
                 crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_left[idx])]))
             overlapping = float(bool(crossed))
             if overlapping and not f.marking_overlap[r]:

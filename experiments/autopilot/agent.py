@@ -26,12 +26,15 @@ class RouteAutopilot:
         lane_half_width: float = 1.8,  # m: a vehicle this close to the route is on it
         lateral_accel: float = 2.0,  # m/s^2 in curves: sets the cornering speed
         wheelbase: float = 2.88,
+        lookahead: float = 2.0,  # m, pure pursuit's target distance at standstill
+        lookahead_time: float = 0.3,  # s per m/s of speed; longer cuts the inside of bends over the line
         kp: float = 0.35,
         ki: float = 0.05,
     ) -> None:
         self.cruise_speed, self.time_gap, self.standstill_gap = cruise_speed, time_gap, standstill_gap
         self.lane_half_width, self.wheelbase, self.kp, self.ki = lane_half_width, wheelbase, kp, ki
         self.lateral_accel = lateral_accel
+        self.lookahead, self.lookahead_time = lookahead, lookahead_time
         self._integral = 0.0
 
     def reset(self) -> None:
@@ -42,7 +45,7 @@ class RouteAutopilot:
         v = hero.get_velocity()
         speed = math.hypot(v.x, v.y)
         here = route.progress((t.location.x, t.location.y))
-        steer = self._steer(t, route, here + 3.0 + 0.5 * speed)
+        steer = self._steer(t, route, here + self.lookahead + self.lookahead_time * speed)
         target = min(self.cruise_speed, hero.get_speed_limit() / 3.6 or self.cruise_speed)
         target = min(target, self._curve_speed(route, here))
         gap = self._leader_gap(hero, route, here)
