@@ -533,6 +533,37 @@ def test_pull_results_mirrors_a_run_from_s3(aws, tmp_path):
         pull_results(s3, "results", "sac", tmp_path)
 
 
+def test_submit_ships_the_repo_and_trains_into_the_bucket():
+    """`make submit EXP=dqn`: the Jobs API gets the repo as working_dir (no venvs, runs, git) and an
+    entrypoint train.py accepts, storing the run in the results bucket."""
+    import shlex
+    from unittest.mock import create_autospec
+
+    from ray.job_submission import JobSubmissionClient
+
+    from ops.jobs import submit
+    from ops.tools import OpsError
+    from train import parse_args
+
+    client = create_autospec(JobSubmissionClient, instance=True)
+    client.submit_job.return_value = "raysubmit_1"
+    assert submit(client, "dqn", "results", "--name night --restore") == "raysubmit_1"
+    job = client.submit_job.call_args.kwargs
+    command = shlex.split(job["entrypoint"])
+    assert command[:2] == ["python", "train.py"]
+    args = parse_args(command[2:])
+    assert (args.config, args.address, args.dir) == (
+        "experiments/dqn/config.yaml",
+        "auto",
+        "s3://results/runs",
+    )
+    assert args.name == "night" and args.restore
+    assert job["runtime_env"]["working_dir"] == str(ROOT)
+    assert {".git", ".venv", ".venv-infra", "runs"} <= set(job["runtime_env"]["excludes"])
+    with pytest.raises(OpsError, match="no experiment 'sac'"):
+        submit(client, "sac", "results")
+
+
 def test_cluster_up_applies_storage_first_prints_cost_and_can_be_cancelled(monkeypatch, tmp_path, capsys):
     from ops import cluster
     from ops.tools import OpsError
