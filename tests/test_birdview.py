@@ -142,6 +142,26 @@ def test_history_channels_show_past_positions(town):
     assert ahead_px[-1.6] == pytest.approx(10 * 5, abs=1)
 
 
+def test_ego_history_shows_the_egos_own_trail_so_its_speed_is_observable(town):
+    """With ego_history the vehicles history channels carry the ego's past boxes: at 4 m/s its box
+    0.5 s ago sits 2 m (10 px) behind the ego; without it a lone ego leaves them empty."""
+    from dataclasses import replace
+
+    for ego_history in (True, False):
+        r = BirdviewRenderer(town.lanes, replace(SPEC, ego_history=ego_history), delta_seconds=0.05)
+        for k in range(31):  # driving 0.2 m a tick (4 m/s) along x, nobody else around
+            obs = r(Scene(ego=box(0.2 * k, 0.0, 0.0), vehicles=np.zeros((0, 5))))
+        if not ego_history:
+            assert not any(channel(r, obs, f"vehicles@{t:g}s").any() for t in SPEC.history)
+            continue
+        behind_px = {
+            t: centroid(channel(r, obs, f"vehicles@{t:g}s"))[0] - (192 - 40) for t in (-0.1, -0.6, -1.1)
+        }
+        assert behind_px[-0.1] == pytest.approx(0, abs=1)  # the newest frame is now
+        assert behind_px[-0.6] == pytest.approx(2.0 * 5, abs=1)
+        assert behind_px[-1.1] == pytest.approx(4.0 * 5, abs=1)
+
+
 def test_pack_unpack_round_trip_is_exact_numpy_and_torch():
     rng = np.random.default_rng(0)
     for channels in (24, 25, 7, 1):

@@ -32,6 +32,9 @@ class BirdviewSpec:
     pixels_per_meter: float = 5.0
     ego_offset: int = 40  # px from the bottom edge to the ego centre
     history: tuple[float, ...] = (-1.6, -1.1, -0.6, -0.1)  # seconds; Roach's [-16,-11,-6,-1] frames at 10 Hz
+    # The ego's own past boxes in the vehicles history channels: its trail shows its speed and yaw
+    # rate (Roach feeds speed as a separate vector; a BEV-only policy would not see it). No extra channel.
+    ego_history: bool = False
     # 24 channels by default = 3 bytes a pixel packed. "ego" is available but off, as in Roach
     # (the ego always sits at the same pixels).
     channels: tuple[str, ...] = (
@@ -202,7 +205,8 @@ class BirdviewRenderer:
         pasts = [frames[min(ticks, len(frames) - 1)] for ticks in self.history_ticks]
         for t, past in zip(spec.history, pasts, strict=True):
             if "vehicles" in spec.channels:
-                box_sets.append((self.index[f"vehicles@{t:g}s"], past.vehicles))
+                boxes = np.vstack([past.ego[None, :], past.vehicles]) if spec.ego_history else past.vehicles
+                box_sets.append((self.index[f"vehicles@{t:g}s"], boxes))
             if "walkers" in spec.channels:
                 box_sets.append((self.index[f"walkers@{t:g}s"], past.walkers))
         self._fill_boxes(out, to_bev, box_sets, scene.ego)
