@@ -2,14 +2,17 @@
 
     python train.py experiments/dqn/config.yaml [--name N] [--dir D] [--restore | --overwrite]
                     [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
+                    [--init-module CHECKPOINT]
 
 Checkpoints every `training.checkpoint_every` iterations and at the end; `--restore` resumes an
-interrupted run (Ctrl-C or kill -9) from its last checkpoint. Exit code 2 on bad input.
+interrupted run (Ctrl-C or kill -9) from its last checkpoint; `--init-module` starts a new run from
+another checkpoint's policy (e.g. a behaviour-cloned one). Exit code 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -40,6 +43,11 @@ def parse_args(argv):
     mode.add_argument("--restore", action="store_true", help="resume the run NAME from its last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run NAME and start afresh")
     p.add_argument("--address", help="join a running Ray cluster ('auto')")
+    p.add_argument(
+        "--init-module",
+        type=Path,
+        help="start from this checkpoint's policy weights (a run's checkpoint_N, or bench/imitation.py's)",
+    )
     p.add_argument("--num-env-runners", type=int)
     p.add_argument("--stop-timesteps", type=int)
     p.add_argument("--stop-iters", type=int)
@@ -118,6 +126,44 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def module_dir(checkpoint: Path) -> Path:
+    from carla_env.rllib.policy import MODULE_PATH
+
+    return Path(checkpoint).resolve() / MODULE_PATH
+
+
+def check_init_module(checkpoint: Path, config) -> None:
+    """The module loads and fits this experiment's spaces: checked before the run exists."""
+    from carla_env.config import ConfigError
+    from carla_env.env import CarlaEnv
+    from carla_env.rllib.policy import ModulePolicy
+
+    if not module_dir(checkpoint).is_dir():
+        raise ConfigError(
+            f"--init-module: no policy module under {checkpoint}; give a checkpoint folder "
+            "(a run's checkpoint_N, or bench/imitation.py's)"
+        )
+    try:
+        module = ModulePolicy.from_checkpoint(checkpoint).module
+    except Exception as e:  # a truncated or foreign checkpoint
+        raise ConfigError(f"--init-module: cannot load {checkpoint}: {type(e).__name__}: {e}") from None
+    env = CarlaEnv(config)  # spaces only: no world is built before reset
+    for what, mine, theirs in (
+        ("observations", env.observation_space, module.observation_space),
+        ("actions", env.action_space, module.action_space),
+    ):
+        if mine != theirs:
+            raise ConfigError(
+                f"--init-module: {checkpoint} takes {what} {theirs}, this config gives {mine}; "
+                "use a checkpoint of the same experiment"
+            )
+
+
+def start_from_module(path: str, *, algorithm, **_) -> None:
+    """Algorithm init: load the policy weights (the learner's, then synced to every EnvRunner)."""
+    algorithm.restore_from_path(path, component="learner_group/learner/rl_module/default_policy")
+
+
 def init_ray(address: str | None = None) -> None:
     """Start (or join) Ray with this repo importable in every worker, and register the env."""
     import ray
@@ -170,6 +216,18 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.restore and args.init_module:
+        print(
+            "--init-module starts a run; --restore continues one from its own weights: drop one",
+            file=sys.stderr,
+        )
+        return 2
+    if args.init_module:
+        try:
+            check_init_module(args.init_module, config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
     if args.restore and run_dir is not None and not run_dir.exists():
         print(f"--restore: no run at {run_dir}; drop --restore to start one", file=sys.stderr)
         return 2
@@ -190,6 +248,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    if args.init_module:
+        algo_config = algo_config.callbacks(
+            on_algorithm_init=functools.partial(start_from_module, str(module_dir(args.init_module)))
+        )
     init_ray(args.address)
     tr = config.training
     stop = {}

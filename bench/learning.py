@@ -39,7 +39,8 @@ GPU_SETTINGS = {
 TARGETS = {"route_completion": 0.90, "collisions_per_km": 0.1, "lane_invasions_per_km": 1.0}
 
 
-def experiment_config(algo: str, town, runners: int = 0):
+def experiment_config(algo: str, town, runners: int = 0, birdview: dict | None = None):
+    """The experiment's config.yaml on `town` with this bench's traffic; `birdview` overrides BEV keys."""
     import torch
 
     from carla_env.config import load_config
@@ -47,22 +48,28 @@ def experiment_config(algo: str, town, runners: int = 0):
     training = {"num_env_runners": runners}
     if runners and torch.cuda.is_available():
         training.update(GPU_RUNNERS)
-    return load_config(
-        ROOT / "experiments" / algo / "config.yaml",
-        {
-            "simulator": {"backend": "embedded", "town": town, "traffic": {"vehicles": VEHICLES}},
-            "training": training,
-        },
-    )
+    overrides = {
+        "simulator": {"backend": "embedded", "town": town, "traffic": {"vehicles": VEHICLES}},
+        "training": training,
+    }
+    if birdview:
+        overrides["experiment"] = {"sensors": {"birdview": birdview}}
+    return load_config(ROOT / "experiments" / algo / "config.yaml", overrides)
 
 
 # ---------------------------------------------------------------------------------------- training
 def train(
-    algo: str, runs: Path, minutes: float, call_minutes: float, runners: int, batch: int | None
+    algo: str,
+    runs: Path,
+    minutes: float,
+    call_minutes: float,
+    runners: int,
+    batch: int | None,
+    init_module: Path | None = None,
 ) -> None:
     import ray
 
-    from train import build_algo_config, init_ray
+    from train import build_algo_config, check_init_module, init_ray, module_dir, start_from_module
 
     config = experiment_config(algo, TRAIN_TOWNS, runners)
     tr = config.training
@@ -78,10 +85,16 @@ def train(
     if state["wall_s"] >= minutes * 60:
         print(f"{algo}: {state['wall_s']:.0f} s of training already done", flush=True)
         return
+    resume = (run_dir / "checkpoint").exists()
+    if init_module and not resume:
+        check_init_module(init_module, config)
     init_ray()
     algorithm = build_algo_config(config).build_algo()
-    if (run_dir / "checkpoint").exists():
+    if resume:
         algorithm.restore_from_path(str(run_dir / "checkpoint"))
+    elif init_module:
+        start_from_module(str(module_dir(init_module)), algorithm=algorithm)
+        state["init_module"] = str(init_module)
     call_end = time.monotonic() + call_minutes * 60
     try:
         while True:  # at least one iteration per call
@@ -125,7 +138,9 @@ def _save(algorithm, run_dir: Path, state: dict) -> None:
 
 
 # -------------------------------------------------------------------------------------- evaluation
-def _episodes(policy: str, seeds: list[int], checkpoint: str | None) -> list[dict]:
+def _episodes(
+    policy: str, seeds: list[int], checkpoint: str | None, birdview: dict | None = None
+) -> list[dict]:
     """Drive `seeds` episodes on the held-out town; one worker process per call."""
     import numpy as np
     import torch
@@ -136,7 +151,7 @@ def _episodes(policy: str, seeds: list[int], checkpoint: str | None) -> list[dic
     from experiments.autopilot.agent import RouteAutopilot
 
     algo = "dqn" if policy == "dqn" else "ppo"  # baselines drive the PPO experiment's action space
-    env = CarlaEnv(experiment_config(algo, HELD_OUT_TOWN))
+    env = CarlaEnv(experiment_config(algo, HELD_OUT_TOWN, birdview=birdview))
     act = ModulePolicy.from_checkpoint(Path(checkpoint)) if checkpoint else None
     autopilot = RouteAutopilot()
     rows = []
@@ -182,7 +197,9 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def evaluate(policies: dict[str, str | None], episodes: int, workers: int) -> dict:
+def evaluate(
+    policies: dict[str, str | None], episodes: int, workers: int, birdview: dict | None = None
+) -> dict:
     seeds = [10_000 + k for k in range(episodes)]  # the same 50 routes and traffic for every policy
     chunks = [seeds[k::workers] for k in range(workers) if seeds[k::workers]]
     out = {}
@@ -191,7 +208,13 @@ def evaluate(policies: dict[str, str | None], episodes: int, workers: int) -> di
             t0 = time.monotonic()
             rows = [
                 r
-                for part in pool.map(_episodes, [name] * len(chunks), chunks, [checkpoint] * len(chunks))
+                for part in pool.map(
+                    _episodes,
+                    [name] * len(chunks),
+                    chunks,
+                    [checkpoint] * len(chunks),
+                    [birdview] * len(chunks),
+                )
                 for r in part
             ]
             out[name] = summarise(rows)
@@ -305,6 +328,9 @@ def main() -> int:
     )
     p.add_argument("--runners", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--train-batch", type=int, help="override train_batch_size_per_learner (smoke runs)")
+    p.add_argument(
+        "--init-module", type=Path, help="start training from this checkpoint's policy (bench/imitation.py's)"
+    )
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--scaling", default="1,2,4,8,14", help="EnvRunner counts for the scaling table")
     p.add_argument("--scaling-iterations", type=int, default=2)
@@ -328,8 +354,22 @@ def main() -> int:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         }
     if "train" in phases:
+        from carla_env.config import ConfigError
+
         for algo in algos:
-            train(algo, args.runs, args.minutes, args.call_minutes, args.runners, args.train_batch)
+            try:
+                train(
+                    algo,
+                    args.runs,
+                    args.minutes,
+                    args.call_minutes,
+                    args.runners,
+                    args.train_batch,
+                    args.init_module,
+                )
+            except ConfigError as e:
+                print(e, file=sys.stderr)
+                return 2
     if "eval" in phases:
         policies = {"random": None, "autopilot": None}
         for algo in algos:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +83,22 @@ def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
-def test_learning_bench_rejects_an_unknown_phase():
+def test_learning_bench_rejects_an_unknown_phase_and_a_missing_init_module(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/learning.py", "--phases", "trian"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2 and "--phases: unknown ['trian']" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "bench/learning.py", "--phases", "train", "--algos", "ppo", "--init-module",
+         tmp_path / "nope", "--runs", tmp_path / "runs", "--out", tmp_path / "out"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"--init-module: no policy module under {tmp_path / 'nope'}; give a checkpoint folder "
+        "(a run's checkpoint_N, or bench/imitation.py's)"
+    ]
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -102,3 +114,29 @@ def test_learning_bench_training_resumes_across_calls(tmp_path):
     curve = json.loads((tmp_path / "runs/ppo/state.json").read_text())["curve"]
     assert [row["iteration"] for row in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2
     assert curve[-1]["env_steps"] > curve[0]["env_steps"]
+
+
+def test_imitation_bench_clones_the_autopilot_into_a_module_infer_can_load(tmp_path):
+    """A tiny run end to end: demonstrations, a fit that lowers the loss, a checkpoint tree that
+    ModulePolicy loads, and the held-out evaluation in one JSON line."""
+    proc = subprocess.run(
+        [sys.executable, "bench/imitation.py", "--samples", "512", "--epochs", "2", "--eval-episodes", "1",
+         "--workers", "2", "--ego-history", "--out", tmp_path],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["samples"] == 512 and result["episodes"] == 1 and result["ego_history"] is True
+    first, last = result["loss_per_epoch"]
+    assert last < first
+    from carla_env.rllib.policy import ModulePolicy
+
+    policy = ModulePolicy.from_checkpoint(Path(result["checkpoint"]))
+    assert policy(np.zeros(policy.observation_space.shape, np.uint8)).shape == (2,)
+
+
+def test_imitation_bench_refuses_too_few_samples():
+    proc = subprocess.run(
+        [sys.executable, "bench/imitation.py", "--samples", "10"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "--samples: at least 256" in proc.stderr

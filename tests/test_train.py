@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -193,3 +194,28 @@ def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(summary.read_text())["episodes"][0]["steps"] > 0
+
+    # A second run starts from the first one's weights (lr 0: they must come out unchanged).
+    (first,) = (tmp_path / "runs/ppo").glob("*/checkpoint_000000")
+    base["training"]["settings"]["lr"] = 0.0
+    cfg.write_text(yaml.safe_dump(base))
+    other = tmp_path / "other.yaml"  # a smaller BEV: the module does not fit it
+    other.write_text(yaml.safe_dump({**base, "experiment": {**base["experiment"], "sensors": {
+        "birdview": {**TINY["experiment"]["sensors"]["birdview"], "size": 40}}}}))  # fmt: skip
+    for config, module, message in (
+        (cfg, tmp_path / "nope", "no policy module under"),
+        (other, first, "takes observations"),
+    ):
+        proc = train(config, "--name", "warm", "--dir", tmp_path / "runs", "--init-module", module)
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("--init-module: ") and message in line
+        assert not (tmp_path / "runs/warm").exists()  # nothing half-made
+    proc = train(cfg, "--name", "warm", "--dir", tmp_path / "runs", "--stop-iters", 1, "--init-module", first)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (warm,) = (tmp_path / "runs/warm").glob("*/checkpoint_000000")
+    from carla_env.rllib.policy import ModulePolicy
+
+    before, after = (ModulePolicy.from_checkpoint(c).module.state_dict() for c in (first, warm))
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(np.asarray(before[k]), np.asarray(after[k])) for k in before)

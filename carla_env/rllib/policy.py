@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,14 @@ class ModulePolicy:
     def from_checkpoint(cls, checkpoint: Path) -> ModulePolicy:
         from ray.rllib.core.rl_module.rl_module import RLModule
 
-        # Absolute: RLlib reads a relative path as a URI and fails.
-        return cls(RLModule.from_checkpoint(str(Path(checkpoint).resolve() / MODULE_PATH)))
+        # RLlib's own from_checkpoint trips its RLModuleConfig deprecation warning: not the user's to see.
+        deprecations = logging.getLogger("ray._common.deprecation")
+        level = deprecations.level
+        deprecations.setLevel(logging.ERROR)
+        try:  # absolute: RLlib reads a relative path as a URI and fails
+            return cls(RLModule.from_checkpoint(str(Path(checkpoint).resolve() / MODULE_PATH)))
+        finally:
+            deprecations.setLevel(level)
 
     @property
     def observation_space(self):
