@@ -23,6 +23,7 @@ with open(os.environ.get("FAKE_CARLA_PIDS", os.devnull), "a") as f:
 if mode == "hang":
     time.sleep(3600)
 srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as CARLA's asio acceptor: TIME_WAIT won't block a relaunch
 srv.bind(("127.0.0.1", int(args["carla-rpc-port"])))
 srv.listen(16)
 srv.settimeout(0.1)
