@@ -209,7 +209,9 @@ class CarlaCore:
         self.world.tick(self.server_config.tick_timeout)  # controllers start after their first tick
         for controller in self.world.get_actors([c for _, c in pairs]):
             controller.start()
-            controller.go_to_location(self.world.get_random_location_from_navigation())
+            destination = self.world.get_random_location_from_navigation()
+            if destination is not None:
+                controller.go_to_location(destination)
             controller.set_max_speed(float(rng.uniform(1.0, 1.6)))  # walking pace, m/s
 
     def tick(self, control: carla.VehicleControl | None) -> int:
