@@ -71,9 +71,12 @@ def build_module(birdview: dict):
 
 
 def fit(module, obs: np.ndarray, actions: np.ndarray, epochs: int, batch: int, lr: float) -> list[float]:
-    """Maximise the policy's log-likelihood of the autopilot's actions; mean loss per epoch."""
+    """Maximise the policy's log-likelihood of the autopilot's actions (on the GPU when there is one);
+    mean loss per epoch."""
     import torch
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module.to(device)
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     dist_cls = module.get_train_action_dist_cls()
     rng = np.random.default_rng(0)
@@ -83,15 +86,15 @@ def fit(module, obs: np.ndarray, actions: np.ndarray, epochs: int, batch: int, l
         order, total = rng.permutation(len(obs)), 0.0
         for k in range(0, len(order) - batch + 1, batch):
             pick = order[k : k + batch]
-            out = module.forward_train({"obs": torch.from_numpy(obs[pick])})
+            out = module.forward_train({"obs": torch.from_numpy(obs[pick]).to(device)})
             dist = dist_cls.from_logits(out["action_dist_inputs"])
-            loss = -dist.logp(torch.from_numpy(actions[pick])).mean()
+            loss = -dist.logp(torch.from_numpy(actions[pick]).to(device)).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(pick)
         losses.append(total / (len(order) // batch * batch))
-    module.eval()
+    module.cpu().eval()  # saved and evaluated on CPU
     return losses
 
 
