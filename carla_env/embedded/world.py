@@ -24,10 +24,9 @@ from carla_env.embedded.kernels import overlapping_pairs
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.maps.geometry import lane_pose
 from carla_env.maps.town import Town
-from carla_env.sensors.birdview import Scene
+from carla_env.sensors.birdview import Scene, box_corners
 
 DEFAULT_DELTA = 0.05
-CORNER_SIGNS = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=float)  # box corners as +-half sizes
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
@@ -459,10 +458,8 @@ class EmbeddedWorld:
             k = min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
             idx = g.lane_start[lane] + k
             lane_yaw = g.yaw[idx]
-            cy, sy = np.cos(f.yaw[r]), np.sin(f.yaw[r])
-            hl, hw = f.half[r, 0] * CORNER_SIGNS[:, 0], f.half[r, 1] * CORNER_SIGNS[:, 1]
-            dx = f.x[r] - g.points[idx, 0] + hl * cy - hw * sy
-            dy = f.y[r] - g.points[idx, 1] + hl * sy + hw * cy
+            corners = box_corners([f.x[r], f.y[r], f.yaw[r], f.half[r, 0], f.half[r, 1]])[0]
+            dx, dy = (corners - g.points[idx, :2]).T
             along = k * g.lane_ds[lane] + dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
             lateral = -dx * np.sin(lane_yaw) + dy * np.cos(lane_yaw)  # > 0: right of the lane centre
             on_lane = (along >= 0.0) & (along <= g.lane_length[lane])

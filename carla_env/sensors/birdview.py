@@ -78,6 +78,17 @@ def observation_space(spec: BirdviewSpec, packed: bool):
     return gym.spaces.Box(0, 255 if packed else 1, (depth, spec.size, spec.size), np.uint8)
 
 
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4, 2) world corners, in polygon order, of (N, 5) boxes x, y, yaw (rad), half_length, half_width."""
+    x, y, yaw, hl, hw = np.asarray(boxes, float).reshape(-1, 5).T
+    c, s = np.cos(yaw), np.sin(yaw)
+    f = _CORNERS[None, :, 0] * hl[:, None]
+    r = _CORNERS[None, :, 1] * hw[:, None]
+    wx = x[:, None] + f * c[:, None] - r * s[:, None]
+    wy = y[:, None] + f * s[:, None] + r * c[:, None]
+    return np.stack([wx, wy], -1)
+
+
 @dataclass
 class Scene:
     """What one frame of the world looks like to the renderer: arrays in CARLA's frame."""
@@ -254,13 +265,7 @@ class BirdviewRenderer:
         channel, boxes = channel[near], boxes[near]
         if not len(boxes):
             return
-        x, y, yaw, hl, hw = boxes.T
-        c, s = np.cos(yaw), np.sin(yaw)
-        f = _CORNERS[None, :, 0] * hl[:, None]
-        r = _CORNERS[None, :, 1] * hw[:, None]
-        wx = x[:, None] + f * c[:, None] - r * s[:, None]
-        wy = y[:, None] + f * s[:, None] + r * c[:, None]
-        pts = self._apply(to_bev, np.stack([wx, wy], -1).reshape(-1, 2)).reshape(-1, 4, 2)
+        pts = self._apply(to_bev, box_corners(boxes).reshape(-1, 2)).reshape(-1, 4, 2)
         for ch in np.unique(channel):
             cv2.fillPoly(out[ch], list(pts[channel == ch]), 1)
 
