@@ -161,7 +161,9 @@ def check_init_module(checkpoint: Path, config) -> None:
 
 def start_from_module(path: str, *, algorithm, **_) -> None:
     """Algorithm init: load the policy weights (the learner's, then synced to every EnvRunner)."""
-    algorithm.restore_from_path(path, component="learner_group/learner/rl_module/default_policy")
+    from carla_env.rllib.policy import MODULE_PATH
+
+    algorithm.restore_from_path(path, component=MODULE_PATH.as_posix())
 
 
 def init_ray(address: str | None = None) -> None:

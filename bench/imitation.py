@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.learning import HELD_OUT_TOWN, TRAIN_TOWNS, evaluate, experiment_config  # noqa: E402
+from train import module_dir  # noqa: E402
 
 
 def demonstrations(
@@ -140,7 +141,7 @@ def main() -> int:
     fit_s = time.monotonic() - t1
     tag = "ego_history" if args.ego_history else "no_ego_history"
     checkpoint = (args.out / tag / "checkpoint").resolve()
-    module.save_to_path(str(checkpoint / "learner_group" / "learner" / "rl_module" / "default_policy"))
+    module.save_to_path(str(module_dir(checkpoint)))  # where ModulePolicy and --init-module look
     scores = evaluate({f"bc_{tag}": str(checkpoint)}, args.eval_episodes, args.workers, birdview)
     print(
         json.dumps(
