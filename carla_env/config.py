@@ -210,6 +210,7 @@ def validate_config(data: dict, source: str = "config") -> Config:
     except ValidationError as e:
         raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
     _check_backend(config, source)
+    _check_birdviews(config, source)
     if config.experiment.type:
         cls = experiment_class(config.experiment.type, source)
         try:
@@ -224,6 +225,17 @@ def validate_config(data: dict, source: str = "config") -> Config:
 def _first_error(e: ValidationError, model: type[BaseModel]) -> str:
     more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
     return _describe(e.errors()[0], model) + more
+
+
+def _check_birdviews(config: Config, source: str) -> None:
+    from carla_env.sensors.birdview import birdview_from_attributes
+
+    for name, sensor in config.experiment.sensors.items():
+        if sensor.type == "sensor.birdview":
+            try:
+                birdview_from_attributes(sensor.model_extra or {})
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"config error in {source}: experiment.sensors.{name}.{e}") from None
 
 
 def _check_backend(config: Config, source: str) -> None:

@@ -162,6 +162,18 @@ def test_ego_history_shows_the_egos_own_trail_so_its_speed_is_observable(town):
         assert behind_px[-1.1] == pytest.approx(4.0 * 5, abs=1)
 
 
+def test_speed_channel_is_a_bar_as_wide_as_the_egos_speed(town):
+    """The ego's speed, which no other channel shows, as a bar from the left edge: 5 m/s of the
+    20 m/s range is a quarter of the width, at any heading; at or above the range, the full width."""
+    spec = BirdviewSpec(channels=("road", "speed"), speed_range=20.0)
+    r = BirdviewRenderer(town.lanes, spec)
+    for speed, width in ((0.0, 0), (5.0, 48), (10.0, 96), (35.0, 192)):
+        bar = channel(
+            r, r.render(Scene(ego=box(3.0, 1.0, 2.0), vehicles=np.zeros((0, 5)), ego_speed=speed)), "speed"
+        )
+        assert bar[:, :width].all() and not bar[:, width:].any()
+
+
 def test_pack_unpack_round_trip_is_exact_numpy_and_torch():
     rng = np.random.default_rng(0)
     for channels in (24, 25, 7, 1):
@@ -184,7 +196,8 @@ def test_same_pixels_from_the_carla_api_and_from_the_embedded_arrays():
         world.get_blueprint_library().find("vehicle.tesla.model3"), town.spawn_points(seed=1)[0]
     )
     world.spawn_traffic(50)
-    via_api, via_arrays = BirdviewRenderer(town.lanes), BirdviewRenderer(town.lanes)
+    spec = BirdviewSpec(channels=(*BirdviewSpec().channels, "speed"))
+    via_api, via_arrays = BirdviewRenderer(town.lanes, spec), BirdviewRenderer(town.lanes, spec)
     driver = LaneFollower(town.lanes, seed=0)
     seen = set()
     for _ in range(300):
@@ -194,7 +207,7 @@ def test_same_pixels_from_the_carla_api_and_from_the_embedded_arrays():
         b = via_arrays(world.birdview_scene(hero))
         assert np.array_equal(a, b)
         seen.update(name.split("@")[0] for name, k in via_api.index.items() if a[k].any())
-    assert {"road", "vehicles", "lane_solid"} <= seen and seen & {"lights_red", "lights_green"}
+    assert {"road", "vehicles", "lane_solid", "speed"} <= seen and seen & {"lights_red", "lights_green"}
 
 
 def test_route_channel_follows_the_planned_route(town):

@@ -41,6 +41,14 @@ def test_yaml_merges_over_defaults(tmp_path):
             "simulator:\n  backend: unreal\n",
             "simulator.backend: Input should be 'auto', 'embedded' or 'carla'",
         ),
+        (
+            "experiment:\n  sensors:\n    bev: {type: sensor.birdview, channels: [road, sped]}\n",
+            "experiment.sensors.bev.channels: unknown ['sped']; choose from road,",
+        ),
+        (
+            "experiment:\n  sensors:\n    bev: {type: sensor.birdview, chanels: [road]}\n",
+            "experiment.sensors.bev.chanels: unknown birdview attribute; valid: channels,",
+        ),
         ("simulator: [1, 2\n", "not valid YAML"),
         ("- just\n- a list\n", "the top level must be a mapping"),
     ],

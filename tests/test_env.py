@@ -120,11 +120,19 @@ def test_spawn_point_strings_place_the_hero():
 def test_ppo_env_passes_gymnasiums_checker_with_continuous_actions():
     e = CarlaEnv(load_config("experiments/ppo/config.yaml", {"simulator": {"backend": "embedded"}}))
     check_env(e, skip_render_check=True)
-    e.reset(seed=0)
+    obs, _ = e.reset(seed=0)
     for _ in range(20):
-        e.step(np.array([0.0, 1.0], np.float32))  # straight, full throttle
+        obs, *_ = e.step(np.array([0.0, 1.0], np.float32))  # straight, full throttle
     v = e.core.hero.get_velocity()
-    assert np.hypot(v.x, v.y) > 3.0
+    speed = np.hypot(v.x, v.y)
+    assert speed > 3.0
+    # The PPO policy sees its speed: the "speed" channel's bar is speed / 20 m/s of the width.
+    from carla_env.sensors.birdview import birdview_from_attributes
+
+    spec, _ = birdview_from_attributes(e.experiment.config.sensors["birdview"].model_extra)
+    names = spec.channel_names()
+    bar = np.unpackbits(obs, axis=0, count=len(names))[names.index("speed")]
+    assert bar[:, : int(speed / 20.0 * 192)].all() and not bar[:, round(speed / 20.0 * 192) + 1 :].any()
     e.close()
 
 

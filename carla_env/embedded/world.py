@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import carla
@@ -286,8 +287,12 @@ class EmbeddedWorld:
         hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
+        v = hero.get_velocity()  # as scene_from_world reads it
         return Scene(
-            ego=all_boxes[hero_row], vehicles=all_boxes[others], light_states=self._light_state.copy()
+            ego=all_boxes[hero_row],
+            vehicles=all_boxes[others],
+            light_states=self._light_state.copy(),
+            ego_speed=math.hypot(v.x, v.y),
         )
 
     def on_driving_lane(self, vehicle: Vehicle) -> bool:

@@ -12,7 +12,7 @@ Dynamic layers are drawn from a `Scene` (plain arrays), so the carla backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import cv2
 import numpy as np
@@ -35,8 +35,11 @@ class BirdviewSpec:
     # The ego's own past boxes in the vehicles history channels: its trail shows its speed and yaw
     # rate (Roach feeds speed as a separate vector; a BEV-only policy would not see it). No extra channel.
     ego_history: bool = False
+    speed_range: float = 20.0  # m/s at which the "speed" channel's bar spans the full width
     # 24 channels by default = 3 bytes a pixel packed. "ego" is available but off, as in Roach
-    # (the ego always sits at the same pixels).
+    # (the ego always sits at the same pixels). "speed" is available too: the ego's speed as a bar
+    # from the left edge, width proportional to speed (Roach feeds speed beside the image; here a
+    # BEV-only CNN reads it from its own channel). Without it a policy cannot see how fast it goes.
     channels: tuple[str, ...] = (
         "road",
         "route",
@@ -64,8 +67,19 @@ class BirdviewSpec:
         return len(self.channel_names())
 
 
+CHANNELS = (*BirdviewSpec.channels, "ego", "speed")  # every channel the renderer draws
+
+
 def birdview_from_attributes(attributes: dict) -> tuple[BirdviewSpec, bool]:
-    """A `sensor.birdview` config's attributes -> (BirdviewSpec, packed?). YAML lists become tuples."""
+    """A `sensor.birdview` config's attributes -> (BirdviewSpec, packed?). YAML lists become tuples.
+    Raises ValueError naming the attribute for an unknown key or channel."""
+    keys = {f.name for f in fields(BirdviewSpec)} | {"packed"}
+    for key in attributes:
+        if key not in keys:
+            raise ValueError(f"{key}: unknown birdview attribute; valid: {', '.join(sorted(keys))}")
+    unknown = [c for c in attributes.get("channels", ()) if c not in CHANNELS]
+    if unknown:
+        raise ValueError(f"channels: unknown {unknown}; choose from {', '.join(CHANNELS)}")
     spec = {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items() if k != "packed"}
     return BirdviewSpec(**spec), bool(attributes.get("packed"))
 
@@ -97,6 +111,7 @@ class Scene:
     vehicles: np.ndarray  # (N, 5) other vehicles, same columns
     walkers: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
     light_states: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per lane-graph light
+    ego_speed: float = 0.0  # m/s in the ground plane
 
 
 class StaticRaster:
@@ -197,6 +212,9 @@ class BirdviewRenderer:
         for bit, name in enumerate(STATIC):
             if name in self.index:
                 out[self.index[name]] = (static >> bit) & 1
+        if "speed" in self.index:
+            fraction = min(max(scene.ego_speed / spec.speed_range, 0.0), 1.0)
+            out[self.index["speed"], :, : round(fraction * size)] = 1
         if "route" in self.index and self.route is not None:
             self._polyline(
                 out[self.index["route"]],
@@ -258,6 +276,8 @@ class BirdviewRenderer:
         return np.round(xy @ m[:, :2].T + m[:, 2]).astype(np.int32)
 
     def _fill_boxes(self, out: np.ndarray, to_bev: np.ndarray, box_sets: list, ego: np.ndarray) -> None:
+        if not box_sets:  # no box channel in this spec
+            return
         channel = np.concatenate([np.full(len(b), c) for c, b in box_sets])
         boxes = np.concatenate([b for _, b in box_sets]).reshape(-1, 5)
         view = self.spec.size / self.spec.pixels_per_meter  # metres: anything farther is off screen

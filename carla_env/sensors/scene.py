@@ -27,8 +27,10 @@ def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
         k = index.get(int(light.get_opendrive_id()))
         if k is not None:
             states[k] = int(light.get_state())
+    v = hero.get_velocity()
     return Scene(
         ego=np.array(_box(hero)),
+        ego_speed=math.hypot(v.x, v.y),
         vehicles=np.array(vehicles, float).reshape(-1, 5),
         walkers=np.array(walkers, float).reshape(-1, 5),
         light_states=states,
