@@ -1,13 +1,17 @@
 """Can a policy drive from this observation? Behaviour cloning of the reference autopilot into the
-PPO experiment's RLModule, evaluated greedily on the held-out town (the same 50 episodes as
-bench/learning.py). A cheap probe of the observation and the network, apart from RL's exploration
-and reward, and a warm start for PPO.
+PPO experiment's RLModule, then DAgger, evaluated greedily on the held-out town (the same 50 episodes
+as bench/learning.py). A probe of the observation and the network apart from RL's exploration and
+reward, and a warm start for PPO (`train.py --init-module`).
 
     python bench/imitation.py --samples 12000 --epochs 4                  # the BEV of experiments/ppo
     python bench/imitation.py --samples 12000 --epochs 4 --ego-history    # + the ego's own trail
+    python bench/imitation.py --samples 12000 --dagger-rounds 2 --dagger-samples 6000
 
 Demonstrations come from the training towns with traffic; the executed action carries Gaussian
 noise (labels stay the autopilot's) so the data shows how to recover from small errors (DART).
+DAgger (Ross et al. 2011) then drives with the cloned policy itself (the autopilot's action instead
+with probability beta**round), labels the states it reaches with the autopilot's action, adds them
+to the data and fits again: the policy learns to recover from its own mistakes, not only from noise.
 Prints one JSON line; the module is saved under --out as an RLlib checkpoint tree (`infer.py` and
 `ModulePolicy` read it).
 """
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,36 +36,63 @@ from bench.learning import HELD_OUT_TOWN, TRAIN_TOWNS, evaluate, experiment_conf
 from train import module_dir  # noqa: E402
 
 
-def demonstrations(
-    town: str, samples: int, seed: int, noise: float, birdview: dict, keep_stopped: float
-) -> tuple:
-    """(packed observations, autopilot actions) from autopilot episodes on `town`; only a fraction
-    `keep_stopped` of the frames at standstill is kept (long red-light waits would teach a cloned
-    policy that a stopped car stays stopped: the inertia problem of behaviour cloning)."""
+def demonstrations(job: dict) -> tuple:
+    """(packed observations, autopilot actions, route completions of finished episodes) from
+    episodes on `job["town"]`. Without a `learner` checkpoint the autopilot drives; with one the
+    learner drives and the autopilot's action is executed with probability `beta` (DAgger's
+    mixture). Only a fraction `keep_stopped` of the frames at standstill is kept: long red-light
+    waits would teach a cloned policy that a stopped car stays stopped (behaviour cloning's
+    inertia problem)."""
     import torch
 
     torch.set_num_threads(1)
     from carla_env.env import CarlaEnv
+    from carla_env.rllib.policy import ModulePolicy
     from experiments.autopilot.agent import RouteAutopilot
 
-    env = CarlaEnv(experiment_config("ppo", town, birdview=birdview))
-    autopilot, rng = RouteAutopilot(), np.random.default_rng(seed)
-    obs_out, act_out, episode = [], [], 0
-    while len(obs_out) < samples:
+    env = CarlaEnv(experiment_config("ppo", job["town"], birdview=job["birdview"]))
+    learner = ModulePolicy.from_checkpoint(Path(job["learner"])) if job.get("learner") else None
+    autopilot, rng, seed = RouteAutopilot(), np.random.default_rng(job["seed"]), job["seed"]
+    obs_out, act_out, completions, episode = [], [], [], 0
+    while len(obs_out) < job["samples"]:
         obs, _ = env.reset(seed=seed * 10_000 + episode)
         autopilot.reset()
         episode += 1
-        done = False
-        while not done and len(obs_out) < samples:
+        done, info = False, {}
+        while not done and len(obs_out) < job["samples"]:
             label = autopilot.action(env.core.hero, env.experiment.route, env.config.simulator.timestep)
-            if env.core.hero.get_velocity().length() > 0.5 or rng.random() < keep_stopped:
+            if env.core.hero.get_velocity().length() > 0.5 or rng.random() < job["keep_stopped"]:
                 obs_out.append(obs)
                 act_out.append(label)
-            executed = np.clip(label + rng.normal(0.0, noise, 2), -1.0, 1.0).astype(np.float32)
-            obs, _, terminated, truncated, _ = env.step(executed)
+            executed = label if learner is None or rng.random() < job["beta"] else learner(obs)
+            executed = np.clip(executed + rng.normal(0.0, job["noise"], 2), -1.0, 1.0).astype(np.float32)
+            obs, _, terminated, truncated, info = env.step(executed)
             done = terminated or truncated
+        if done:
+            completions.append(float(info["route_completion"]))
     env.close()
-    return np.stack(obs_out), np.stack(act_out)
+    return np.stack(obs_out), np.stack(act_out), completions
+
+
+def collect(samples: int, workers: int, base: dict, round_: int) -> tuple:
+    """`samples` steps over the training towns, split across `workers` processes (towns round-robin)."""
+    jobs = [
+        {
+            **base,
+            "town": TRAIN_TOWNS[k % len(TRAIN_TOWNS)],
+            "samples": samples // workers + (k < samples % workers),
+            "seed": round_ * 1_000 + k,
+        }
+        for k in range(workers)
+    ]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(demonstrations, jobs))
+    completions = [c for _, _, cs in parts for c in cs]
+    return (
+        np.concatenate([o for o, _, _ in parts]),
+        np.concatenate([a for _, a, _ in parts]),
+        sum(completions) / len(completions) if completions else None,
+    )
 
 
 def build_module(birdview: dict):
@@ -108,52 +140,75 @@ def main() -> int:
     p.add_argument("--noise", type=float, default=0.1, help="std of the noise on executed actions")
     p.add_argument("--keep-stopped", type=float, default=0.1, help="fraction of standstill frames kept")
     p.add_argument("--ego-history", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
+    p.add_argument("--dagger-samples", type=int, default=12_000, help="steps the learner drives per round")
+    p.add_argument(
+        "--beta", type=float, default=0.5, help="round r executes the autopilot's action with p=beta**r"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the module's initial weights")
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "imitation")
     args = p.parse_args()
     if args.samples < args.batch * len(TRAIN_TOWNS):
         p.error(f"--samples: at least {args.batch * len(TRAIN_TOWNS)} (one batch per training town)")
+    if args.dagger_rounds < 0 or (args.dagger_rounds and args.dagger_samples < 1):
+        p.error("--dagger-rounds must be >= 0 and --dagger-samples >= 1")
+    if not 0.0 <= args.beta <= 1.0:
+        p.error("--beta: a probability in [0, 1]")
     import torch
 
     torch.set_num_threads(args.workers)
+    torch.manual_seed(args.seed)  # the module's initial weights; demonstrations are seeded per worker
+    workers = max(1, args.workers)
     birdview = {"ego_history": args.ego_history}
+    base = {"noise": args.noise, "birdview": birdview, "keep_stopped": args.keep_stopped}
     t0 = time.monotonic()
-    per_town = args.samples // len(TRAIN_TOWNS)
-    with ProcessPoolExecutor(min(args.workers, len(TRAIN_TOWNS))) as pool:
-        parts = list(
-            pool.map(
-                demonstrations,
-                TRAIN_TOWNS,
-                [per_town] * len(TRAIN_TOWNS),
-                range(len(TRAIN_TOWNS)),
-                [args.noise] * len(TRAIN_TOWNS),
-                [birdview] * len(TRAIN_TOWNS),
-                [args.keep_stopped] * len(TRAIN_TOWNS),
-            )
-        )
-    obs = np.concatenate([o for o, _ in parts])
-    actions = np.concatenate([a for _, a in parts])
-    collect_s = time.monotonic() - t0
+    obs, actions, _ = collect(args.samples, workers, base, 0)
+    collect_s, fit_s = time.monotonic() - t0, 0.0
     module = build_module(birdview)
-    t1 = time.monotonic()
-    losses = fit(module, obs, actions, args.epochs, args.batch, args.lr)
-    fit_s = time.monotonic() - t1
-    tag = "ego_history" if args.ego_history else "no_ego_history"
+    tag = ("ego_history" if args.ego_history else "no_ego_history") + (
+        "_dagger" if args.dagger_rounds else ""
+    )
     checkpoint = (args.out / tag / "checkpoint").resolve()
+    rounds = []
+    for round_ in range(args.dagger_rounds + 1):
+        t1 = time.monotonic()
+        losses = fit(module, obs, actions, args.epochs, args.batch, args.lr)
+        fit_s += time.monotonic() - t1
+        rounds.append({"samples": len(obs), "loss_per_epoch": [round(x, 3) for x in losses]})
+        if round_ == args.dagger_rounds:
+            break
+        with tempfile.TemporaryDirectory() as learner:  # the workers load the policy from here
+            module.save_to_path(str(module_dir(Path(learner))))
+            t1 = time.monotonic()
+            more_obs, more_actions, completion = collect(
+                args.dagger_samples,
+                workers,
+                {**base, "learner": learner, "beta": args.beta ** (round_ + 1)},
+                round_ + 1,
+            )
+            collect_s += time.monotonic() - t1
+        rounds[-1]["rollout_route_completion"] = None if completion is None else round(completion, 3)
+        print(json.dumps({"dagger_round": round_ + 1, **rounds[-1]}), flush=True)
+        obs, actions = np.concatenate([obs, more_obs]), np.concatenate([actions, more_actions])
     module.save_to_path(str(module_dir(checkpoint)))  # where ModulePolicy and --init-module look
-    scores = evaluate({f"bc_{tag}": str(checkpoint)}, args.eval_episodes, args.workers, birdview)
+    scores = evaluate({tag: str(checkpoint)}, args.eval_episodes, workers, birdview)
     print(
         json.dumps(
             {
                 "ego_history": args.ego_history,
                 "keep_stopped": args.keep_stopped,
                 "samples": len(obs),
+                "dagger_rounds": args.dagger_rounds,
+                "dagger_samples": args.dagger_samples if args.dagger_rounds else 0,
+                "beta": args.beta,
                 "collect_s": round(collect_s, 1),
                 "fit_s": round(fit_s, 1),
-                "loss_per_epoch": [round(x, 3) for x in losses],
+                "loss_per_epoch": rounds[-1]["loss_per_epoch"],
+                "rounds": rounds,
                 "held_out_town": HELD_OUT_TOWN,
-                **scores[f"bc_{tag}"],
+                **scores[tag],
                 "checkpoint": str(checkpoint),
             }
         ),

@@ -3,6 +3,8 @@
     python bench/learning.py                       # everything: train ppo+dqn, evaluate, scale, report
     python bench/learning.py --phases train --algos ppo --minutes 20 --call-minutes 9
     python bench/learning.py --phases eval,scaling,report
+    python bench/learning.py --phases train,eval --algos ppo --tag dagger --lr 1e-4 \
+        --init-module runs/imitation/no_ego_history_dagger/checkpoint   # PPO from bench/imitation.py's module
 
 Training runs on generated towns with background traffic (embedded backend), one town per env
 runner; evaluation is on a held-out generated town (a grid seed never trained on), 50 episodes
@@ -39,8 +41,11 @@ GPU_SETTINGS = {
 TARGETS = {"route_completion": 0.90, "collisions_per_km": 0.1, "lane_invasions_per_km": 1.0}
 
 
-def experiment_config(algo: str, town, runners: int = 0, birdview: dict | None = None):
-    """The experiment's config.yaml on `town` with this bench's traffic; `birdview` overrides BEV keys."""
+def experiment_config(
+    algo: str, town, runners: int = 0, birdview: dict | None = None, options: dict | None = None
+):
+    """The experiment's config.yaml on `town` with this bench's traffic; `birdview` overrides BEV keys,
+    `options` the experiment's reward options."""
     import torch
 
     from carla_env.config import load_config
@@ -53,11 +58,18 @@ def experiment_config(algo: str, town, runners: int = 0, birdview: dict | None =
         "training": training,
     }
     if birdview:
-        overrides["experiment"] = {"sensors": {"birdview": birdview}}
+        overrides.setdefault("experiment", {})["sensors"] = {"birdview": birdview}
+    if options:
+        overrides.setdefault("experiment", {})["options"] = options
     return load_config(ROOT / "experiments" / algo / "config.yaml", overrides)
 
 
 # ---------------------------------------------------------------------------------------- training
+def run_name(algo: str, tag: str) -> str:
+    """A run's folder under --runs and its row in the results: `ppo`, or `ppo_<tag>` for a variant."""
+    return f"{algo}_{tag}" if tag else algo
+
+
 def train(
     algo: str,
     runs: Path,
@@ -66,27 +78,35 @@ def train(
     runners: int,
     batch: int | None,
     init_module: Path | None = None,
+    tag: str = "",
+    lr: float | None = None,
+    options: dict | None = None,
 ) -> None:
     import ray
 
     from train import build_algo_config, check_init_module, init_ray, module_dir, start_from_module
 
-    config = experiment_config(algo, TRAIN_TOWNS, runners)
+    config = experiment_config(algo, TRAIN_TOWNS, runners, options=options)
     tr = config.training
     settings = {**tr.settings, **GPU_SETTINGS[algo]}
     if batch:
         settings["train_batch_size_per_learner"] = batch
         if algo == "ppo":
             settings["minibatch_size"] = min(settings["minibatch_size"], batch)
+    if lr:
+        settings["lr"] = lr
     config = config.model_copy(update={"training": tr.model_copy(update={"settings": settings})})
-    run_dir = runs.resolve() / algo  # RLlib reads a relative path as a URI
+    run_dir = runs.resolve() / run_name(algo, tag)  # RLlib reads a relative path as a URI
     state_file = run_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_s": 0.0, "curve": []}
+    state.update({"settings": {"lr": settings.get("lr")}, "options": options or {}})
     if state["wall_s"] >= minutes * 60:
         print(f"{algo}: {state['wall_s']:.0f} s of training already done", flush=True)
         return
     resume = (run_dir / "checkpoint").exists()
-    if init_module and not resume:
+    if init_module and resume:
+        print(f"{run_dir.name}: resuming its checkpoint; --init-module applies to a new run only", flush=True)
+    elif init_module:
         check_init_module(init_module, config)
     init_ray()
     algorithm = build_algo_config(config).build_algo()
@@ -150,7 +170,8 @@ def _episodes(
     from carla_env.rllib.policy import ModulePolicy
     from experiments.autopilot.agent import RouteAutopilot
 
-    algo = "dqn" if policy == "dqn" else "ppo"  # baselines drive the PPO experiment's action space
+    # baselines drive the PPO experiment's action space
+    algo = "dqn" if policy == "dqn" or policy.startswith("dqn_") else "ppo"
     env = CarlaEnv(experiment_config(algo, HELD_OUT_TOWN, birdview=birdview))
     act = ModulePolicy.from_checkpoint(Path(checkpoint)) if checkpoint else None
     autopilot = RouteAutopilot()
@@ -249,10 +270,9 @@ def report(out: Path, runs: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = json.loads((out / "learning.json").read_text()) if (out / "learning.json").exists() else {}
-    curves = {}
+    curves = results.setdefault("curves", {})  # runs measured elsewhere keep their curves
     for state in sorted(runs.glob("*/state.json")):  # ppo, dqn, and any variant run beside them
         curves[state.parent.name] = json.loads(state.read_text())["curve"]
-    results["curves"] = curves
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for algo, curve in curves.items():
         minutes = [r["wall_s"] / 60 for r in curve]
@@ -280,7 +300,7 @@ def markdown(results: dict) -> str:
     ]
     machine = results.get("machine", {})
     if machine:
-        lines += [f"Machine: {machine.get('cpus')} CPUs, {machine.get('gpu') or 'no GPU'}.", ""]
+        lines += [f"Latest run's machine: {machine.get('cpus')} CPUs, {machine.get('gpu') or 'no GPU'}.", ""]
     evaluation = results.get("evaluation", {})
     if evaluation:
         lines += [
@@ -331,6 +351,14 @@ def main() -> int:
     p.add_argument(
         "--init-module", type=Path, help="start training from this checkpoint's policy (bench/imitation.py's)"
     )
+    p.add_argument("--tag", default="", help="a variant run: trained in runs/<algo>_<tag>, reported as such")
+    p.add_argument("--lr", type=float, help="override the learning rate (fine-tuning from --init-module)")
+    p.add_argument(
+        "--reward-options",
+        type=json.loads,
+        default={},
+        help="JSON of reward options for training, e.g. '{\"speeding_penalty\": 0.05}' (experiments/driving.py)",
+    )
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--scaling", default="1,2,4,8,14", help="EnvRunner counts for the scaling table")
     p.add_argument("--scaling-iterations", type=int, default=2)
@@ -366,6 +394,9 @@ def main() -> int:
                     args.runners,
                     args.train_batch,
                     args.init_module,
+                    args.tag,
+                    args.lr,
+                    args.reward_options,
                 )
             except ConfigError as e:
                 print(e, file=sys.stderr)
@@ -373,11 +404,15 @@ def main() -> int:
     if "eval" in phases:
         policies = {"random": None, "autopilot": None}
         for algo in algos:
-            ckpt = args.runs / algo / "checkpoint"
-            if ckpt.exists():
-                policies[algo] = str(ckpt)
+            run_dir = args.runs / run_name(algo, args.tag)
+            if (run_dir / "checkpoint").exists():
+                policies[run_dir.name] = str(run_dir / "checkpoint")
+                start = json.loads((run_dir / "state.json").read_text()).get("init_module")
+                if start and Path(start).exists():  # the module it started from, scored alike
+                    policies[f"{run_dir.name}_start"] = start
         workers = max(1, min(args.eval_episodes, (os.cpu_count() or 2)))
-        results["evaluation"] = evaluate(policies, args.eval_episodes, workers)
+        # merged: rows of runs evaluated in earlier calls stay
+        results.setdefault("evaluation", {}).update(evaluate(policies, args.eval_episodes, workers))
     if "scaling" in phases:
         results["scaling"] = scaling([int(k) for k in args.scaling.split(",")], args.scaling_iterations)
     results_file.write_text(json.dumps(results, indent=2))

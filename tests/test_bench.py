@@ -99,6 +99,15 @@ def test_learning_bench_rejects_an_unknown_phase_and_a_missing_init_module(tmp_p
         "(a run's checkpoint_N, or bench/imitation.py's)"
     ]
     assert not (tmp_path / "runs").exists()
+    proc = subprocess.run(
+        [sys.executable, "bench/learning.py", "--phases", "train", "--algos", "ppo", "--tag", "shaped",
+         "--reward-options", '{"speeding_penalt": 0.05}', "--runs", tmp_path / "runs", "--out", tmp_path / "out"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.endswith("experiment.options.speeding_penalt: unknown key; did you mean 'speeding_penalty'?")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -117,22 +126,35 @@ def test_learning_bench_training_resumes_across_calls(tmp_path):
 
 
 def test_imitation_bench_clones_the_autopilot_into_a_module_infer_can_load(tmp_path):
-    """A tiny run end to end: demonstrations, a fit that lowers the loss, a checkpoint tree that
-    ModulePolicy loads, and the held-out evaluation in one JSON line."""
+    """A tiny run end to end: demonstrations, a fit that lowers the loss, a DAgger round in which the
+    cloned policy drives and the autopilot labels, a checkpoint tree that ModulePolicy loads, and the
+    held-out evaluation in one JSON line."""
     proc = subprocess.run(
-        [sys.executable, "bench/imitation.py", "--samples", "512", "--epochs", "2", "--eval-episodes", "1",
-         "--workers", "2", "--ego-history", "--out", tmp_path],
+        [sys.executable, "bench/imitation.py", "--samples", "512", "--epochs", "3", "--eval-episodes", "1",
+         "--dagger-rounds", "1", "--dagger-samples", "256", "--workers", "2", "--ego-history", "--out", tmp_path],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["samples"] == 512 and result["episodes"] == 1 and result["ego_history"] is True
-    first, last = result["loss_per_epoch"]
+    assert result["samples"] == 512 + 256 and result["episodes"] == 1 and result["ego_history"] is True
+    cloned, dagger = result["rounds"]
+    assert (cloned["samples"], dagger["samples"]) == (512, 768)
+    first, _, last = cloned["loss_per_epoch"]
     assert last < first
+    assert "rollout_route_completion" in cloned  # how far the cloned policy drove in its round
+    assert Path(result["checkpoint"]).parent.name == "ego_history_dagger"
     from carla_env.rllib.policy import ModulePolicy
 
     policy = ModulePolicy.from_checkpoint(Path(result["checkpoint"]))
     assert policy(np.zeros(policy.observation_space.shape, np.uint8)).shape == (2,)
+
+
+def test_imitation_bench_refuses_bad_dagger_settings():
+    proc = subprocess.run(
+        [sys.executable, "bench/imitation.py", "--dagger-rounds", "1", "--beta", "1.5"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--beta: a probability in [0, 1]" in proc.stderr
 
 
 def test_imitation_bench_refuses_too_few_samples():
