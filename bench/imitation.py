@@ -6,6 +6,8 @@ reward, and a warm start for PPO (`train.py --init-module`).
     python bench/imitation.py --samples 12000 --epochs 4                  # the BEV of experiments/ppo
     python bench/imitation.py --samples 12000 --epochs 4 --ego-history    # + the ego's own trail
     python bench/imitation.py --samples 12000 --dagger-rounds 2 --dagger-samples 6000
+    python bench/imitation.py --init-module runs/imitation/no_ego_history_dagger/checkpoint \
+        --samples 8000 --dagger-rounds 1 --dagger-samples 8000 --lr 1e-4 --out runs/imitation-more
 
 Demonstrations come from the training towns with traffic; the executed action carries Gaussian
 noise (labels stay the autopilot's) so the data shows how to recover from small errors (DART).
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.learning import HELD_OUT_TOWN, TRAIN_TOWNS, evaluate, experiment_config  # noqa: E402
-from train import module_dir  # noqa: E402
+from train import check_init_module, module_dir  # noqa: E402
 
 
 def demonstrations(job: dict) -> tuple:
@@ -74,14 +76,14 @@ def demonstrations(job: dict) -> tuple:
     return np.stack(obs_out), np.stack(act_out), completions
 
 
-def collect(samples: int, workers: int, base: dict, round_: int) -> tuple:
+def collect(samples: int, workers: int, base: dict, round_: int, seed: int = 0) -> tuple:
     """`samples` steps over the training towns, split across `workers` processes (towns round-robin)."""
     jobs = [
         {
             **base,
             "town": TRAIN_TOWNS[k % len(TRAIN_TOWNS)],
             "samples": samples // workers + (k < samples % workers),
-            "seed": round_ * 1_000 + k,
+            "seed": seed * 100_000 + round_ * 1_000 + k,
         }
         for k in range(workers)
     ]
@@ -145,7 +147,12 @@ def main() -> int:
     p.add_argument(
         "--beta", type=float, default=0.5, help="round r executes the autopilot's action with p=beta**r"
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds the module's initial weights")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the episodes")
+    p.add_argument(
+        "--init-module",
+        type=Path,
+        help="continue from this checkpoint's module (e.g. an earlier run's, split across time-limited calls)",
+    )
     p.add_argument("--eval-episodes", type=int, default=50)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "imitation")
@@ -156,17 +163,30 @@ def main() -> int:
         p.error("--dagger-rounds must be >= 0 and --dagger-samples >= 1")
     if not 0.0 <= args.beta <= 1.0:
         p.error("--beta: a probability in [0, 1]")
+    birdview = {"ego_history": args.ego_history}
+    if args.init_module:
+        from carla_env.config import ConfigError
+
+        try:
+            check_init_module(args.init_module, experiment_config("ppo", TRAIN_TOWNS[0], birdview=birdview))
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
     import torch
 
     torch.set_num_threads(args.workers)
-    torch.manual_seed(args.seed)  # the module's initial weights; demonstrations are seeded per worker
+    torch.manual_seed(args.seed)  # the module's initial weights (episodes: per worker, from --seed)
     workers = max(1, args.workers)
-    birdview = {"ego_history": args.ego_history}
     base = {"noise": args.noise, "birdview": birdview, "keep_stopped": args.keep_stopped}
     t0 = time.monotonic()
-    obs, actions, _ = collect(args.samples, workers, base, 0)
+    obs, actions, _ = collect(args.samples, workers, base, 0, args.seed)
     collect_s, fit_s = time.monotonic() - t0, 0.0
-    module = build_module(birdview)
+    if args.init_module:
+        from carla_env.rllib.policy import ModulePolicy
+
+        module = ModulePolicy.from_checkpoint(args.init_module).module
+    else:
+        module = build_module(birdview)
     tag = ("ego_history" if args.ego_history else "no_ego_history") + (
         "_dagger" if args.dagger_rounds else ""
     )
@@ -187,6 +207,7 @@ def main() -> int:
                 workers,
                 {**base, "learner": learner, "beta": args.beta ** (round_ + 1)},
                 round_ + 1,
+                args.seed,
             )
             collect_s += time.monotonic() - t1
         rounds[-1]["rollout_route_completion"] = None if completion is None else round(completion, 3)
@@ -198,6 +219,7 @@ def main() -> int:
         json.dumps(
             {
                 "ego_history": args.ego_history,
+                "init_module": str(args.init_module) if args.init_module else None,
                 "keep_stopped": args.keep_stopped,
                 "samples": len(obs),
                 "dagger_rounds": args.dagger_rounds,

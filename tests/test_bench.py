@@ -147,14 +147,37 @@ def test_imitation_bench_clones_the_autopilot_into_a_module_infer_can_load(tmp_p
 
     policy = ModulePolicy.from_checkpoint(Path(result["checkpoint"]))
     assert policy(np.zeros(policy.observation_space.shape, np.uint8)).shape == (2,)
+    # A later call continues from that module (a long run split across time-limited calls).
+    proc = subprocess.run(
+        [sys.executable, "bench/imitation.py", "--samples", "256", "--epochs", "1", "--eval-episodes", "1",
+         "--workers", "2", "--ego-history", "--init-module", result["checkpoint"], "--lr", "1e-5",
+         "--out", tmp_path / "more"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    more = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert more["init_module"] == result["checkpoint"]
+    first_loss = more["loss_per_epoch"][0]
+    # It starts from the trained weights, not afresh (a small lr: Adam's first steps jolt a fitted net).
+    assert first_loss < 0 < cloned["loss_per_epoch"][0]
 
 
-def test_imitation_bench_refuses_bad_dagger_settings():
+def test_imitation_bench_refuses_bad_dagger_settings(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/imitation.py", "--dagger-rounds", "1", "--beta", "1.5"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2 and "--beta: a probability in [0, 1]" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "bench/imitation.py", "--init-module", tmp_path / "nope", "--out", tmp_path / "out"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"--init-module: no policy module under {tmp_path / 'nope'}; give a checkpoint folder "
+        "(a run's checkpoint_N, or bench/imitation.py's)"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_imitation_bench_refuses_too_few_samples():
