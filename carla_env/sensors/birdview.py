@@ -38,8 +38,7 @@ class BirdviewSpec:
     speed_range: float = 20.0  # m/s at which the "speed" channel's bar spans the full width
     # 24 channels by default = 3 bytes a pixel packed. "ego" is available but off, as in Roach
     # (the ego always sits at the same pixels). "speed" is available too: the ego's speed as a bar
-    # from the left edge, width proportional to speed (Roach feeds speed beside the image; here a
-    # BEV-only CNN reads it from its own channel). Without it a policy cannot see how fast it goes.
+    # from the left edge, speed / speed_range of the width, for a BEV-only CNN to read.
     channels: tuple[str, ...] = (
         "road",
         "route",
