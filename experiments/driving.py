@@ -1,6 +1,7 @@
 """Route driving on the bird's-eye view, shared by the DQN and PPO experiments: packed BEV
 observation, reward for progress along the route with penalties for leaving the lane, wrong
-heading, collisions and idling; terminates on collision, off-road or route done."""
+heading, collisions and idling; terminates on collision, off-road, route done or (optionally)
+leaving the route."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import gymnasium as gym
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from carla_env.experiment import BaseExperiment, count_events, is_off_road
 from carla_env.sensors.birdview import birdview_from_attributes, observation_space
@@ -23,6 +24,10 @@ class DrivingOptions(BaseModel):
     idle_penalty: float = 0.02  # per step below 0.5 m/s
     speeding_penalty: float = 0.0  # per step, per m/s above the lane's speed limit (off: see docs/results)
     lane_invasion_penalty: float = 0.0  # per crossed marking event
+    # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
+    # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
+    max_route_deviation: float = Field(0.0, ge=0.0)
+    route_deviation_penalty: float = 5.0
     birdview_sensor: str = "birdview"
 
 
@@ -55,11 +60,21 @@ class RouteDrivingExperiment(BaseExperiment):
         self._invasions = count_events(self.config.sensors, sensor_data, "sensor.other.lane_invasion")
         return bev, {}
 
+    def _nearest_route_point(self, core) -> tuple[int, float]:
+        """(index, distance in metres) of the route point nearest the hero."""
+        loc = core.hero.get_location()
+        d = np.hypot(self.route.points[:, 0] - loc.x, self.route.points[:, 1] - loc.y)
+        k = int(np.argmin(d))
+        return k, float(d[k])
+
+    def _off_route(self, core) -> bool:
+        limit = self.options.max_route_deviation
+        return limit > 0 and self._nearest_route_point(core)[1] > limit
+
     def _heading_error(self, core) -> float:
         t = core.hero.get_transform()
         pts = self.route.points
-        d = np.hypot(pts[:, 0] - t.location.x, pts[:, 1] - t.location.y)
-        k = int(np.argmin(d))
+        k, _ = self._nearest_route_point(core)
         a, b = pts[max(k - 1, 0)], pts[min(k + 1, len(pts) - 1)]
         route_yaw = math.atan2(b[1] - a[1], b[0] - a[0])
         return abs((math.radians(t.rotation.yaw) - route_yaw + math.pi) % (2 * math.pi) - math.pi)
@@ -68,7 +83,7 @@ class RouteDrivingExperiment(BaseExperiment):
         off_road = is_off_road(core)
         loc = core.hero.get_location()
         done_route = self.route.progress((loc.x, loc.y)) >= self.route.length - 2.0
-        return bool(self._collided or off_road or done_route), False
+        return bool(self._collided or off_road or done_route or self._off_route(core)), False
 
     def compute_reward(self, observation, core) -> float:
         o = self.options
@@ -90,4 +105,6 @@ class RouteDrivingExperiment(BaseExperiment):
             reward -= o.collision_penalty
         if is_off_road(core):
             reward -= o.off_road_penalty
+        if self._off_route(core):
+            reward -= o.route_deviation_penalty
         return reward

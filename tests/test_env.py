@@ -207,3 +207,35 @@ def test_a_server_restart_ends_the_episode_truncated_with_the_reason(monkeypatch
     e.reset(seed=1)  # the next episode runs on the replaced simulator
     assert not e.step(0)[3]
     e.close()
+
+
+def test_leaving_the_route_ends_the_episode_when_a_deviation_limit_is_set():
+    """A hard left from the start leaves the planned route: with max_route_deviation the episode
+    ends there with its penalty; without it the car drives on."""
+
+    def drive(options):
+        env = CarlaEnv(
+            load_config(PPO, {"simulator": {"backend": "embedded"}, "experiment": {"options": options}})
+        )
+        env.reset(seed=3)
+        rewards, terminated = [], False
+        for _ in range(80):
+            _, reward, terminated, truncated, _ = env.step(np.array([-1.0, 0.6], np.float32))
+            rewards.append(reward)
+            k, offset = env.experiment._nearest_route_point(env.core)
+            if terminated or truncated:
+                break
+        env.close()
+        return rewards, terminated, offset
+
+    no_limit = {"collision_penalty": 0.0, "off_road_penalty": 0.0}
+    free_rewards, _, free_offset = drive(no_limit)
+    rewards, terminated, offset = drive(
+        {**no_limit, "max_route_deviation": 3.0, "route_deviation_penalty": 7.0}
+    )
+    assert terminated and offset > 3.0
+    assert free_offset > 3.0 and len(free_rewards) > len(rewards)  # the same drive went on without the limit
+    step = len(rewards) - 1
+    assert rewards[step] == pytest.approx(free_rewards[step] - 7.0)
+    with pytest.raises(ConfigError, match="max_route_deviation"):
+        load_config(PPO, {"experiment": {"options": {"max_route_deviation": -1}}})
