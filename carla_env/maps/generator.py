@@ -50,7 +50,6 @@ BUILTIN_TOWNS: dict[str, TownSpec] = {
     "GridTown01": TownSpec(columns=4, rows=4, seed=1),
     "GridTown02": TownSpec(columns=5, rows=4, seed=2),
     "GridTown03": TownSpec(columns=3, rows=3, seed=3, avenue_fraction=0.0),
-    # Held out from training in the learning benchmark.
     "GridTown04": TownSpec(columns=4, rows=5, seed=4),
     "GridTown05": TownSpec(columns=6, rows=6, seed=5),
 }
