@@ -85,9 +85,9 @@ def collect(samples: int, workers: int, base: dict, round_: int, seed: int = 0) 
             "samples": samples // workers + (k < samples % workers),
             "seed": seed * 100_000 + round_ * 1_000 + k,
         }
-        for k in range(workers)
+        for k in range(min(workers, samples))  # no empty job
     ]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(len(jobs)) as pool:
         parts = list(pool.map(demonstrations, jobs))
     completions = [c for _, _, cs in parts for c in cs]
     return (
