@@ -132,8 +132,8 @@ def module_dir(checkpoint: Path) -> Path:
     return Path(checkpoint).resolve() / MODULE_PATH
 
 
-def check_init_module(checkpoint: Path, config) -> None:
-    """The module loads and fits this experiment's spaces: checked before the run exists."""
+def check_init_module(checkpoint: Path, config):
+    """The module loads and fits this experiment's spaces: checked before the run exists. Returns it."""
     from carla_env.config import ConfigError
     from carla_env.env import CarlaEnv
     from carla_env.rllib.policy import ModulePolicy
@@ -157,6 +157,7 @@ def check_init_module(checkpoint: Path, config) -> None:
                 f"--init-module: {checkpoint} takes {what} {theirs}, this config gives {mine}; "
                 "use a checkpoint of the same experiment"
             )
+    return module
 
 
 def start_from_module(path: str, *, algorithm, **_) -> None:

@@ -164,11 +164,13 @@ def main() -> int:
     if not 0.0 <= args.beta <= 1.0:
         p.error("--beta: a probability in [0, 1]")
     birdview = {"ego_history": args.ego_history}
+    module = None
     if args.init_module:
         from carla_env.config import ConfigError
 
         try:
-            check_init_module(args.init_module, experiment_config("ppo", TRAIN_TOWNS[0], birdview=birdview))
+            config = experiment_config("ppo", TRAIN_TOWNS[0], birdview=birdview)
+            module = check_init_module(args.init_module, config)  # loaded once, checked, continued
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2
@@ -181,11 +183,7 @@ def main() -> int:
     t0 = time.monotonic()
     obs, actions, _ = collect(args.samples, workers, base, 0, args.seed)
     collect_s, fit_s = time.monotonic() - t0, 0.0
-    if args.init_module:
-        from carla_env.rllib.policy import ModulePolicy
-
-        module = ModulePolicy.from_checkpoint(args.init_module).module
-    else:
+    if module is None:
         module = build_module(birdview)
     tag = ("ego_history" if args.ego_history else "no_ego_history") + (
         "_dagger" if args.dagger_rounds else ""
