@@ -83,6 +83,15 @@ def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
+def assert_missing_module_refused(proc, path):
+    """Exit 2 and train.py's one line naming the path and what to give instead."""
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"--init-module: no policy module under {path}; give a checkpoint folder "
+        "(a run's checkpoint_N, or bench/imitation.py's)"
+    ]
+
+
 def test_learning_bench_rejects_an_unknown_phase_and_a_missing_init_module(tmp_path):
     proc = subprocess.run(
         [sys.executable, "bench/learning.py", "--phases", "trian"], capture_output=True, text=True, cwd=ROOT
@@ -93,11 +102,7 @@ def test_learning_bench_rejects_an_unknown_phase_and_a_missing_init_module(tmp_p
          tmp_path / "nope", "--runs", tmp_path / "runs", "--out", tmp_path / "out"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"--init-module: no policy module under {tmp_path / 'nope'}; give a checkpoint folder "
-        "(a run's checkpoint_N, or bench/imitation.py's)"
-    ]
+    assert_missing_module_refused(proc, tmp_path / "nope")
     assert not (tmp_path / "runs").exists()
     proc = subprocess.run(
         [sys.executable, "bench/learning.py", "--phases", "train", "--algos", "ppo", "--tag", "shaped",
@@ -172,11 +177,7 @@ def test_imitation_bench_refuses_bad_dagger_settings(tmp_path):
         [sys.executable, "bench/imitation.py", "--init-module", tmp_path / "nope", "--out", tmp_path / "out"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"--init-module: no policy module under {tmp_path / 'nope'}; give a checkpoint folder "
-        "(a run's checkpoint_N, or bench/imitation.py's)"
-    ]
+    assert_missing_module_refused(proc, tmp_path / "nope")
     assert not (tmp_path / "out").exists()
 
 
