@@ -67,6 +67,9 @@ class CarlaEnv(gym.Env):
             for name, s in self.config.experiment.sensors.items()
         }
         self.experiment.reset(self.core, self.np_random)
+        for sensor in self.sensors.values():  # the BEV's route channel shows the experiment's route
+            if isinstance(sensor, BirdviewSensor):
+                sensor.renderer.set_route(self.experiment.route.points)
         self._steps = 0
         self.metrics = DrivingMetrics(route_length=self.experiment.route.length)
         self._last_location = hero.get_location()

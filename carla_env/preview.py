@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     loc = hero.get_location()
     lane, s, _ = g.locate((loc.x, loc.y, loc.z), np.radians(hero.get_transform().rotation.yaw))
     goal = int(np.random.default_rng(args.seed).choice(np.flatnonzero(~g.is_junction & g.lane_main)))
-    renderer.route = plan_route(g, (lane, s), (goal, g.lane_length[goal] / 2)).points
+    renderer.set_route(plan_route(g, (lane, s), (goal, g.lane_length[goal] / 2)).points)
     for _ in range(int(args.seconds / world.delta_seconds)):
         world.tick()
         obs = renderer(world.birdview_scene(hero))

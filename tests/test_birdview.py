@@ -218,11 +218,15 @@ def test_route_channel_follows_the_planned_route(town):
     for a, b in zip(route.sequence, route.sequence[1:], strict=False):
         assert b in g.successors(a) or b in (g.lane_left[a], g.lane_right[a])
     r = BirdviewRenderer(g, SPEC)
-    r.route = route.points
+    r.set_route(route.points)
     obs = r.render(Scene(ego=ego_on_lane(g, int(starts[0]), 5.0), vehicles=np.zeros((0, 5))))
     route_px = channel(r, obs, "route")
     assert route_px[192 - 40 - 20, 96]  # 4 m straight ahead is on the route
     assert route.progress(route.points[10]) == pytest.approx(route.distance[10])
+    # 25 m on along the first lane, the passed part is no longer drawn: 6 m behind is blank.
+    obs = r.render(Scene(ego=ego_on_lane(g, int(starts[0]), 30.0), vehicles=np.zeros((0, 5))))
+    route_px = channel(r, obs, "route")
+    assert route_px[192 - 40 - 20, 96] and not route_px[192 - 40 + 30, 96]
 
 
 def test_preview_cli_writes_a_hero_frame_and_a_map(tmp_path):

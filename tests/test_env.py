@@ -5,6 +5,7 @@ from gymnasium.utils.env_checker import check_env
 
 from carla_env.config import ConfigError, load_config
 from carla_env.env import CarlaEnv
+from carla_env.sensors.birdview import unpack
 
 DQN = "experiments/dqn/config.yaml"
 PPO = "experiments/ppo/config.yaml"
@@ -44,6 +45,17 @@ def test_packed_bev_observation_and_driving_metrics(env):
         assert key in info
     assert info["mean_speed"] > 1.0 and info["distance_m"] > 5.0
     assert 0 < info["route_completion"] <= 1.0
+
+
+def test_the_bev_shows_the_experiments_route_ahead():
+    env = CarlaEnv(load_config(PPO, {"simulator": {"backend": "embedded"}}))
+    obs, _ = env.reset(seed=3)
+    renderer = env.sensors["birdview"].renderer
+    route = unpack(obs, renderer.spec.num_channels)[renderer.index["route"]]
+    assert np.array_equal(renderer.route, env.experiment.route.points)
+    env.close()
+    assert route[192 - 40 - 20, 96]  # 4 m straight ahead of the hero lies on its route
+    assert route.sum() > 200  # 2 m wide and tens of metres long, not a speck
 
 
 def test_same_seed_same_episode(env):

@@ -185,11 +185,18 @@ class BirdviewRenderer:
         ]
         self._frames: list[Scene] = []
         self._stop_lines = self._stop_line_segments(lanes)
-        self.route: np.ndarray | None = None  # (M, 2) world points
+        self.route: np.ndarray | None = None  # (M, 2) world points of the planned route
+        self._route_next = 0  # index of the route point nearest the ego so far
 
     def reset(self) -> None:
         self._frames = []
-        self.route = None
+        self.set_route(None)
+
+    def set_route(self, points: np.ndarray | None) -> None:
+        """The route to draw in the "route" channel: only the part not yet passed, as Roach draws its
+        remaining plan (a route that comes back near itself then shows one way on)."""
+        self.route = None if points is None or not len(points) else np.asarray(points, float)[:, :2]
+        self._route_next = 0
 
     # ------------------------------------------------------------------ rendering
     def __call__(self, scene: Scene) -> np.ndarray:
@@ -218,7 +225,7 @@ class BirdviewRenderer:
             self._polyline(
                 out[self.index["route"]],
                 to_bev,
-                self.route,
+                self._remaining_route(scene.ego),
                 scene.ego,
                 thickness=int(2 * spec.pixels_per_meter),
             )
@@ -249,6 +256,12 @@ class BirdviewRenderer:
                         out[self.index[f"{name}@{t:g}s"]], list(seg_px[chosen]), False, 1, light_width
                     )
         return out
+
+    def _remaining_route(self, ego: np.ndarray) -> np.ndarray:
+        """The route from a metre or two behind the nearest point ahead of the last one on."""
+        rest = self.route[self._route_next :]
+        self._route_next += int(np.argmin(np.hypot(rest[:, 0] - ego[0], rest[:, 1] - ego[1])))
+        return self.route[max(0, self._route_next - 2) :]
 
     def _world_to_bev(self, ego: np.ndarray) -> np.ndarray:
         """2x3 affine map from CARLA world (x, y) to BEV pixels (col, row)."""
