@@ -164,7 +164,7 @@ def test_imitation_bench_clones_the_autopilot_into_a_module_infer_can_load(tmp_p
     assert more["init_module"] == result["checkpoint"]
     first_loss = more["loss_per_epoch"][0]
     # It starts from the trained weights, not afresh (a small lr: Adam's first steps jolt a fitted net).
-    assert first_loss < 0 < cloned["loss_per_epoch"][0]
+    assert first_loss < 0.7 * cloned["loss_per_epoch"][0]
 
 
 def test_imitation_bench_refuses_bad_dagger_settings(tmp_path):
