@@ -98,8 +98,14 @@ infra-check: $(STAMP) $(INFRA_VENV)/.installed
 	$(INFRA_VENV)/bin/checkov -d terraform --framework terraform --quiet --compact --skip-download
 	$(PY) -m pytest tests/test_infra.py -v -rs
 
-# Extra flags: make learning ARGS="--algos ppo --minutes 20"
+# docs/results on a GPU machine, about an hour: DAgger, PPO from it, PPO without the marking and
+# speeding penalties, then PPO and DQN from scratch, baselines, scaling, report (ARGS: that last step's).
+NO_PENALTIES := '{"lane_invasion_penalty": 0, "speeding_penalty": 0}'
 learning: $(STAMP)
+	$(PY) bench/imitation.py --samples 80000 --epochs 4 --batch 128 --dagger-rounds 3 --dagger-samples 40000
+	$(PY) bench/learning.py --phases train,eval --algos ppo --tag dagger --lr 5e-5 --minutes 4 \
+		--reward-options $(NO_PENALTIES) --init-module runs/imitation/no_ego_history_dagger/checkpoint
+	$(PY) bench/learning.py --phases train,eval --algos ppo --tag unshaped --minutes 8 --reward-options $(NO_PENALTIES)
 	$(PY) bench/learning.py $(ARGS)
 
 clean:

@@ -316,14 +316,6 @@ def markdown(results: dict) -> str:
                 f"| {name} | {m['episodes']} | {m['route_completion']:.1%} | {m['collisions_per_km']:.2f} | "
                 f"{m['lane_invasions_per_km']:.2f} | {m['driving_score']:.2f} | {wall} | {steps} |"
             )
-        shaped = results.get("shaped_reward_run")
-        if shaped:  # a variant run recorded by hand in learning.json (options named in the row)
-            m = shaped["evaluation"]
-            lines.append(
-                f"| ppo, options {shaped['options']} | {m['episodes']} | {m['route_completion']:.1%} | "
-                f"{m['collisions_per_km']:.2f} | {m['lane_invasions_per_km']:.2f} | {m['driving_score']:.2f} | "
-                f"{shaped['training_minutes']:.1f} min | - |"
-            )
         lines.append("")
     lines += [f"- {note}" for note in results.get("notes", [])]  # provenance recorded in learning.json
     if results.get("notes"):
