@@ -291,6 +291,14 @@ def report(out: Path, runs: Path) -> None:
     print((out / "results.md").read_text())
 
 
+def meets_targets(m: dict) -> bool:
+    return (
+        m["route_completion"] >= TARGETS["route_completion"]
+        and m["collisions_per_km"] <= TARGETS["collisions_per_km"]
+        and m["lane_invasions_per_km"] <= TARGETS["lane_invasions_per_km"]
+    )
+
+
 def markdown(results: dict) -> str:
     lines = [
         f"Held-out town `{HELD_OUT_TOWN}`, {VEHICLES} vehicles; targets: "
@@ -305,8 +313,8 @@ def markdown(results: dict) -> str:
     if evaluation:
         lines += [
             "| policy | episodes | route completion | collisions/km | lane invasions/km | driving score | "
-            "training wall time | env steps |",
-            "|---|---|---|---|---|---|---|---|",
+            "training wall time | env steps | targets met |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, m in evaluation.items():
             curve = results.get("curves", {}).get(name) or [{}]
@@ -314,7 +322,8 @@ def markdown(results: dict) -> str:
             steps = f"{curve[-1]['env_steps']:,}" if "env_steps" in curve[-1] else "-"
             lines.append(
                 f"| {name} | {m['episodes']} | {m['route_completion']:.1%} | {m['collisions_per_km']:.2f} | "
-                f"{m['lane_invasions_per_km']:.2f} | {m['driving_score']:.2f} | {wall} | {steps} |"
+                f"{m['lane_invasions_per_km']:.2f} | {m['driving_score']:.2f} | {wall} | {steps} | "
+                f"{'yes' if meets_targets(m) else 'no'} |"
             )
         lines.append("")
     lines += [f"- {note}" for note in results.get("notes", [])]  # provenance recorded in learning.json

@@ -79,7 +79,8 @@ def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):
     assert autopilot["route_completion"] > 0.9 and autopilot["collisions_per_km"] == 0.0
     assert autopilot["lane_invasions_per_km"] <= 1.0  # the reference meets the targets it is compared to
     assert random["route_completion"] < 0.5
-    assert "| autopilot | 2 |" in (tmp_path / "results.md").read_text()
+    rows = {line.split(" | ")[0]: line for line in (tmp_path / "results.md").read_text().splitlines()}
+    assert rows["| autopilot"].endswith("| yes |") and rows["| random"].endswith("| no |")  # targets met
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 

@@ -258,7 +258,8 @@ class BirdviewRenderer:
         return out
 
     def _remaining_route(self, ego: np.ndarray) -> np.ndarray:
-        """The route from a metre or two behind the nearest point ahead of the last one on."""
+        """The route on from just behind the ego's nearest point; the search starts at the last such
+        point, so a passed part never comes back."""
         rest = self.route[self._route_next :]
         self._route_next += int(np.argmin(np.hypot(rest[:, 0] - ego[0], rest[:, 1] - ego[1])))
         return self.route[max(0, self._route_next - 2) :]
