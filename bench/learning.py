@@ -3,7 +3,7 @@
     python bench/learning.py                       # everything: train ppo+dqn, evaluate, scale, report
     python bench/learning.py --phases train --algos ppo --minutes 20 --call-minutes 9
     python bench/learning.py --phases eval,scaling,report
-    python bench/learning.py --phases train,eval --algos ppo --tag dagger --lr 1e-4 \
+    python bench/learning.py --phases train,eval --algos ppo --tag dagger --lr 5e-5 \
         --init-module runs/imitation/no_ego_history_dagger/checkpoint   # PPO from bench/imitation.py's module
 
 Training runs on generated towns with background traffic (embedded backend), one town per env

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from carla_env.experiment import BaseExperiment, count_events, is_off_road
@@ -61,11 +60,8 @@ class RouteDrivingExperiment(BaseExperiment):
         return bev, {}
 
     def _nearest_route_point(self, core) -> tuple[int, float]:
-        """(index, distance in metres) of the route point nearest the hero."""
         loc = core.hero.get_location()
-        d = np.hypot(self.route.points[:, 0] - loc.x, self.route.points[:, 1] - loc.y)
-        k = int(np.argmin(d))
-        return k, float(d[k])
+        return self.route.nearest((loc.x, loc.y))
 
     def _off_route(self, core) -> bool:
         limit = self.options.max_route_deviation

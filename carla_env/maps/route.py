@@ -35,10 +35,15 @@ class Route:
     def length(self) -> float:
         return float(self.distance[-1]) if len(self.distance) else 0.0
 
+    def nearest(self, xy) -> tuple[int, float]:
+        """(index, distance in metres) of the route point nearest xy."""
+        d = np.hypot(self.points[:, 0] - xy[0], self.points[:, 1] - xy[1])
+        k = int(np.argmin(d))
+        return k, float(d[k])
+
     def progress(self, xy, window: tuple[int, int] | None = None) -> float:
         """Distance along the route of the point nearest xy (metres)."""
-        d = np.hypot(self.points[:, 0] - xy[0], self.points[:, 1] - xy[1])
-        return float(self.distance[int(np.argmin(d))])
+        return float(self.distance[self.nearest(xy)[0]])
 
 
 def plan_route(lanes: LaneGraph, start: tuple[int, float], goal: tuple[int, float]) -> Route:
