@@ -34,6 +34,18 @@ def save_config(config, path: Path) -> None:
     os.replace(tmp, path)  # never a half-written config
 
 
+def load_run_config(path, overrides: dict, restoring: Path | None):
+    """The run's config with its backend pinned (resolved once, saved with the run); a resumed run
+    keeps the config it was started with, so it runs on the same backend."""
+    from carla_env.backends import pin_backend
+    from carla_env.config import load_config
+
+    saved = restoring / CONFIG_NAME if restoring is not None else None
+    if saved is not None and saved.is_file():
+        return pin_backend(load_config(saved, overrides), str(saved))
+    return pin_backend(load_config(path, overrides), str(path))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="experiment config YAML, e.g. experiments/dqn/config.yaml")
@@ -55,7 +67,6 @@ def parse_args(argv):
 
 
 def build_algo_config(config):
-    import gymnasium as gym
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -63,23 +74,13 @@ def build_algo_config(config):
     from carla_env.config import ConfigError
     from carla_env.env import CarlaEnv
     from carla_env.rllib.callbacks import DrivingMetricsCallback
-    from carla_env.rllib.modules import (
-        PackedBevDQNCatalog,
-        PackedBevDQNModule,
-        PackedBevPPOCatalog,
-        PackedBevPPOModule,
-    )
-    from carla_env.sensors.birdview import birdview_from_attributes
+    from carla_env.rllib.modules import BevDQNCatalog, BevDQNModule, BevPPOCatalog, BevPPOModule, is_bev_space
 
     probe = CarlaEnv(config)  # spaces only: no world is built before reset
-    obs_space = probe.observation_space
     tr = config.training
-    bev = next((s for s in config.experiment.sensors.values() if s.type == "sensor.birdview"), None)
-    spec, packed = birdview_from_attributes(bev.model_extra or {}) if bev is not None else (None, False)
-    model = dict(tr.model)
     algo_class, module, catalog = {
-        "DQN": (DQNConfig, PackedBevDQNModule, PackedBevDQNCatalog),
-        "PPO": (PPOConfig, PackedBevPPOModule, PackedBevPPOCatalog),
+        "DQN": (DQNConfig, BevDQNModule, BevDQNCatalog),
+        "PPO": (PPOConfig, BevPPOModule, BevPPOCatalog),
     }[tr.algorithm]
     algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
     gpu = _has_gpu()
@@ -94,14 +95,13 @@ def build_algo_config(config):
         num_envs_per_env_runner=tr.envs_per_runner,
         num_gpus_per_env_runner=runner_gpus,
     )
-    if packed and isinstance(obs_space, gym.spaces.Box) and obs_space.dtype.name == "uint8":
-        model["bev_channels"] = spec.num_channels
+    if is_bev_space(probe.observation_space):  # the module takes the env's BEV as it comes
         algo = algo.rl_module(
             rl_module_spec=RLModuleSpec(module_class=module, catalog_class=catalog),
-            model_config=model,
+            model_config=dict(tr.model),
         )
     else:
-        algo = algo.rl_module(model_config=model)
+        algo = algo.rl_module(model_config=dict(tr.model))
     for section, values in (("training", tr.settings), ("reporting", tr.reporting)):
         try:
             algo = getattr(algo, section)(**values)
@@ -187,7 +187,7 @@ def init_ray(address: str | None = None) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from carla_env.config import ConfigError, load_config
+    from carla_env.config import ConfigError
 
     overrides: dict = {"training": {}}
     if args.num_env_runners is not None:
@@ -199,14 +199,15 @@ def main(argv=None) -> int:
         stop["iterations"] = args.stop_iters
     if stop:
         overrides["training"]["stop"] = stop
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
     name = args.name or Path(args.config).resolve().parent.name
     storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
     run_dir = Path(storage) / name if "://" not in storage else None
+    try:
+        config, backend = load_run_config(args.config, overrides, run_dir if args.restore else None)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(backend)
     if run_dir is not None and run_dir.exists() and not (args.restore or args.overwrite):
         print(
             f"run {run_dir} exists; pass --restore to resume it or --overwrite to start afresh",

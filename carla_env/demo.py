@@ -10,8 +10,8 @@ import sys
 import time
 
 from carla_env.agents import LaneFollower
+from carla_env.backends import make_core, pin_backend
 from carla_env.config import ConfigError, load_config
-from carla_env.simulator import make_core, select_backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.vehicles is not None:
         sim["traffic"] = {"vehicles": args.vehicles}
     try:
-        config = load_config(args.config, {"simulator": sim})
+        config, choice = pin_backend(load_config(args.config, {"simulator": sim}))
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    backend, why = select_backend(config.simulator.backend)
-    print(f"backend: {backend} ({why}); town: {config.simulator.town}")
+    print(f"{choice}; town: {config.simulator.town}")
     core = make_core(config.simulator.for_worker(0))
     core.reset()
     hero_id = core.hero.id

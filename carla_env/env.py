@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 import gymnasium as gym
 
-from carla_env.carla_server.ports import slot_index
+from carla_env.backends import make_core, pin_backend
 from carla_env.config import Config, experiment_class, validate_config
 from carla_env.experiment import count_events, is_off_road, parse_transform
 from carla_env.metrics import DrivingMetrics, distance
 from carla_env.sensors.factory import BirdviewSensor, make_sensor
-from carla_env.simulator import SimulatorRestarted, make_core
+from carla_env.simulator import SimulatorRestarted
+
+log = logging.getLogger(__name__)
+
+
+def slot_index(worker_index: int, vector_index: int, num_workers: int) -> int:
+    """This env's slot among the machine's envs (a CARLA server's ports): worker indices run
+    0..num_workers (0 is the local runner)."""
+    return worker_index + (num_workers + 1) * vector_index
 
 
 class CarlaEnv(gym.Env):
@@ -19,6 +29,10 @@ class CarlaEnv(gym.Env):
 
     def __init__(self, config: Config | dict, render_mode: str | None = None) -> None:
         self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
+        auto = self.config.simulator.backend == "auto"  # a run pins it once (train.py); a bare env here
+        self.config, choice = pin_backend(self.config, "env config")
+        if auto:
+            log.info("%s", choice)
         # RLlib passes an EnvContext: runner k takes the k-th town of a town list.
         self.slot = slot_index(
             getattr(config, "worker_index", 0),
@@ -60,11 +74,11 @@ class CarlaEnv(gym.Env):
             self.core.reset(seed=episode_seed, hero_transform=hero_at)
         except SimulatorRestarted:  # the server was replaced while resetting: a fresh one resets once more
             self.core.reset(seed=episode_seed, hero_transform=hero_at)
-        world, hero = self.core.world, self.core.hero
+        hero = self.core.hero
         dt = self.config.simulator.timestep
         self.sensors = {
-            name: make_sensor(name, s.type, s.model_extra or {}, world, hero, self.core.town.lanes, dt)
-            for name, s in self.config.experiment.sensors.items()
+            name: make_sensor(name, sensor, self.core, dt)
+            for name, sensor in self.config.experiment.sensors.items()
         }
         self.experiment.reset(self.core, self.np_random)
         for sensor in self.sensors.values():  # the BEV's route channel shows the experiment's route
@@ -76,7 +90,7 @@ class CarlaEnv(gym.Env):
         frame = self.core.tick(None)
         obs, info = self.experiment.get_observation(self._read(frame), self.core)
         self._last_obs = obs
-        return obs, {**info, "backend": type(self.core).__name__}
+        return obs, {**info, "backend": self.core.backend}
 
     def step(self, action):
         control = self.experiment.compute_action(action)
@@ -84,7 +98,7 @@ class CarlaEnv(gym.Env):
             frame = self.core.tick(control)
         except SimulatorRestarted as e:  # a crashed or hung server was replaced: this episode is over
             self.sensors = {}  # their actors went with the old server
-            info = {**self.metrics.summary(), "simulator_restart": str(e), **self._server_stats()}
+            info = {**self.metrics.summary(), "simulator_restart": str(e), **self.core.stats()}
             return self._last_obs, 0.0, False, True, info
         self._steps += 1
         data = self._read(frame)
@@ -104,7 +118,7 @@ class CarlaEnv(gym.Env):
             is_off_road(self.core),
         )
         self._last_location = location
-        info = {**info, **self.metrics.summary(), **self._server_stats()}
+        info = {**info, **self.metrics.summary(), **self.core.stats()}
         self._last_obs = obs
         return obs, reward, bool(terminated), bool(truncated), info
 
@@ -122,17 +136,6 @@ class CarlaEnv(gym.Env):
             self.core = None
 
     # ------------------------------------------------------------------ internals
-    def _server_stats(self) -> dict:
-        """CARLA backend: restarts and tick latency, logged with the driving metrics."""
-        stats = getattr(self.core, "stats", None)
-        if not stats:
-            return {}
-        return {
-            "server_restarts": float(stats["restarts"]),
-            "tick_ms_mean": 1e3 * stats["tick_seconds_mean"],
-            "tick_ms_max": 1e3 * stats["tick_seconds_max"],
-        }
-
     def _read(self, frame: int) -> dict:
         return {name: sensor.read(frame) for name, sensor in self.sensors.items()}
 

@@ -62,9 +62,8 @@ def count_events(sensors: dict, sensor_data: dict, blueprint_id: str) -> int:
 
 
 def is_off_road(core) -> bool:
-    """Whether the hero is off every driving lane, as far as the backend can tell (False if it cannot)."""
-    on_lane = getattr(core, "on_driving_lane", None) or getattr(core.world, "on_driving_lane", None)
-    return on_lane is not None and not on_lane(core.hero)
+    """Whether the hero is off every driving lane."""
+    return not core.on_driving_lane(core.hero)
 
 
 def random_route(core, length: float, rng: np.random.Generator) -> Route:

@@ -1,16 +1,34 @@
-"""The backend protocol every simulator implements, and `backend: auto`."""
+"""The backend contract: everything CarlaEnv, experiments and sensors use of a simulator core.
+
+Both cores (`carla_env.embedded.core.EmbeddedCore`, `carla_env.carla_server.core.CarlaCore`) satisfy
+it; tests/test_backend_contract.py runs the same checks over both. Nothing outside a backend tells
+them apart: what differs (sensors on offer, server statistics) is declared here.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import carla
 
-from carla_env.config import SimulatorConfig
+if TYPE_CHECKING:
+    from carla_env.maps.town import Town
+    from carla_env.sensors.birdview import Scene
 
-DEFAULT_CARLA_PORT = 2000
+# Sensor blueprints by kind; each core declares which it offers in `sensor_types`.
+EVENT_SENSORS = ("sensor.other.collision", "sensor.other.lane_invasion")
+BIRDVIEW = "sensor.birdview"
+# A real CARLA server's: streams with data every frame, and one more event sensor.
+STREAM_SENSORS = (
+    "sensor.camera.rgb",
+    "sensor.camera.depth",
+    "sensor.camera.semantic_segmentation",
+    "sensor.lidar.ray_cast",
+    "sensor.other.radar",
+    "sensor.other.gnss",
+    "sensor.other.imu",
+)
+OBSTACLE_SENSOR = "sensor.other.obstacle"
 
 
 class SimulatorRestarted(RuntimeError):
@@ -19,52 +37,31 @@ class SimulatorRestarted(RuntimeError):
 
 @runtime_checkable
 class SimulatorCore(Protocol):
-    """What CarlaEnv and experiments see of a backend: CARLA-API objects and a tick."""
+    """A simulator backend ("core"): owns the world, the hero and its traffic; CARLA-API objects out."""
 
-    world: object  # carla.World or the embedded world
+    backend: ClassVar[str]  # "embedded" or "carla": saved with a run, printed at start
+    sensor_types: ClassVar[tuple[str, ...]]  # sensor blueprint ids this backend can mount
+
+    town: Town  # the loaded town: name, OpenDRIVE text, carla.Map, lane graph
+    world: carla.World  # (or the embedded world, which answers the same calls); None before reset
     map: carla.Map
-    hero: object  # carla.Vehicle or the embedded vehicle
+    hero: carla.Vehicle  # None before reset
 
-    def reset(self, seed: int | None = None) -> None: ...
+    def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
+        """A new episode: hero at `hero_transform` (else a seeded spawn point), fresh background traffic."""
 
-    def tick(self, control: carla.VehicleControl) -> int: ...
+    def tick(self, control: carla.VehicleControl | None) -> int:
+        """Apply the hero's control (None: keep the last), advance one fixed step, return the frame id.
+        Raises SimulatorRestarted when the simulator had to be replaced."""
 
-    def close(self) -> None: ...
+    def on_driving_lane(self, actor: carla.Actor) -> bool:
+        """Whether the actor's centre is on a driving lane (off-road detection)."""
 
+    def birdview_scene(self, hero: carla.Actor) -> Scene:
+        """What the bird's-eye view of `hero` shows this frame, as arrays (same on every backend)."""
 
-def _carla_server_reachable(
-    host: str = "localhost", port: int = DEFAULT_CARLA_PORT, timeout: float = 0.2
-) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    def stats(self) -> dict[str, float]:
+        """Health figures logged with the driving metrics (server restarts, tick latency); {} if none."""
 
-
-def select_backend(requested: str) -> tuple[str, str]:
-    """Resolve 'auto' to a concrete backend; returns (backend, why) so callers can say which they picked."""
-    if requested != "auto":
-        return requested, f"backend '{requested}' requested in the config"
-    if os.environ.get("CARLA_ROOT"):
-        return "carla", f"CARLA_ROOT={os.environ['CARLA_ROOT']} is set"
-    if _carla_server_reachable():
-        return "carla", f"a CARLA server answers on localhost:{DEFAULT_CARLA_PORT}"
-    return "embedded", "no CARLA install (CARLA_ROOT unset) and no server on localhost:2000"
-
-
-def make_core(
-    config: SimulatorConfig,
-    hero_blueprint: str = "vehicle.tesla.model3",
-    slot: int = 0,
-    rendering: bool = False,
-) -> SimulatorCore:
-    """`slot` numbers the server among this machine's envs (its ports); `rendering`: a camera needs the GPU."""
-    backend, _ = select_backend(config.backend)
-    if backend == "embedded":
-        from carla_env.embedded.core import EmbeddedCore
-
-        return EmbeddedCore(config, hero_blueprint)
-    from carla_env.carla_server.core import CarlaCore
-
-    return CarlaCore(config, hero_blueprint, slot=slot, rendering=rendering)
+    def close(self) -> None:
+        """Destroy the actors and release the simulator (a launched server is killed)."""

@@ -11,7 +11,6 @@ import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field
 
 from carla_env.experiment import BaseExperiment, count_events, is_off_road
-from carla_env.sensors.birdview import birdview_from_attributes, observation_space
 
 
 class DrivingOptions(BaseModel):
@@ -40,7 +39,7 @@ class RouteDrivingExperiment(BaseExperiment):
             raise ValueError(
                 f"experiment.sensors.{options.birdview_sensor}: the route-driving experiment needs a sensor.birdview"
             )
-        self._obs_space = observation_space(*birdview_from_attributes(bev.model_extra or {}))
+        self._obs_space = bev.observation_space()
         self._last_progress = 0.0
 
     def get_observation_space(self) -> gym.Space:

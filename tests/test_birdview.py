@@ -145,10 +145,11 @@ def test_history_channels_show_past_positions(town):
 def test_ego_history_shows_the_egos_own_trail_so_its_speed_is_observable(town):
     """With ego_history the vehicles history channels carry the ego's past boxes: at 4 m/s its box
     0.5 s ago sits 2 m (10 px) behind the ego; without it a lone ego leaves them empty."""
-    from dataclasses import replace
 
     for ego_history in (True, False):
-        r = BirdviewRenderer(town.lanes, replace(SPEC, ego_history=ego_history), delta_seconds=0.05)
+        r = BirdviewRenderer(
+            town.lanes, SPEC.model_copy(update={"ego_history": ego_history}), delta_seconds=0.05
+        )
         for k in range(31):  # driving 0.2 m a tick (4 m/s) along x, nobody else around
             obs = r(Scene(ego=box(0.2 * k, 0.0, 0.0), vehicles=np.zeros((0, 5))))
         if not ego_history:

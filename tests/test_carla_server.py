@@ -168,6 +168,14 @@ def mock_client_factory(town_map, clients: list):
         hero = create_autospec(carla.Vehicle, instance=True)
         hero.id = 1
         hero.get_location.return_value = carla.Location(-1e4, -1e4, 0)
+        hero.get_transform.return_value = carla.Transform(
+            carla.Location(-1e4, -1e4, 0), carla.Rotation(yaw=30)
+        )
+        hero.get_velocity.return_value = carla.Vector3D(3.0, 4.0, 0.0)
+        hero.bounding_box = carla.BoundingBox(carla.Location(), carla.Vector3D(2.4, 1.0, 0.8))
+        actors = create_autospec(carla.ActorList, instance=True)
+        actors.filter.return_value = []  # no other actor on this server
+        world.get_actors.return_value = actors
         for method in ("get_world", "load_world", "generate_opendrive_world"):
             getattr(client, method).return_value = world
         client.get_trafficmanager.return_value = tm
@@ -325,7 +333,7 @@ def test_a_hung_tick_restarts_and_ends_the_episode(tmp_path):
     clients[0].world.tick.side_effect = RuntimeError("time-out of 2000ms while waiting for the simulator")
     with pytest.raises(SimulatorRestarted, match="tick exceeded 2 s"):
         core.tick(carla.VehicleControl())
-    assert core.stats["restarts"] == 1 and len(clients) == 2
+    assert core.health["restarts"] == 1 and len(clients) == 2
     core.reset(seed=2)
     assert core.tick(carla.VehicleControl()) == 42
 
@@ -341,7 +349,7 @@ def test_a_crashed_server_is_relaunched_mid_episode(fake, tmp_path):
     with pytest.raises(SimulatorRestarted, match=rf"CARLA server \(pid {first}\) died"):
         core.tick(carla.VehicleControl())
     assert core.server.alive() and core.server.pid != first and not alive(engine)
-    assert core.stats["restarts"] == 1
+    assert core.health["restarts"] == 1
     core.close()
     assert not any(alive(p) for p in fake())
 
@@ -353,7 +361,7 @@ def test_servers_are_recycled_after_n_episodes(fake, tmp_path):
     for seed in range(3):
         core.reset(seed=seed)
         pids.append(core.server.pid)
-    assert pids[0] == pids[1] != pids[2] and core.stats["restarts"] == 1
+    assert pids[0] == pids[1] != pids[2] and core.health["restarts"] == 1
     core.close()
     assert not any(alive(p) for p in fake())
 
@@ -388,8 +396,11 @@ def test_stream_sensors_are_mounted_configured_and_matched_by_frame():
     camera = create_autospec(carla.Sensor, instance=True)
     world.spawn_actor.return_value = camera
     hero = create_autospec(carla.Vehicle, instance=True)
+    from carla_env.config import SensorConfig
+
     attrs = {"image_size_x": 320, "fov": 90, "x": 1.5, "z": 2.4, "pitch": -10}
-    sensor = make_sensor("front", "sensor.camera.rgb", attrs, world, hero, None, 0.05)
+    core = SimpleNamespace(backend="carla", sensor_types=CarlaCore.sensor_types, world=world, hero=hero)
+    sensor = make_sensor("front", SensorConfig(type="sensor.camera.rgb", **attrs), core, 0.05)
     assert isinstance(sensor, StreamSensor)
     library.find.assert_called_once_with("sensor.camera.rgb")
     assert sorted(c.args for c in blueprint.set_attribute.call_args_list) == [

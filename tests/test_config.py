@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from carla_env.config import ConfigError, load_config
-from carla_env.simulator import select_backend
+from carla_env.backends import choose_backend, pin_backend
+from carla_env.config import ConfigError, SimulatorConfig, load_config
 
 
 def write(tmp_path, text):
@@ -43,11 +43,15 @@ def test_yaml_merges_over_defaults(tmp_path):
         ),
         (
             "experiment:\n  sensors:\n    bev: {type: sensor.birdview, channels: [road, sped]}\n",
-            "experiment.sensors.bev.channels: unknown ['sped']; choose from road,",
+            "experiment.sensors.bev.channels.1: Input should be 'road', 'route',",
         ),
         (
             "experiment:\n  sensors:\n    bev: {type: sensor.birdview, chanels: [road]}\n",
-            "experiment.sensors.bev.chanels: unknown birdview attribute; valid: channels,",
+            "experiment.sensors.bev.chanels: unknown key; did you mean 'channels'?",
+        ),
+        (
+            "experiment:\n  sensors:\n    bev: {type: sensor.birdview, history: [-1, 0.5]}\n",
+            "experiment.sensors.bev.history: history frames are seconds in the past",
         ),
         ("simulator: [1, 2\n", "not valid YAML"),
         ("- just\n- a list\n", "the top level must be a mapping"),
@@ -94,24 +98,53 @@ def test_demo_runs_the_embedded_simulator_end_to_end():
 
 def test_auto_backend_says_what_it_picked(monkeypatch, tmp_path):
     monkeypatch.delenv("CARLA_ROOT", raising=False)
-    monkeypatch.setattr("carla_env.simulator._carla_server_reachable", lambda *a, **k: False)
-    assert select_backend("auto")[0] == "embedded"
+    monkeypatch.setattr("carla_env.backends._carla_server_reachable", lambda *a, **k: False)
+    assert choose_backend(SimulatorConfig()).name == "embedded"
     monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
-    backend, why = select_backend("auto")
-    assert backend == "carla" and "CARLA_ROOT" in why
-    assert select_backend("embedded") == ("embedded", "backend 'embedded' requested in the config")
+    choice = choose_backend(SimulatorConfig())
+    assert choice.name == "carla" and str(tmp_path) in choice.reason
+    assert str(choose_backend(SimulatorConfig(backend="embedded"))) == "backend: embedded (set in the config)"
+
+
+def test_loading_a_config_opens_no_socket(monkeypatch, tmp_path):
+    """Validation is a pure schema check: only pinning the backend probes for a server."""
+    import socket
+
+    def no_socket(*a, **k):
+        raise AssertionError("config validation opened a socket")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    monkeypatch.delenv("CARLA_ROOT", raising=False)
+    assert load_config("experiments/dqn/config.yaml").simulator.backend == "auto"
 
 
 def test_carla_backend_needs_a_root_to_launch_a_server(monkeypatch, tmp_path):
-    """No traceback mid-run: 'carla' with nothing to launch is a one-line error at load."""
+    """No traceback mid-run: 'carla' with nothing to launch is a one-line error when the run's backend is pinned."""
     monkeypatch.delenv("CARLA_ROOT", raising=False)
     with pytest.raises(
         ConfigError, match=r"simulator.carla.carla_root: launching a CARLA server needs CARLA_ROOT"
     ):
-        load_config(write(tmp_path, "simulator:\n  backend: carla\n"))
-    attach = load_config(
-        write(tmp_path, "simulator:\n  backend: carla\n  carla: {launch: false, port: 2010}\n")
+        pin_backend(load_config(write(tmp_path, "simulator:\n  backend: carla\n")))
+    attach, _ = pin_backend(
+        load_config(write(tmp_path, "simulator:\n  backend: carla\n  carla: {launch: false, port: 2010}\n"))
     )
     assert (attach.simulator.backend, attach.simulator.carla.port) == ("carla", 2010)
     monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
-    assert load_config(write(tmp_path, "simulator:\n  backend: auto\n")).simulator.carla.launch
+    pinned, choice = pin_backend(load_config(write(tmp_path, "simulator:\n  backend: auto\n")))
+    assert pinned.simulator.backend == "carla" and choice.name == "carla"
+
+
+def test_a_sensor_the_backend_lacks_is_one_line_naming_it():
+    config = load_config(
+        "experiments/dqn/config.yaml",
+        {
+            "simulator": {"backend": "embedded"},
+            "experiment": {"sensors": {"front": {"type": "sensor.camera.rgb"}}},
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        pin_backend(config, "dqn.yaml")
+    assert str(err.value).startswith(
+        "config error in dqn.yaml: experiment.sensors.front.type: 'sensor.camera.rgb' is not available on the "
+        "embedded backend"
+    )

@@ -21,7 +21,9 @@ from carla_env.carla_server.ports import pick_ports
 from carla_env.carla_server.server import CarlaServer, ServerError, carla_probe, server_command
 from carla_env.config import SimulatorConfig
 from carla_env.maps.town import load_town, resolve_town
-from carla_env.simulator import SimulatorRestarted
+from carla_env.sensors.birdview import Scene
+from carla_env.sensors.scene import scene_from_world
+from carla_env.simulator import BIRDVIEW, EVENT_SENSORS, OBSTACLE_SENSOR, STREAM_SENSORS, SimulatorRestarted
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,11 @@ def visible_gpus() -> list[int]:
 
 
 class CarlaCore:
+    """A CARLA server's world (satisfies carla_env.simulator.SimulatorCore)."""
+
+    backend = "carla"
+    sensor_types = (*EVENT_SENSORS, BIRDVIEW, OBSTACLE_SENSOR, *STREAM_SENSORS)
+
     def __init__(
         self,
         config: SimulatorConfig,
@@ -58,7 +65,7 @@ class CarlaCore:
         self._npcs: list[int] = []
         self._walkers: list[tuple[int, int]] = []  # (walker, its AI controller)
         self._episodes_since_launch = 0
-        self.stats = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
+        self.health = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
         self._connect()
 
     # --------------------------------------------------------------------------------- the server
@@ -115,7 +122,7 @@ class CarlaCore:
     def _relaunch(self, reason: str) -> None:
         """Kill the server's group, start a fresh one and rebuild client, world and Traffic Manager."""
         log.warning("CARLA slot %d: %s; relaunching", self.slot, reason)
-        self.stats["restarts"] += 1
+        self.health["restarts"] += 1
         if self.server is not None:
             self.server.stop()
         self.server = None
@@ -225,15 +232,26 @@ class CarlaCore:
         except RuntimeError as e:  # the client's time-out: a hung server
             self._restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
         dt = time.perf_counter() - t0
-        s = self.stats
+        s = self.health
         s["ticks"] += 1
         s["tick_seconds_max"] = max(s["tick_seconds_max"], dt)
         s["tick_seconds_mean"] += (dt - s["tick_seconds_mean"]) / s["ticks"]
         return frame
 
-    def on_driving_lane(self, vehicle) -> bool:
-        loc = vehicle.get_location()
+    def on_driving_lane(self, actor) -> bool:
+        loc = actor.get_location()
         return self.map.get_waypoint(loc, project_to_road=False, lane_type=carla.LaneType.Driving) is not None
+
+    def birdview_scene(self, hero) -> Scene:
+        return scene_from_world(self.world, hero, self.town.lanes)
+
+    def stats(self) -> dict[str, float]:
+        h = self.health
+        return {
+            "server_restarts": float(h["restarts"]),
+            "tick_ms_mean": 1e3 * h["tick_seconds_mean"],
+            "tick_ms_max": 1e3 * h["tick_seconds_max"],
+        }
 
     # --------------------------------------------------------------------------------------- close
     def _destroy_actors(self) -> None:

@@ -30,11 +30,6 @@ class Ports:
         return self.rpc, self.streaming, self.secondary, self.tm
 
 
-def slot_index(worker_index: int, vector_index: int, num_workers: int) -> int:
-    """Distinct per env on a machine: worker indices run 0..num_workers (0 is the local runner)."""
-    return worker_index + (num_workers + 1) * vector_index
-
-
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Bind test as the server binds (asio sets SO_REUSEADDR): a listener blocks it, TIME_WAIT does not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     import carla
 
     from carla_env.carla_server.core import CarlaCore
-    from carla_env.config import ConfigError, SimulatorConfig
+    from carla_env.config import BirdviewConfig, ConfigError, SimulatorConfig
     from carla_env.sensors.factory import make_sensor
 
     try:
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     try:
         launched = time.perf_counter() - t0
         core.reset(seed=0)
-        bev = make_sensor("birdview", "sensor.birdview", {}, core.world, core.hero, core.town.lanes, 0.05)
+        bev = make_sensor("birdview", BirdviewConfig(), core, 0.05)
         t1 = time.perf_counter()
         for _ in range(args.frames):
             frame = core.tick(carla.VehicleControl(throttle=0.3))
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             "frames": args.frames,
             "fps_with_bev": round(args.frames / seconds, 1),
             "vehicles": len(core.world.get_actors().filter("vehicle.*")),
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in core.stats.items()},
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in core.health.items()},
         }
         print(json.dumps(out))
     finally:

@@ -8,11 +8,18 @@ import numpy as np
 from carla_env.config import SimulatorConfig
 from carla_env.embedded.world import EmbeddedWorld, LightTiming
 from carla_env.maps.town import load_town
+from carla_env.sensors.birdview import Scene
+from carla_env.simulator import BIRDVIEW, EVENT_SENSORS
 
 HERO_BLUEPRINT = "vehicle.tesla.model3"
 
 
 class EmbeddedCore:
+    """The built-in simulator in this process (satisfies carla_env.simulator.SimulatorCore)."""
+
+    backend = "embedded"
+    sensor_types = (*EVENT_SENSORS, BIRDVIEW)
+
     def __init__(self, config: SimulatorConfig, hero_blueprint: str = HERO_BLUEPRINT) -> None:
         self.config = config
         self.town = load_town(config.town)
@@ -45,6 +52,15 @@ class EmbeddedCore:
         if control is not None:
             self.hero.apply_control(control)
         return self.world.tick()
+
+    def on_driving_lane(self, actor) -> bool:
+        return self.world.on_driving_lane(actor)
+
+    def birdview_scene(self, hero) -> Scene:
+        return self.world.birdview_scene(hero)
+
+    def stats(self) -> dict[str, float]:
+        return {}  # in-process: no server to restart, no tick latency worth logging
 
     def close(self) -> None:
         self.world = None

@@ -1,13 +1,16 @@
-"""RLModules that read bit-packed BEV observations: unpack (and cast) on the module's device,
-so env runners and replay buffers carry the packed uint8 bytes (1/8 of the raw masks).
+"""RLModules for bird's-eye-view observations, built from the env's observation space alone.
 
-RLlib 2.60's default CNN encoder neither unpacks bits nor casts uint8 to float.
+A BEV observation is (C, H, W) uint8: masks in {0, 1}, or bit-packed masks (high 255, 8 channels a
+byte) that the module unpacks on its own device, so env runners and replay buffers carry 1/8 of the
+bytes. Either way the module casts to float and moves channels last: RLlib 2.60's default CNN encoder
+neither unpacks bits nor casts uint8, and it takes channels last.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 from ray.rllib.algorithms.dqn.dqn_catalog import DQNCatalog
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.algorithms.ppo.ppo_catalog import PPOCatalog
@@ -17,57 +20,75 @@ from ray.rllib.core.columns import Columns
 from carla_env.rllib.unpack import UnpackBits
 
 
-def unpacked_space(packed: gym.spaces.Box, channels: int) -> gym.spaces.Box:
-    """The (H, W, C) float space RLlib's CNN encoder is built for (it takes channels last)."""
-    _, h, w = packed.shape
-    return gym.spaces.Box(0.0, 1.0, (h, w, channels), np.float32)
+def is_bev_space(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
 
-def _packed_catalog(base: type) -> type:
-    """A catalog that builds its encoder for the unpacked observation space."""
+def is_packed(space: gym.spaces.Box) -> bool:
+    return int(space.high.max()) == 255  # masks are {0, 1}; packed bytes use all 8 bits
 
-    class PackedCatalog(base):
+
+def encoder_space(space: gym.spaces.Box) -> gym.spaces.Box:
+    """The (H, W, C) float space the CNN encoder is built for; a packed byte holds 8 channels
+    (the padding bits past the last channel are always 0)."""
+    depth, h, w = space.shape
+    return gym.spaces.Box(0.0, 1.0, (h, w, depth * 8 if is_packed(space) else depth), np.float32)
+
+
+class BevToFloat(torch.nn.Module):
+    """(B, C or bytes, H, W) uint8 -> (B, H, W, channels) float32 masks, on the input's device."""
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        super().__init__()
+        self.unpack = UnpackBits(space.shape[0] * 8) if is_packed(space) else None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        masks = self.unpack(obs) if self.unpack is not None else obs.float()
+        return masks.permute(0, 2, 3, 1)
+
+
+def _bev_catalog(base: type) -> type:
+    """A catalog that builds its encoder for the float, channels-last BEV."""
+
+    class BevCatalog(base):
         def __init__(self, observation_space, action_space, model_config_dict, **kwargs):
-            channels = int(model_config_dict["bev_channels"])
-            super().__init__(
-                unpacked_space(observation_space, channels), action_space, model_config_dict, **kwargs
-            )
+            super().__init__(encoder_space(observation_space), action_space, model_config_dict, **kwargs)
 
-    PackedCatalog.__name__ = PackedCatalog.__qualname__ = f"PackedBev{base.__name__}"
-    return PackedCatalog
+    BevCatalog.__name__ = BevCatalog.__qualname__ = f"Bev{base.__name__}"
+    return BevCatalog
 
 
-PackedBevDQNCatalog = _packed_catalog(DQNCatalog)
-PackedBevPPOCatalog = _packed_catalog(PPOCatalog)
+BevDQNCatalog = _bev_catalog(DQNCatalog)
+BevPPOCatalog = _bev_catalog(PPOCatalog)
 
 
-def _unpacked(module, batch: dict) -> dict:
-    return {**batch, Columns.OBS: module.unpack(batch[Columns.OBS]).permute(0, 2, 3, 1)}  # channels last
+def _as_float(module, batch: dict) -> dict:
+    return {**batch, Columns.OBS: module.to_float(batch[Columns.OBS])}
 
 
-class PackedBevDQNModule(DefaultDQNTorchRLModule):
-    """DQN's default module behind an UnpackBits layer; every forward path goes through the Q helper."""
+class BevDQNModule(DefaultDQNTorchRLModule):
+    """DQN's default module behind a BevToFloat layer; every forward path goes through the Q helper."""
 
     def setup(self):
         super().setup()
-        self.unpack = UnpackBits(int(self.model_config["bev_channels"]))
+        self.to_float = BevToFloat(self.observation_space)
 
     def _qf_forward_helper(self, batch, encoder, head):
-        return super()._qf_forward_helper(_unpacked(self, batch), encoder, head)
+        return super()._qf_forward_helper(_as_float(self, batch), encoder, head)
 
 
-class PackedBevPPOModule(DefaultPPOTorchRLModule):
-    """PPO's default module behind an UnpackBits layer, on its three encoder paths."""
+class BevPPOModule(DefaultPPOTorchRLModule):
+    """PPO's default module behind a BevToFloat layer, on its three encoder paths."""
 
     def setup(self):
         super().setup()
-        self.unpack = UnpackBits(int(self.model_config["bev_channels"]))
+        self.to_float = BevToFloat(self.observation_space)
 
     def _forward(self, batch, **kwargs):
-        return super()._forward(_unpacked(self, batch), **kwargs)
+        return super()._forward(_as_float(self, batch), **kwargs)
 
     def _forward_train(self, batch, **kwargs):
-        return super()._forward_train(_unpacked(self, batch), **kwargs)
+        return super()._forward_train(_as_float(self, batch), **kwargs)
 
     def compute_values(self, batch, embeddings=None):
-        return super().compute_values(batch if embeddings is not None else _unpacked(self, batch), embeddings)
+        return super().compute_values(batch if embeddings is not None else _as_float(self, batch), embeddings)

@@ -12,10 +12,12 @@ Dynamic layers are drawn from a `Scene` (plain arrays), so the carla backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from carla_env.maps.lane_graph import MARKING, LaneGraph
 
@@ -26,30 +28,62 @@ _BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
 RED, YELLOW, GREEN = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class BirdviewSpec:
-    size: int = 192
-    pixels_per_meter: float = 5.0
-    ego_offset: int = 40  # px from the bottom edge to the ego centre
-    history: tuple[float, ...] = (-1.6, -1.1, -0.6, -0.1)  # seconds; Roach's [-16,-11,-6,-1] frames at 10 Hz
+# Every channel the renderer draws. "ego" is off by default, as in Roach (the ego always sits at the
+# same pixels); "speed" is the ego's speed as a bar from the left edge, for a BEV-only CNN to read.
+ChannelName = Literal[
+    "road",
+    "route",
+    "lane_solid",
+    "lane_broken",
+    "vehicles",
+    "walkers",
+    "lights_green",
+    "lights_yellow",
+    "lights_red",
+    "ego",
+    "speed",
+]
+CHANNELS: tuple[str, ...] = get_args(ChannelName)
+
+
+class BirdviewSpec(BaseModel):
+    """What a bird's-eye view shows and at which resolution; `sensor.birdview`'s attributes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(192, ge=16, le=1024, description="pixels per side")
+    pixels_per_meter: float = Field(5.0, gt=0)
+    ego_offset: int = Field(40, ge=0, description="px from the bottom edge to the ego centre")
+    # Seconds; Roach's [-16,-11,-6,-1] frames at 10 Hz.
+    history: tuple[float, ...] = Field((-1.6, -1.1, -0.6, -0.1), min_length=1)
     # The ego's own past boxes in the vehicles history channels: its trail shows its speed and yaw
     # rate (Roach feeds speed as a separate vector; a BEV-only policy would not see it). No extra channel.
     ego_history: bool = False
-    speed_range: float = 20.0  # m/s at which the "speed" channel's bar spans the full width
-    # 24 channels by default = 3 bytes a pixel packed. "ego" is available but off, as in Roach
-    # (the ego always sits at the same pixels). "speed" is available too: the ego's speed as a bar
-    # from the left edge, speed / speed_range of the width, for a BEV-only CNN to read.
-    channels: tuple[str, ...] = (
-        "road",
-        "route",
-        "lane_solid",
-        "lane_broken",
-        "vehicles",
-        "walkers",
-        "lights_green",
-        "lights_yellow",
-        "lights_red",
+    speed_range: float = Field(20.0, gt=0, description="m/s at which the speed bar spans the full width")
+    # 24 channels by default = 3 bytes a pixel packed.
+    channels: tuple[ChannelName, ...] = Field(
+        (
+            "road",
+            "route",
+            "lane_solid",
+            "lane_broken",
+            "vehicles",
+            "walkers",
+            "lights_green",
+            "lights_yellow",
+            "lights_red",
+        ),
+        min_length=1,
     )
+    # Bit-pack the masks, 8 channels a byte: 1/8 of the bytes through runners and replay buffers.
+    packed: bool = False
+
+    @field_validator("history")
+    @classmethod
+    def _past(cls, history: tuple[float, ...]) -> tuple[float, ...]:
+        if any(t > 0 for t in history):
+            raise ValueError("history frames are seconds in the past: use values <= 0")
+        return history
 
     def channel_names(self) -> list[str]:
         """One entry per output channel; history layers expand to one channel per history frame."""
@@ -65,30 +99,13 @@ class BirdviewSpec:
     def num_channels(self) -> int:
         return len(self.channel_names())
 
+    def observation_space(self):
+        """The gymnasium space of the observation: (C, H, W) masks in {0, 1}, or (ceil(C/8), H, W)
+        bytes when packed (channel k is bit 7 - k % 8 of byte k // 8; the padding bits are 0)."""
+        import gymnasium as gym
 
-CHANNELS = (*BirdviewSpec.channels, "ego", "speed")  # every channel the renderer draws
-
-
-def birdview_from_attributes(attributes: dict) -> tuple[BirdviewSpec, bool]:
-    """A `sensor.birdview` config's attributes -> (BirdviewSpec, packed?). YAML lists become tuples.
-    Raises ValueError naming the attribute for an unknown key or channel."""
-    keys = {f.name for f in fields(BirdviewSpec)} | {"packed"}
-    for key in attributes:
-        if key not in keys:
-            raise ValueError(f"{key}: unknown birdview attribute; valid: {', '.join(sorted(keys))}")
-    unknown = [c for c in attributes.get("channels", ()) if c not in CHANNELS]
-    if unknown:
-        raise ValueError(f"channels: unknown {unknown}; choose from {', '.join(CHANNELS)}")
-    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items() if k != "packed"}
-    return BirdviewSpec(**spec), bool(attributes.get("packed"))
-
-
-def observation_space(spec: BirdviewSpec, packed: bool):
-    """The gymnasium space of the observation: (C, H, W) masks, or (ceil(C/8), H, W) bytes when packed."""
-    import gymnasium as gym
-
-    depth = -(-spec.num_channels // 8) if packed else spec.num_channels
-    return gym.spaces.Box(0, 255 if packed else 1, (depth, spec.size, spec.size), np.uint8)
+        depth = -(-self.num_channels // 8) if self.packed else self.num_channels
+        return gym.spaces.Box(0, 255 if self.packed else 1, (depth, self.size, self.size), np.uint8)
 
 
 def box_corners(boxes: np.ndarray) -> np.ndarray:

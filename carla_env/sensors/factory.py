@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import carla
 import numpy as np
 
-from carla_env.sensors.birdview import BirdviewRenderer, BirdviewSpec, birdview_from_attributes, pack
-from carla_env.sensors.scene import scene_from_world
+from carla_env.sensors.birdview import BirdviewRenderer, BirdviewSpec, pack
+from carla_env.simulator import BIRDVIEW, STREAM_SENSORS
 
-EVENT_SENSORS = ("sensor.other.collision", "sensor.other.lane_invasion")
-BIRDVIEW = "sensor.birdview"
-SUPPORTED = (*EVENT_SENSORS, BIRDVIEW)  # the embedded backend's
-# The CARLA backend's, besides SUPPORTED: streams with data every frame, and the obstacle events.
-CARLA_STREAMS = (
-    "sensor.camera.rgb",
-    "sensor.camera.depth",
-    "sensor.camera.semantic_segmentation",
-    "sensor.lidar.ray_cast",
-    "sensor.other.radar",
-    "sensor.other.gnss",
-    "sensor.other.imu",
-)
-CARLA_EVENTS = (*EVENT_SENSORS, "sensor.other.obstacle")
+if TYPE_CHECKING:
+    from carla_env.config import SensorConfig
+    from carla_env.simulator import SimulatorCore
+
 POSE_KEYS = ("x", "y", "z", "roll", "pitch", "yaw")  # mounting on the hero, not blueprint attributes
 
 
@@ -90,24 +82,16 @@ class StreamSensor:
 
 
 class BirdviewSensor:
-    """The shared BEV renderer fed from the world: the embedded world's arrays, or the CARLA API."""
+    """The shared BEV renderer, fed with the backend's scene of the hero (same pixels on every backend)."""
 
-    def __init__(
-        self, name: str, world, hero, lanes, spec: BirdviewSpec, packed: bool, delta_seconds: float
-    ) -> None:
-        self.name = name
-        self.world, self.hero, self.lanes = world, hero, lanes
-        self.renderer = BirdviewRenderer(lanes, spec, delta_seconds)
-        self.packed = packed
+    def __init__(self, name: str, core: SimulatorCore, spec: BirdviewSpec, delta_seconds: float) -> None:
+        self.name, self.core, self.spec = name, core, spec
+        self.renderer = BirdviewRenderer(core.town.lanes, spec, delta_seconds)
         self.last: np.ndarray | None = None  # the newest unpacked observation
 
     def read(self, frame: int) -> tuple[int, np.ndarray]:
-        if hasattr(self.world, "birdview_scene"):
-            scene = self.world.birdview_scene(self.hero)
-        else:
-            scene = scene_from_world(self.world, self.hero, self.lanes)
-        self.last = self.renderer(scene)
-        return frame, pack(self.last) if self.packed else self.last
+        self.last = self.renderer(self.core.birdview_scene(self.core.hero))
+        return frame, pack(self.last) if self.spec.packed else self.last
 
     def colour_frame(self) -> np.ndarray | None:
         """RGB rendering of the newest observation, for people (videos, previews)."""
@@ -118,15 +102,16 @@ class BirdviewSensor:
         self.last = None
 
 
-def make_sensor(name: str, blueprint_id: str, attributes: dict, world, hero, lanes, delta_seconds: float):
-    real_carla = not hasattr(world, "birdview_scene")
-    if blueprint_id in EVENT_SENSORS or (real_carla and blueprint_id in CARLA_EVENTS):
-        return EventSensor(name, world, hero, blueprint_id)
-    if real_carla and blueprint_id in CARLA_STREAMS:
-        return StreamSensor(name, world, hero, blueprint_id, attributes)
-    if blueprint_id == BIRDVIEW:
-        spec, packed = birdview_from_attributes(attributes)
-        return BirdviewSensor(name, world, hero, lanes, spec, packed, delta_seconds)
-    raise ValueError(
-        f"sensor {name!r}: blueprint {blueprint_id!r} is not available on this backend; use one of {', '.join(SUPPORTED + (CARLA_STREAMS + CARLA_EVENTS if real_carla else ()))}"
-    )
+def make_sensor(name: str, config: SensorConfig, core: SimulatorCore, delta_seconds: float):
+    """The sensor `config.type` on the core's hero; a type the backend does not offer is a ValueError."""
+    kind = config.type
+    if kind not in core.sensor_types:
+        raise ValueError(
+            f"sensor {name!r}: {kind!r} is not available on the {core.backend} backend; "
+            f"use one of {', '.join(core.sensor_types)}"
+        )
+    if kind == BIRDVIEW:
+        return BirdviewSensor(name, core, config, delta_seconds)
+    if kind in STREAM_SENSORS:
+        return StreamSensor(name, core.world, core.hero, kind, config.model_extra or {})
+    return EventSensor(name, core.world, core.hero, kind)
