@@ -60,6 +60,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m ruff format --check carla_env bench tests experiments ops train.py infer.py
 
 bench: $(STAMP)

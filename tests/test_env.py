@@ -252,3 +252,15 @@ def test_leaving_the_route_ends_the_episode_when_a_deviation_limit_is_set():
     assert rewards[step] == pytest.approx(free_rewards[step] - 7.0)
     with pytest.raises(ConfigError, match="max_route_deviation"):
         load_config(PPO, {"experiment": {"options": {"max_route_deviation": -1}}})
+
+
+def test_gymnasium_make_builds_the_registered_env():
+    import carla_env
+
+    e = gym.make(carla_env.ENV_ID, config=load_config(DQN, {"simulator": {"backend": "embedded"}}))
+    obs, info = e.reset(seed=0)
+    assert e.observation_space.contains(obs) and info["backend"] == "embedded"
+    obs, reward, terminated, truncated, info = e.step(e.action_space.sample())
+    assert isinstance(reward, float) and "route_completion" in info
+    assert isinstance(e.unwrapped, carla_env.CarlaEnv)
+    e.close()

@@ -1,0 +1,56 @@
+"""The BEV modules take the env's observation space as it comes, packed or not, and learn from it."""
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from carla_env.config import load_config
+from carla_env.env import CarlaEnv
+from carla_env.rllib.modules import BevPPOCatalog, BevPPOModule, encoder_space
+
+SMALL_BEV = {"size": 48, "pixels_per_meter": 2.0, "ego_offset": 10}
+MODEL = {
+    "conv_filters": [[8, [4, 4], 4], [16, [3, 3], 2]],
+    "head_fcnet_hiddens": [32],
+    "vf_share_layers": True,
+}
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_ppo_module_learns_from_the_bev_packed_or_not(packed):
+    bev = {"type": "sensor.birdview", "packed": packed, **SMALL_BEV}
+    env = CarlaEnv(
+        load_config(
+            "experiments/ppo/config.yaml",
+            {
+                "simulator": {"backend": "embedded", "traffic": {"vehicles": 5}},
+                "experiment": {"sensors": {"birdview": bev}},
+            },
+        )
+    )
+    channels = env.config.experiment.sensors["birdview"].num_channels  # 25 with the speed bar
+    assert env.observation_space.shape == ((channels + 7) // 8 if packed else channels, 48, 48)
+    assert encoder_space(env.observation_space).shape == (48, 48, 32 if packed else channels)
+    obs = [env.reset(seed=0)[0]]
+    for _ in range(7):
+        obs.append(env.step(env.action_space.sample())[0])
+    env.close()
+    module = RLModuleSpec(
+        module_class=BevPPOModule,
+        catalog_class=BevPPOCatalog,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config=MODEL,
+    ).build()
+    batch = {Columns.OBS: torch.from_numpy(np.stack(obs))}
+    out = module.forward_train(batch)
+    values = module.compute_values(batch)
+    assert out[Columns.ACTION_DIST_INPUTS].shape == (8, 4) and values.shape == (8,)
+    loss = out[Columns.ACTION_DIST_INPUTS].pow(2).mean() + values.pow(2).mean()
+    loss.backward()
+    first_conv = next(p for n, p in module.named_parameters() if p.ndim == 4)
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    inference = module.forward_inference({Columns.OBS: batch[Columns.OBS][:1]})
+    assert torch.isfinite(inference[Columns.ACTION_DIST_INPUTS]).all()
