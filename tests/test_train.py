@@ -111,6 +111,7 @@ def test_train_checkpoint_kill_resume(tmp_path):
     assert again.returncode == 2 and "--restore" in again.stderr
     resumed = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.startswith("backend: embedded (set in the config)")
     assert iterations(run)[-1] == 4
     # It continued from the last checkpoint, not from scratch.
     assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
@@ -145,6 +146,27 @@ def test_train_checkpoint_kill_resume(tmp_path):
     ok, frame = capture.read()
     assert ok and frame.shape == (48, 48, 3) and frame.any()
     assert frames == result["episodes"][0]["steps"]  # one frame a step
+
+
+def test_auto_is_pinned_once_and_a_resumed_run_keeps_its_backend(tmp_path, monkeypatch):
+    """`backend: auto` is resolved when the run starts and saved concrete; --restore reads the saved
+    config, so a CARLA install that appeared since does not switch a run's simulator."""
+    from carla_env.config import load_config
+    from train import CONFIG_NAME, load_run_config, save_config
+
+    monkeypatch.delenv("CARLA_ROOT", raising=False)
+    monkeypatch.setattr("carla_env.backends._carla_server_reachable", lambda *a, **k: False)
+    auto = tmp_path / "auto.yaml"
+    auto.write_text((ROOT / "experiments/dqn/config.yaml").read_text())
+    config, choice = load_run_config(auto, {}, None)
+    assert config.simulator.backend == "embedded" and choice.reason.startswith("auto: no CARLA install")
+    run = tmp_path / "run"
+    save_config(config, run / CONFIG_NAME)
+    assert load_config(run / CONFIG_NAME).simulator.backend == "embedded"
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))  # CARLA installed later
+    assert load_run_config(auto, {}, None)[0].simulator.backend == "carla"  # a new run would take it
+    resumed, choice = load_run_config(auto, {}, run)
+    assert resumed.simulator.backend == "embedded" and str(choice) == "backend: embedded (set in the config)"
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
