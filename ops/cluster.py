@@ -74,9 +74,11 @@ def cost_estimate(session, region: str, values: dict) -> dict:
     values = {**DEFAULTS, **values}
     pricing = session.client("pricing", region_name="us-east-1")  # the Price List API's endpoint
     ec2 = session.client("ec2", region_name=region)
-    head = on_demand_price(pricing, region, values["head_instance_type"])
     types = values["worker_instance_types"]
-    on_demand = {t: on_demand_price(pricing, region, t) for t in types}
+    priced = {
+        t: on_demand_price(pricing, region, t) for t in dict.fromkeys([values["head_instance_type"], *types])
+    }
+    head, on_demand = priced[values["head_instance_type"]], {t: priced[t] for t in types}
     spot = {t: p for t in types if (p := spot_price(ec2, t)) is not None}
     if not spot:
         raise OpsError(f"none of worker_instance_types {types} is offered as spot in {region}")

@@ -51,7 +51,13 @@ def job_client(port: int, token: str, timeout: float = 60.0):
     before that import, or the client sends no token ("Missing authentication token")."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
     from ray.job_submission import JobSubmissionClient
+
+    if not is_token_auth_enabled():  # Ray was imported earlier in this process, with auth off
+        raise OpsError(
+            "Ray was imported before ops.jobs.job_client could turn on its token auth; submit from a fresh process"
+        )
 
     deadline = time.monotonic() + timeout
     while True:
