@@ -731,6 +731,32 @@ def test_ops_forward_reaches_the_dashboard_on_the_heads_private_ip(ray_head, tmp
         proc.wait(timeout=10)
 
 
+def _with_node_env(env_file: Path, *command: str) -> subprocess.CompletedProcess:
+    """A command in a node's environment (its /etc/ray/env), as the systemd units run it."""
+    script = f'set -a; . "{env_file}"; set +a; exec "$@"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return subprocess.run(
+        ["bash", "-c", script, "node", *command], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_node_id_helper_names_this_machines_node(ray_head):
+    """ray-node-id.py (what spot-drain.sh names to `ray drain-node`) answers with the cluster's id of
+    the node on this address, not a new local Ray."""
+    got = _with_node_env(ray_head.etc / "env", sys.executable, str(PACKER / "files/ray-node-id.py"))
+    assert got.returncode == 0, got.stderr[-2000:]
+    node_id = got.stdout.strip().splitlines()[-1]
+    listing = "import ray; ray.init(); print(*[n['NodeID'] for n in ray.nodes() if n['Alive']])"
+    alive = _with_node_env(
+        ray_head.etc / "env",
+        sys.executable,
+        "-c",
+        listing.replace("ray.init()", f"ray.init(address='{ray_head.ip}:{ray_head.port}')"),
+    )
+    assert alive.returncode == 0, alive.stderr[-2000:]
+    assert alive.stdout.split() == [node_id], "the head is the only node here; the helper must name it"
+
+
 def test_rendered_user_data_forms_a_two_node_ray_cluster_that_runs_a_job(ray_head, tmp_path):
     """The worker's rendered user_data joins the head; a job submitted through ops' client with the
     token runs tasks on both nodes."""
@@ -749,7 +775,7 @@ def test_rendered_user_data_forms_a_two_node_ray_cluster_that_runs_a_job(ray_hea
         "import ray\nray.init()\n"
         "@ray.remote\ndef node():\n    return ray.get_runtime_context().get_node_id()\n"
         "ids = ray.get([node.options(resources={'head': 1}).remote(), node.options(resources={'worker': 1}).remote()])\n"
-        "print('NODES', len(set(ids)))\n"
+        "print('NODES', len(set(ids)), 'WORKER', ids[1])\n"
     )
     (local,) = _free_ports(1)
     server = forward(local, ray_head.ip, ray_head.dashboard)
@@ -759,19 +785,39 @@ def test_rendered_user_data_forms_a_two_node_ray_cluster_that_runs_a_job(ray_hea
         server.close()
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert "SUCCEEDED" in ran.stdout and "NODES 2" in ran.stdout
+    ray_head.worker = SimpleNamespace(etc=etc, node_id=re.search(r"WORKER ([0-9a-f]+)", ran.stdout).group(1))
 
 
-@pytest.mark.parametrize("warning", ["spot interruption notice", "auto scaling termination"])
-def test_spot_drain_drains_the_node_on_either_warning(tmp_path, warning):
-    """A fake IMDSv2: nothing at first, then the warning; the script must then ask Ray to drain the
-    node as preempted with a deadline (flags checked by Ray 2.60's own CLI), not `ray stop` it."""
+def test_spot_drain_drains_the_real_worker(ray_head, tmp_path):
+    """spot-drain.sh with the real `ray` in the worker's environment (token auth, head address): the
+    cluster's GCS accepts the preemption drain of that worker."""
+    worker = getattr(ray_head, "worker", None)
+    if worker is None:
+        pytest.skip("needs the worker of the two-node test")
+    server, state = _fake_imds(spot=True)
+    state["warned"] = True
+    fake_python = tmp_path / "node-id"  # the lookup itself is tested above; two nodes share this host here
+    fake_python.write_text(f"#!/bin/bash\necho {worker.node_id}\n")
+    fake_python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(IMDS_URL=f"http://127.0.0.1:{server.server_port}", RAY_BIN=str(Path(sys.executable).with_name("ray")),
+               RAY_PYTHON=str(fake_python), RAY_ENV_FILE=str(worker.etc / "env"), DRAIN_POLL_S="0.2")  # fmt: skip
+    try:
+        proc = subprocess.run(["bash", str(PACKER / "files/spot-drain.sh")], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "spot interruption notice: draining this Ray node" in proc.stderr
+
+
+def _fake_imds(spot: bool):
+    """IMDSv2 with a switch: no warning until state["warned"], then a spot interruption notice
+    (spot) or the auto scaling target lifecycle state Terminated."""
     import http.server
     import threading
 
-    from ray.scripts.scripts import drain_node
-
     state = {"warned": False, "token_puts": 0}
-    spot = warning == "spot interruption notice"
 
     class IMDS(http.server.BaseHTTPRequestHandler):
         def do_PUT(self):
@@ -797,12 +843,26 @@ def test_spot_drain_drains_the_node_on_either_warning(tmp_path, warning):
 
     server = http.server.HTTPServer(("127.0.0.1", 0), IMDS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    fake_ray = tmp_path / "ray"
+    return server, state
+
+
+@pytest.mark.parametrize("warning", ["spot interruption notice", "auto scaling termination"])
+def test_spot_drain_drains_the_node_on_either_warning(tmp_path, warning):
+    """Nothing at first, then the warning: the script must then ask Ray to drain this node as
+    preempted with a deadline (flags checked by Ray 2.60's own CLI), not `ray stop` it."""
+    from ray.scripts.scripts import drain_node
+
+    server, state = _fake_imds(spot=warning == "spot interruption notice")
     called = tmp_path / "called"
-    fake_ray.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {called}\n')
-    fake_ray.chmod(0o755)
+    fakes = {
+        "ray": f'#!/bin/bash\nprintf "%s\\n" "$@" > {called}\n',
+        "python": "#!/bin/bash\necho " + "ab" * 28 + "\n",
+    }
+    for name, text in fakes.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
     (tmp_path / "env").write_text("RAY_ROLE=worker\nRAY_HEAD_ADDRESS=head.carla-rl.internal:6379\n")
-    env = {**os.environ, "IMDS_URL": f"http://127.0.0.1:{server.server_port}", "RAY_BIN": str(fake_ray),
+    env = {**os.environ, "IMDS_URL": f"http://127.0.0.1:{server.server_port}", "RAY_BIN": str(tmp_path / "ray"),
            "DRAIN_POLL_S": "0.2", "RAY_ENV_FILE": str(tmp_path / "env")}  # fmt: skip
     proc = subprocess.Popen(["bash", str(PACKER / "files/spot-drain.sh")], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -818,6 +878,7 @@ def test_spot_drain_drains_the_node_on_either_warning(tmp_path, warning):
     params = drain_node.make_context("drain-node", args[1:]).params  # Ray's CLI parses the flags
     assert params["reason"] == "DRAIN_NODE_REASON_PREEMPTION" and params["deadline_remaining_seconds"] == 120
     assert params["address"] == "head.carla-rl.internal:6379" and params["reason_message"] == warning
+    assert params["node_id"] == "ab" * 28, "the node named explicitly (the default would be a new local Ray)"
 
 
 def _stop(procs) -> None:

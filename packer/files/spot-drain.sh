@@ -10,6 +10,7 @@ set -a
 set +a
 IMDS=${IMDS_URL:-http://169.254.169.254}
 RAY=${RAY_BIN:-/opt/carla-rl/.venv/bin/ray}
+PYTHON=${RAY_PYTHON:-$(dirname "$RAY")/python}
 metadata() { curl -sf -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/$1"; }
 while true; do
   reason=
@@ -23,9 +24,10 @@ while true; do
   fi
   if [ -n "$reason" ]; then
     echo "$reason: draining this Ray node" >&2
-    # --node-id defaults to this node.
-    exec "$RAY" drain-node --address "$RAY_HEAD_ADDRESS" --reason DRAIN_NODE_REASON_PREEMPTION \
-      --reason-message "$reason" --deadline-remaining-seconds 120
+    # Named explicitly: drain-node's default node would be a new local Ray, not this cluster's node.
+    node_id=$("$PYTHON" "${NODE_ID_SCRIPT:-/opt/carla-rl/ray-node-id.py}") || exit 1
+    exec "$RAY" drain-node --address "$RAY_HEAD_ADDRESS" --node-id "$node_id" \
+      --reason DRAIN_NODE_REASON_PREEMPTION --reason-message "$reason" --deadline-remaining-seconds 120
   fi
   sleep "${DRAIN_POLL_S:-5}"
 done
