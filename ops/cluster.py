@@ -10,7 +10,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 
-from ops.tools import INSTALL, ROOT, OpsError, run, terraform_outputs
+from ops.tools import INSTALL, ROOT, OpsError, require, run, terraform_outputs
 
 STORAGE = ROOT / "terraform" / "storage"
 CLUSTER = ROOT / "terraform" / "cluster"
@@ -183,7 +183,14 @@ def _storage_vars() -> dict:
 
 def down(region: str, project: str) -> None:
     """Destroys the cluster stack only: the results bucket and the flow logs (their own state) stay."""
-    terraform_outputs(CLUSTER, CLUSTER_OUTPUTS)  # no cluster: say so instead of destroying nothing
+    # Resources, not outputs: a half-failed apply may lack outputs yet hold billable resources.
+    require("terraform")
+    try:
+        resources = run(["terraform", f"-chdir={CLUSTER}", "state", "list"], capture=True).split()
+    except OpsError:  # "No state file was found!"
+        resources = []
+    if not resources:
+        raise OpsError("no Terraform state for terraform/cluster: run `make cluster-up` first")
     values = {"region": region, "project": project, **_storage_vars(), "ami_id": _recorded_ami()}
     run(["terraform", f"-chdir={CLUSTER}", "destroy", "-input=false", "-auto-approve", *_tfvars_args(values)])
 

@@ -344,3 +344,16 @@ def test_make_ami_without_checksums_stops_before_any_work(tmp_path, monkeypatch)
     )
     with pytest.raises(OpsError, match="no SHA-256 for CARLA_0.9.16.tar.gz"):
         ami.build("us-west-2", "0.9.16")
+
+
+def test_cluster_down_destroys_a_half_applied_cluster_that_has_no_outputs(recorded, monkeypatch):
+    """A failed apply can leave billable resources and no outputs: down goes by the resources."""
+    from ops import cluster
+
+    monkeypatch.setattr(
+        cluster, "run", lambda cmd, **kw: recorded.append(cmd) or ("aws_vpc.this\n" if "state" in cmd else "")
+    )
+    cluster.down("us-west-2", "carla-rl")
+    destroy = recorded[-1]
+    assert destroy[1:3] == [f"-chdir={cluster.CLUSTER}", "destroy"]
+    assert {"bucket_name=b", "flow_log_group_arn=f", "ami_id=ami-0123456789abcdef0"} <= set(destroy)
