@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke ami cluster-up cluster-down cluster-status submit infra-check clean
+.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke ami ami-lock cluster-up cluster-down cluster-status submit infra-check clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
@@ -19,11 +19,12 @@ help:
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
 	@echo "make carla-smoke     with CARLA_ROOT set: launch CARLA, 20 vehicles, 200 frames with BEV; FPS, restarts"
 	@echo "make ami             build the CARLA AMI with Packer (AWS); records its id for terraform"
-	@echo "make cluster-up      results bucket + private Ray cluster (prints a cost estimate first)"
+	@echo "make cluster-up      checks (quota, plugin), cost and plan summary, then results bucket + private Ray cluster"
 	@echo "make cluster-down    destroy the cluster; the results bucket and its checkpoints stay"
 	@echo "make cluster-status  head, workers, ray status"
 	@echo "make submit EXP=dqn  train on the cluster (= make train EXP=dqn CLUSTER=1), streams logs"
 	@echo "make infra-check     terraform fmt, checkov, packer validate, HCL/ops/user_data tests (offline)"
+	@echo "make ami-lock        regenerate packer/requirements.lock (hashed pins of pyproject.toml for the AMI)"
 	@echo "make learning        GPU machine: train PPO+DQN, evaluate on a held-out town, scale; writes docs/results/"
 
 $(STAMP): pyproject.toml
@@ -97,7 +98,15 @@ $(INFRA_VENV)/.installed:
 infra-check: $(STAMP) $(INFRA_VENV)/.installed
 	terraform fmt -check -recursive terraform
 	$(INFRA_VENV)/bin/checkov -d terraform --framework terraform --quiet --compact --skip-download
-	$(PY) -m pytest tests/test_infra.py -v -rs
+	$(PY) -m pytest tests/test_infra.py tests/test_ops.py -v -rs
+
+# The AMI installs exactly these, hash-checked: Python 3.11 on Ubuntu 22.04 (glibc 2.35), wheels only.
+ami-lock: $(INFRA_VENV)/.installed
+	$(INFRA_VENV)/bin/pip install -q uv
+	{ echo "# The AMI's Python environment, every file hash-checked (pip --require-hashes in"; \
+	  echo "# packer/scripts/03-python-env.sh). Regenerate after changing pyproject.toml: make ami-lock"; \
+	  $(INFRA_VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
+	    --generate-hashes --no-header --only-binary :all: --quiet; } > packer/requirements.lock
 
 # docs/results on a GPU machine, about an hour: DAgger, PPO from it, PPO without the marking and
 # speeding penalties, then PPO and DQN from scratch, baselines, scaling, report (ARGS: that last step's).

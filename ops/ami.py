@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ops.tools import ROOT, OpsError, require, run
 
 PACKER_DIR = ROOT / "packer"
 TFVARS = ROOT / "terraform" / "cluster" / "ami.auto.tfvars.json"
+CHECKSUMS = PACKER_DIR / "carla.sha256"
 
 
 def ami_from_manifest(manifest: Path) -> str:
@@ -43,27 +45,36 @@ def pack_source(out: Path = ROOT / "dist" / "carla_rl_src.tar.gz") -> Path:
     return out
 
 
+def carla_checksums(carla_version: str, path: Path = CHECKSUMS) -> dict[str, str]:
+    """The SHA-256 of the CARLA release and AdditionalMaps tarballs, from `sha256sum` lines in
+    packer/carla.sha256 (CARLA publishes none: record them once from a download you trust)."""
+    names = {"carla_sha256": f"CARLA_{carla_version}.tar.gz",
+             "additional_maps_sha256": f"AdditionalMaps_{carla_version}.tar.gz"}  # fmt: skip
+    lines = path.read_text().splitlines() if path.is_file() else []
+    known = {}
+    for line in lines:
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *]?(\S+)", line.strip())
+        if m:
+            known[m.group(2)] = m.group(1)
+    missing = [n for n in names.values() if n not in known]
+    if missing:
+        raise OpsError(
+            f"no SHA-256 for {missing[0]} in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+            f"download it once from a source you trust and append `sha256sum {missing[0]}`'s line there"
+        )
+    return {var: known[name] for var, name in names.items()}
+
+
 def build(region: str, carla_version: str) -> str:
     require("packer")  # before any work: a missing CLI is the first thing to say
+    checksums = carla_checksums(carla_version)
     pack_source()
     run(["packer", "init", "."], cwd=PACKER_DIR)
+    variables = {"region": region, "carla_version": carla_version, **checksums}
     run(
-        ["packer", "build", "-var", f"region={region}", "-var", f"carla_version={carla_version}", "."],
+        ["packer", "build", *(a for k, v in variables.items() for a in ("-var", f"{k}={v}")), "."],
         cwd=PACKER_DIR,
     )
     ami_id = ami_from_manifest(PACKER_DIR / "manifest.json")
     record_ami(ami_id)
     return ami_id
-
-
-def find_ami(ec2, project: str, carla_version: str) -> str | None:
-    """Newest of our AMIs (by tags) in this account and region, or None."""
-    images = ec2.describe_images(
-        Owners=["self"],
-        Filters=[
-            {"Name": "tag:Project", "Values": [project]},
-            {"Name": "tag:CarlaVersion", "Values": [carla_version]},
-            {"Name": "state", "Values": ["available"]},
-        ],
-    )["Images"]
-    return max(images, key=lambda i: i["CreationDate"])["ImageId"] if images else None

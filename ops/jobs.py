@@ -3,6 +3,7 @@ working_dir, log streaming, and results pulled from S3."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -21,18 +22,22 @@ EXCLUDES = [
     "*.mp4",
     "terraform/**/.terraform",
 ]
+# The dashboard binds the head's private address, not localhost: the plain
+# AWS-StartPortForwardingSession (which connects to localhost on the instance) cannot reach it.
+FORWARD_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 
 
-def port_forward(instance_id: str, region: str, port: int = 8265) -> subprocess.Popen:
-    """`aws ssm start-session` forwarding localhost:port to the head's dashboard (no open port)."""
+def port_forward(instance_id: str, region: str, host: str, port: int, local_port: int) -> subprocess.Popen:
+    """`aws ssm start-session` forwarding 127.0.0.1:local_port, through the head's SSM agent, to
+    host:port (the dashboard on the head's private address). No open port anywhere."""
     require("aws")
-    proc = subprocess.Popen(
+    require("session-manager-plugin")
+    parameters = {"host": [host], "portNumber": [str(port)], "localPortNumber": [str(local_port)]}
+    return subprocess.Popen(
         ["aws", "ssm", "start-session", "--region", region, "--target", instance_id,
-         "--document-name", "AWS-StartPortForwardingSession",
-         "--parameters", f"portNumber={port},localPortNumber={port}"],
+         "--document-name", FORWARD_DOCUMENT, "--parameters", json.dumps(parameters)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return proc
 
 
 def ray_token(ssm, parameter: str) -> str:
@@ -40,16 +45,27 @@ def ray_token(ssm, parameter: str) -> str:
 
 
 def job_client(port: int, token: str, timeout: float = 60.0):
-    """A JobSubmissionClient once the forwarded port answers (Ray's token auth via RAY_AUTH_TOKEN)."""
-    from ray.job_submission import JobSubmissionClient
+    """A JobSubmissionClient once the forwarded port answers, sending the cluster's token.
 
+    Ray reads RAY_AUTH_MODE once, when ray.job_submission is first imported: the variables are set
+    before that import, or the client sends no token ("Missing authentication token")."""
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    from ray.job_submission import JobSubmissionClient
+
+    if not is_token_auth_enabled():  # Ray was imported earlier in this process, with auth off
+        raise OpsError(
+            "Ray was imported before ops.jobs.job_client could turn on its token auth; submit from a fresh process"
+        )
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             return JobSubmissionClient(DASHBOARD.format(port=port))
         except Exception as e:
+            if "uthenticat" in str(e):  # a wrong token does not get better by waiting
+                raise OpsError(f"the Ray Jobs API on localhost:{port} refused the token: {e}") from None
             if time.monotonic() > deadline:
                 raise OpsError(f"no Ray Jobs API on localhost:{port} after {timeout:.0f} s: {e}") from None
             time.sleep(1.0)

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = {
     "terraform": "install Terraform >= 1.6: https://developer.hashicorp.com/terraform/install",
     "packer": "install Packer >= 1.10: https://developer.hashicorp.com/packer/install",
-    "aws": "install the AWS CLI v2 and the Session Manager plugin: https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html",
+    "aws": "install the AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html",
+    "session-manager-plugin": "install the AWS Session Manager plugin (the only way to the head): https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html",
 }
 
 
@@ -54,6 +55,14 @@ def aws_account(session) -> str:
         raise OpsError(f"AWS credentials rejected: {e}") from None
 
 
-def terraform_outputs(stack: Path) -> dict:
+def terraform_outputs(stack: Path, required: tuple[str, ...] = ()) -> dict:
+    """A stack's outputs; with `required`, a stack that was never applied (no state, `{}`) or lacks
+    one of them is an OpsError saying so, not a KeyError later."""
     raw = json.loads(run(["terraform", f"-chdir={stack}", "output", "-json"], capture=True) or "{}")
-    return {k: v["value"] for k, v in raw.items()}
+    outputs = {k: v["value"] for k, v in raw.items()}
+    missing = [k for k in required if k not in outputs]
+    if missing:
+        state = "no Terraform state" if not outputs else f"no output {missing[0]!r} in its Terraform state"
+        where = stack.relative_to(ROOT) if stack.is_relative_to(ROOT) else stack
+        raise OpsError(f"{state} for {where}: run `make cluster-up` first")
+    return outputs

@@ -15,6 +15,24 @@ variable "carla_version" {
   default = "0.9.16"
 }
 
+# CARLA publishes no checksums: ops reads these from packer/carla.sha256, recorded once from a
+# download you trust; 02-carla.sh refuses a tarball that does not match before extracting it.
+variable "carla_sha256" {
+  type = string
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.carla_sha256))
+    error_message = "The carla_sha256 variable must be the SHA-256 (64 hex digits) of CARLA_<version>.tar.gz."
+  }
+}
+
+variable "additional_maps_sha256" {
+  type = string
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.additional_maps_sha256))
+    error_message = "The additional_maps_sha256 variable must be the SHA-256 (64 hex digits) of AdditionalMaps_<version>.tar.gz."
+  }
+}
+
 variable "volume_size" {
   type    = number
   default = 120
@@ -82,6 +100,11 @@ source "amazon-ebs" "carla" {
 build {
   sources = ["source.amazon-ebs.carla"]
 
+  # The file provisioner does not create its destination folder (packer#3719): make it first.
+  provisioner "shell" {
+    inline = ["mkdir -p /tmp/carla-rl-files"]
+  }
+
   provisioner "file" {
     source      = "${path.root}/files/"
     destination = "/tmp/carla-rl-files"
@@ -93,8 +116,12 @@ build {
   }
 
   provisioner "shell" {
-    environment_vars = ["CARLA_VERSION=${var.carla_version}"]
-    execute_command  = "sudo -E bash '{{ .Path }}'"
+    environment_vars = [
+      "CARLA_VERSION=${var.carla_version}",
+      "CARLA_SHA256=${var.carla_sha256}",
+      "ADDITIONAL_MAPS_SHA256=${var.additional_maps_sha256}",
+    ]
+    execute_command = "sudo -E bash '{{ .Path }}'"
     scripts = [
       "${path.root}/scripts/01-nvidia-vulkan.sh",
       "${path.root}/scripts/02-carla.sh",

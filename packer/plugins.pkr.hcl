@@ -4,7 +4,7 @@ packer {
   required_plugins {
     amazon = {
       source  = "github.com/hashicorp/amazon"
-      version = ">= 1.3.0"
+      version = "~> 1.3" # 1.x from 1.3 on: no unreviewed major version
     }
   }
 }

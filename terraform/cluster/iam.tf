@@ -1,6 +1,8 @@
-# Least privilege for nodes: SSM Session Manager, this cluster's token, the results bucket only.
+# Least privilege for nodes: what the SSM agent needs for Session Manager and Run Command (not
+# AmazonSSMManagedInstanceCore, whose ssm:GetParameter(s) on "*" would let any job, which runs
+# arbitrary code, read every parameter in the account), this cluster's token, the results bucket.
 resource "aws_iam_role" "node" {
-  name               = "${var.project}-node"
+  name               = "${var.project}-node" # terraform/storage/main.tf's bucket policy names it
   assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
 }
 
@@ -14,18 +16,33 @@ data "aws_iam_policy_document" "ec2_assume" {
   }
 }
 
-resource "aws_iam_role_policy_attachment" "ssm_core" {
-  role       = aws_iam_role.node.name
-  policy_arn = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-}
-
 resource "aws_iam_role_policy" "node" {
-  name   = "results-bucket-and-ray-token"
+  name   = "ssm-agent-results-bucket-ray-token"
   role   = aws_iam_role.node.id
   policy = data.aws_iam_policy_document.node.json
 }
 
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+}
+
 data "aws_iam_policy_document" "node" {
+  statement {
+    sid       = "SsmAgentRegisters"
+    actions   = ["ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations"]
+    resources = ["arn:aws:ec2:${var.region}:${local.account_id}:instance/*"]
+  }
+  # These actions support no resource-level permissions: "*" is the only form AWS accepts.
+  statement {
+    sid = "SsmAgentChannels"
+    actions = [
+      "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+      "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+      "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+    ]
+    resources = ["*"]
+  }
   statement {
     sid       = "ListResults"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
@@ -44,7 +61,7 @@ data "aws_iam_policy_document" "node" {
   statement {
     sid       = "RayToken"
     actions   = ["ssm:GetParameter"]
-    resources = [aws_ssm_parameter.ray_token.arn]
+    resources = [module.ray_token.arn]
   }
   statement {
     sid       = "RayTokenKey"
@@ -58,49 +75,26 @@ resource "aws_iam_instance_profile" "node" {
   role = aws_iam_role.node.name
 }
 
-# Ray token authentication: a second lock behind the security groups. Nodes read it at boot.
-resource "random_password" "ray_token" {
-  length  = 48
-  special = false
-}
-
-resource "aws_ssm_parameter" "ray_token" {
-  name   = "/${var.project}/ray-auth-token"
-  type   = "SecureString"
-  key_id = aws_kms_key.cluster.arn
-  value  = random_password.ray_token.result
+# Ray token authentication: a second lock behind the security groups. Nodes read it at boot; it is
+# in neither the plan nor the state (see the module).
+module "ray_token" {
+  source        = "../modules/ray-token"
+  name          = "/${var.project}/ray-auth-token"
+  kms_key_arn   = aws_kms_key.cluster.arn
+  token_version = var.ray_token_version
 }
 
 data "aws_caller_identity" "current" {}
 
 resource "aws_kms_key" "cluster" {
-  description             = "${var.project} cluster: Ray token, flow logs"
+  description             = "${var.project} cluster: Ray token"
   enable_key_rotation     = true
   deletion_window_in_days = 7
-  policy                  = data.aws_iam_policy_document.kms.json
+  policy                  = module.cluster_key_policy.json
 }
 
-data "aws_iam_policy_document" "kms" {
-  # A key policy's "*" is the key itself; the account root administers it (AWS's default policy).
-  #checkov:skip=CKV_AWS_111:key policy resource "*" means this key only
-  #checkov:skip=CKV_AWS_356:key policy resource "*" means this key only
-  #checkov:skip=CKV_AWS_109:the account root must administer its own key (AWS default key policy)
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
-  statement {
-    sid       = "FlowLogsEncrypt"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["logs.${var.region}.amazonaws.com"]
-    }
-  }
+module "cluster_key_policy" {
+  source     = "../modules/kms-key-policy"
+  account_id = local.account_id
+  region     = var.region
 }

@@ -46,11 +46,34 @@ resource "aws_route_table_association" "private" {
   route_table_id = aws_route_table.private.id
 }
 
+# Endpoint policies: through the S3 gateway a node reaches the results bucket only (not any bucket
+# in the region), and the SSM endpoints serve this account's principals only.
 resource "aws_vpc_endpoint" "s3" {
   vpc_id            = aws_vpc.this.id
   service_name      = "com.amazonaws.${var.region}.s3"
   vpc_endpoint_type = "Gateway"
   route_table_ids   = [aws_route_table.private.id]
+  policy            = data.aws_iam_policy_document.s3_endpoint.json
+}
+
+data "aws_iam_policy_document" "s3_endpoint" {
+  statement {
+    sid = "ResultsBucketOnly"
+    actions = [
+      "s3:ListBucket", "s3:GetBucketLocation",
+      "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+    ]
+    resources = ["arn:aws:s3:::${var.bucket_name}", "arn:aws:s3:::${var.bucket_name}/*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:PrincipalAccount"
+      values   = [local.account_id]
+    }
+  }
 }
 
 resource "aws_vpc_endpoint" "interface" {
@@ -61,19 +84,33 @@ resource "aws_vpc_endpoint" "interface" {
   private_dns_enabled = true
   subnet_ids          = aws_subnet.private[*].id
   security_group_ids  = [aws_security_group.endpoints.id]
+  policy              = data.aws_iam_policy_document.ssm_endpoint[each.key].json
 }
 
+data "aws_iam_policy_document" "ssm_endpoint" {
+  for_each = toset(["ssm", "ssmmessages", "ec2messages"])
+  statement {
+    sid       = "ThisServiceThisAccountOnly"
+    actions   = ["${each.key}:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:PrincipalAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# Into the storage stack's log group: it and its key outlive this stack (365 days' retention).
 resource "aws_flow_log" "vpc" {
   vpc_id          = aws_vpc.this.id
   traffic_type    = "ALL"
-  log_destination = aws_cloudwatch_log_group.flow_logs.arn
+  log_destination = var.flow_log_group_arn
   iam_role_arn    = aws_iam_role.flow_logs.arn
-}
-
-resource "aws_cloudwatch_log_group" "flow_logs" {
-  name              = "/${var.project}/vpc-flow-logs"
-  retention_in_days = 365
-  kms_key_id        = aws_kms_key.cluster.arn
 }
 
 resource "aws_iam_role" "flow_logs" {
@@ -88,6 +125,17 @@ data "aws_iam_policy_document" "flow_logs_assume" {
       type        = "Service"
       identifiers = ["vpc-flow-logs.amazonaws.com"]
     }
+    # Confused-deputy guard: only flow logs of this account assume the role.
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:aws:ec2:${var.region}:${local.account_id}:vpc-flow-log/*"]
+    }
   }
 }
 
@@ -100,6 +148,24 @@ resource "aws_iam_role_policy" "flow_logs" {
 data "aws_iam_policy_document" "flow_logs" {
   statement {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = ["${aws_cloudwatch_log_group.flow_logs.arn}:*"]
+    resources = ["${var.flow_log_group_arn}:*"]
   }
+}
+
+# A stable name for the head: a replaced head (new private IP) is found again by workers whose
+# ray-node.service restarts after losing the old GCS; new workers resolve it at boot.
+resource "aws_route53_zone" "cluster" {
+  name    = "${var.project}.internal"
+  comment = "private: Ray head of ${var.project}"
+  vpc {
+    vpc_id = aws_vpc.this.id
+  }
+}
+
+resource "aws_route53_record" "head" {
+  zone_id = aws_route53_zone.cluster.zone_id
+  name    = local.head_dns_name
+  type    = "A"
+  ttl     = 30
+  records = [aws_instance.head.private_ip]
 }

@@ -1,9 +1,10 @@
 locals {
+  head_dns_name = "head.${var.project}.internal" # network.tf: the private zone's record
   # What user_data runs on the AMI; tests render the same templates with local stand-ins.
   node_commands = {
     etc_dir         = "/etc/ray"
     node_user       = "ubuntu"
-    token_command   = "aws ssm get-parameter --region ${var.region} --name ${aws_ssm_parameter.ray_token.name} --with-decryption --query Parameter.Value --output text"
+    token_command   = "aws ssm get-parameter --region ${var.region} --name ${module.ray_token.name} --with-decryption --query Parameter.Value --output text"
     node_ip_command = "curl -sf -H \"X-aws-ec2-metadata-token: $(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)\" http://169.254.169.254/latest/meta-data/local-ipv4"
     ray_node        = "systemctl enable --now ray-node.service"
     drain_watch     = "systemctl enable --now spot-drain.service"
@@ -47,7 +48,7 @@ resource "aws_launch_template" "worker" {
   image_id      = var.ami_id
   ebs_optimized = true
   user_data = base64encode(templatefile("${path.module}/templates/worker.sh.tftpl", merge(local.node_commands, {
-    head_address = "${aws_instance.head.private_ip}:${var.ray_port}"
+    head_address = "${local.head_dns_name}:${var.ray_port}"
   })))
   iam_instance_profile {
     arn = aws_iam_instance_profile.node.arn
@@ -87,6 +88,22 @@ resource "aws_autoscaling_group" "workers" {
   desired_capacity    = var.worker_desired
   vpc_zone_identifier = aws_subnet.private[*].id
   capacity_rebalance  = true
+  # Capacity-rebalance and scale-in terminations give no spot notice: the instance waits here while
+  # spot-drain.sh (which polls the target lifecycle state too) drains Ray, then goes on its own
+  # after the heartbeat (no autoscaling endpoint or CompleteLifecycleAction right needed).
+  initial_lifecycle_hook {
+    name                 = "drain-ray"
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
+    heartbeat_timeout    = 150
+    default_result       = "CONTINUE"
+  }
+  # A new launch template (AMI, user_data) replaces running workers instead of waiting for churn.
+  instance_refresh {
+    strategy = "Rolling"
+    preferences {
+      min_healthy_percentage = 50
+    }
+  }
   mixed_instances_policy {
     instances_distribution {
       on_demand_base_capacity                  = 0

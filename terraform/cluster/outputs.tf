@@ -15,7 +15,7 @@ output "dashboard_port" {
 
 output "ray_token_parameter" {
   description = "SSM SecureString holding the Ray auth token (ops reads it for job submission)."
-  value       = aws_ssm_parameter.ray_token.name
+  value       = module.ray_token.name
 }
 
 output "worker_asg_name" {
@@ -26,4 +26,9 @@ output "worker_asg_name" {
 output "bucket_name" {
   description = "Results bucket the cluster writes to."
   value       = var.bucket_name
+}
+
+output "head_dns_name" {
+  description = "Stable private name of the head (workers join it; survives a head replacement)."
+  value       = aws_route53_record.head.fqdn
 }

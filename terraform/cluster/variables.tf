@@ -37,6 +37,17 @@ variable "bucket_kms_key_arn" {
   type        = string
 }
 
+variable "flow_log_group_arn" {
+  description = "CloudWatch Logs group for VPC flow logs (terraform/storage output flow_log_group_arn)."
+  type        = string
+}
+
+variable "ray_token_version" {
+  description = "Version of the write-only Ray token: bump it to generate and store a new token."
+  type        = number
+  default     = 1
+}
+
 variable "vpc_cidr" {
   description = "CIDR of the cluster's VPC."
   type        = string
@@ -108,8 +119,8 @@ variable "root_volume_gb" {
   type        = number
   default     = 150
   validation {
-    condition     = var.root_volume_gb >= 80
-    error_message = "root_volume_gb must be >= 80 (the AMI's volume)."
+    condition     = var.root_volume_gb >= 120
+    error_message = "root_volume_gb must be >= 120: the AMI's snapshot is 120 GB (packer volume_size)."
   }
 }
 

@@ -1,13 +1,9 @@
 terraform {
-  required_version = ">= 1.6"
+  required_version = ">= 1.11" # ephemeral resources and write-only arguments (the Ray token)
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 5.0"
-    }
-    random = {
-      source  = "hashicorp/random"
-      version = "~> 3.6"
+      version = "~> 5.100"
     }
   }
   # Optional remote state with locking: see ../README.md ("Remote state").

@@ -1,7 +1,11 @@
-# Checkpoints and results. Its own state: `make cluster-down` never touches it, and
-# prevent_destroy refuses a stray destroy here too.
+# What outlives every cluster: checkpoints and results, and the VPC flow logs with their 365 days
+# of retention. Its own state: `make cluster-down` never touches it, and prevent_destroy refuses a
+# stray destroy here too.
 locals {
   tags = { Project = var.project, ManagedBy = "terraform", Component = "storage" }
+  # The cluster stack's node role (terraform/cluster/iam.tf names it so).
+  node_role_arn      = "arn:aws:iam::${data.aws_caller_identity.current.account_id}:role/${var.project}-node"
+  flow_log_group_arn = "arn:aws:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:/${var.project}/vpc-flow-logs"
 }
 
 data "aws_caller_identity" "current" {}
@@ -38,23 +42,16 @@ resource "aws_kms_key" "results" {
   description             = "${var.project} results bucket"
   enable_key_rotation     = true
   deletion_window_in_days = 30
-  policy                  = data.aws_iam_policy_document.kms.json
+  policy                  = module.results_key_policy.json
+  lifecycle {
+    prevent_destroy = true # without it every checkpoint in the bucket is unreadable
+  }
 }
 
-data "aws_iam_policy_document" "kms" {
-  # A key policy's "*" is the key itself; the account root administers it (AWS's default policy).
-  #checkov:skip=CKV_AWS_111:key policy resource "*" means this key only
-  #checkov:skip=CKV_AWS_356:key policy resource "*" means this key only
-  #checkov:skip=CKV_AWS_109:the account root must administer its own key (AWS default key policy)
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
+module "results_key_policy" {
+  source     = "../modules/kms-key-policy"
+  account_id = data.aws_caller_identity.current.account_id
+  region     = var.region
 }
 
 resource "aws_s3_bucket_public_access_block" "results" {
@@ -74,10 +71,13 @@ resource "aws_s3_bucket_ownership_controls" "results" {
 
 resource "aws_s3_bucket_policy" "results" {
   bucket = aws_s3_bucket.results.id
-  policy = data.aws_iam_policy_document.tls_only.json
+  policy = data.aws_iam_policy_document.results.json
+  # A policy put before the block exists could be public for a moment; AWS also refuses some
+  # policy/block orders with a 403 when they race.
+  depends_on = [aws_s3_bucket_public_access_block.results]
 }
 
-data "aws_iam_policy_document" "tls_only" {
+data "aws_iam_policy_document" "results" {
   statement {
     sid       = "DenyInsecureTransport"
     effect    = "Deny"
@@ -91,6 +91,29 @@ data "aws_iam_policy_document" "tls_only" {
       test     = "Bool"
       variable = "aws:SecureTransport"
       values   = ["false"]
+    }
+  }
+  # The nodes' credentials work on this bucket only through a VPC endpoint (the cluster's S3
+  # gateway endpoint, whose own policy admits this bucket only): stolen node credentials used from
+  # outside the VPC are refused.
+  statement {
+    sid       = "DenyNodeRoleOutsideVpcEndpoint"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.results.arn, "${aws_s3_bucket.results.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:PrincipalArn"
+      values   = [local.node_role_arn]
+    }
+    condition {
+      test     = "Null"
+      variable = "aws:SourceVpce"
+      values   = ["true"]
     }
   }
 }
@@ -108,4 +131,32 @@ resource "aws_s3_bucket_lifecycle_configuration" "results" {
       days_after_initiation = 7
     }
   }
+}
+
+# VPC flow logs of every cluster: here, not in the cluster stack, so `make cluster-down` keeps the
+# 365 days of retention (and the key that decrypts them).
+resource "aws_cloudwatch_log_group" "flow_logs" {
+  name              = "/${var.project}/vpc-flow-logs"
+  retention_in_days = 365
+  kms_key_id        = aws_kms_key.logs.arn
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_kms_key" "logs" {
+  description             = "${var.project} VPC flow logs"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = module.logs_key_policy.json
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+module "logs_key_policy" {
+  source         = "../modules/kms-key-policy"
+  account_id     = data.aws_caller_identity.current.account_id
+  region         = var.region
+  log_group_arns = [local.flow_log_group_arn]
 }

@@ -12,3 +12,8 @@ output "kms_key_arn" {
   description = "KMS key encrypting the bucket (nodes need kms:Decrypt/GenerateDataKey on it)."
   value       = aws_kms_key.results.arn
 }
+
+output "flow_log_group_arn" {
+  description = "CloudWatch Logs group for the cluster's VPC flow logs (kept 365 days)."
+  value       = aws_cloudwatch_log_group.flow_logs.arn
+}
