@@ -36,10 +36,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Extra train.py flags: make train EXP=dqn ARGS="--restore"; CLUSTER=1 trains on the AWS cluster.
-train: $(STAMP)
 ifdef CLUSTER
-	$(PY) -m ops submit $(EXP) --args "$(ARGS)"
+train: submit
 else
+train: $(STAMP)
 	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
 endif
 
@@ -71,22 +71,35 @@ bench: $(STAMP)
 carla-smoke: $(STAMP)
 	$(PY) -m carla_env.carla_server.smoke $(ARGS)
 
+# The cloud CLI runs from its own venv with pyproject's [cloud] extra alone: no simulator, no torch.
+OPS_VENV := .venv-ops
+OPS_PY := $(OPS_VENV)/bin/python
+OPS_STAMP := $(OPS_VENV)/.installed
+$(OPS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OPS_VENV)
+	$(OPS_PY) -m pip install -q --upgrade pip
+	$(OPS_PY) -m pip install -q --no-deps -e .
+	$(OPS_PY) -m ops.requirements cloud > $(OPS_VENV)/requirements.txt
+	$(OPS_PY) -m pip uninstall -q -y carla-env  # only its metadata was needed; ops runs from the repo
+	$(OPS_PY) -m pip install -q -r $(OPS_VENV)/requirements.txt
+	touch $@
+
 REGION ?= us-west-2
 WORKERS ?= 2
-ami: $(STAMP)
-	$(PY) -m ops --region $(REGION) ami
+ami: $(OPS_STAMP)
+	$(OPS_PY) -m ops --region $(REGION) ami
 
-cluster-up: $(STAMP)
-	$(PY) -m ops --region $(REGION) up --workers $(WORKERS)
+cluster-up: $(OPS_STAMP)
+	$(OPS_PY) -m ops --region $(REGION) up --workers $(WORKERS)
 
-cluster-down: $(STAMP)
-	$(PY) -m ops --region $(REGION) down
+cluster-down: $(OPS_STAMP)
+	$(OPS_PY) -m ops --region $(REGION) down
 
-cluster-status: $(STAMP)
-	$(PY) -m ops --region $(REGION) status
+cluster-status: $(OPS_STAMP)
+	$(OPS_PY) -m ops --region $(REGION) status
 
-submit: $(STAMP)
-	$(PY) -m ops --region $(REGION) submit $(EXP) --args "$(ARGS)"
+submit: $(OPS_STAMP)
+	$(OPS_PY) -m ops --region $(REGION) submit $(EXP) --args "$(ARGS)"
 
 # checkov in its own venv: its pins clash with Ray's.
 INFRA_VENV := .venv-infra
@@ -105,7 +118,7 @@ ami-lock: $(INFRA_VENV)/.installed
 	$(INFRA_VENV)/bin/pip install -q uv
 	{ echo "# The AMI's Python environment, every file hash-checked (pip --require-hashes in"; \
 	  echo "# packer/scripts/03-python-env.sh). Regenerate after changing pyproject.toml: make ami-lock"; \
-	  $(INFRA_VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
+	  $(INFRA_VENV)/bin/uv pip compile pyproject.toml --extra train --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
 	    --generate-hashes --no-header --only-binary :all: --quiet; } > packer/requirements.lock
 
 # docs/results on a GPU machine, about an hour: DAgger, PPO from it, PPO without the marking and
@@ -119,4 +132,4 @@ learning: $(STAMP)
 	$(PY) bench/learning.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) $(OPS_VENV) .pytest_cache .ruff_cache

@@ -16,6 +16,7 @@ EXCLUDES = [
     ".git",
     ".venv",
     ".venv-infra",
+    ".venv-ops",
     "runs",
     "dist",
     "docs/results",

@@ -560,7 +560,8 @@ def test_ami_python_environment_is_installed_from_a_hashed_lock_that_matches_pyp
     pinned = {canonicalize_name(name.split("[")[0]): version for name, version, _ in entries}
     assert len(entries) == len(re.findall(r"^\S+==", lock, re.M)), "a requirement without a hash"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for dependency in map(Requirement, project["dependencies"]):
+    # The nodes train: the env core and the [train] extra.
+    for dependency in map(Requirement, project["dependencies"] + project["optional-dependencies"]["train"]):
         name = canonicalize_name(dependency.name)
         assert name in pinned, f"{name} is not in packer/requirements.lock: run `make ami-lock`"
         assert dependency.specifier.contains(pinned[name], prereleases=True), (

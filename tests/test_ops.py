@@ -117,7 +117,7 @@ def test_submit_ships_the_repo_and_trains_into_the_bucket():
     )
     assert args.name == "night" and args.restore
     assert job["runtime_env"]["working_dir"] == str(ROOT)
-    assert {".git", ".venv", ".venv-infra", "runs"} <= set(job["runtime_env"]["excludes"])
+    assert {".git", ".venv", ".venv-infra", ".venv-ops", "runs"} <= set(job["runtime_env"]["excludes"])
     with pytest.raises(OpsError, match="no experiment 'sac'"):
         submit(client, "sac", "results")
 
