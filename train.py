@@ -38,12 +38,18 @@ def load_run_config(path, overrides: dict, restoring: Path | None):
     """The run's config with its backend pinned (resolved once, saved with the run); a resumed run
     keeps the config it was started with, so it runs on the same backend."""
     from carla_env.backends import pin_backend
+    from carla_env.compat import load_any_config
     from carla_env.config import load_config
 
     saved = restoring / CONFIG_NAME if restoring is not None else None
     if saved is not None and saved.is_file():
         return pin_backend(load_config(saved, overrides), str(saved))
-    return pin_backend(load_config(path, overrides), str(path))
+    config, backend, original_layout = load_any_config(
+        path, overrides
+    )  # this project's layout or the original's
+    if original_layout:
+        print(original_layout)
+    return config, backend
 
 
 def parse_args(argv):

@@ -339,24 +339,30 @@ class BirdviewRenderer:
     # ------------------------------------------------------------------ for people
     def colorize(self, obs: np.ndarray) -> np.ndarray:
         """RGB rendering of an observation (newest history frame), for previews and videos."""
-        size = self.spec.size
-        img = np.zeros((size, size, 3), np.uint8)
-        layers = [
-            ("road", (70, 70, 70)),
-            ("lane_broken", (200, 200, 200)),
-            ("lane_solid", (255, 255, 255)),
-            ("route", (40, 90, 160)),
-            (f"walkers@{self.spec.history[-1]:g}s", (255, 0, 255)),
-            (f"vehicles@{self.spec.history[-1]:g}s", (0, 160, 255)),
-            (f"lights_green@{self.spec.history[-1]:g}s", (0, 220, 0)),
-            (f"lights_yellow@{self.spec.history[-1]:g}s", (240, 220, 0)),
-            (f"lights_red@{self.spec.history[-1]:g}s", (230, 0, 0)),
-            ("ego", (230, 230, 60)),
-        ]
-        for name, color in layers:
-            if name in self.index:
-                img[obs[self.index[name]] > 0] = color
-        return img
+        return colorize(self.spec, obs)
+
+
+def colorize(spec: BirdviewSpec, obs: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB rendering of a (C, H, W) observation of `spec` (its newest history frame)."""
+    index = {n: i for i, n in enumerate(spec.channel_names())}
+    img = np.zeros((spec.size, spec.size, 3), np.uint8)
+    newest = f"{spec.history[-1]:g}s"
+    layers = [
+        ("road", (70, 70, 70)),
+        ("lane_broken", (200, 200, 200)),
+        ("lane_solid", (255, 255, 255)),
+        ("route", (40, 90, 160)),
+        (f"walkers@{newest}", (255, 0, 255)),
+        (f"vehicles@{newest}", (0, 160, 255)),
+        (f"lights_green@{newest}", (0, 220, 0)),
+        (f"lights_yellow@{newest}", (240, 220, 0)),
+        (f"lights_red@{newest}", (230, 0, 0)),
+        ("ego", (230, 230, 60)),
+    ]
+    for name, color in layers:
+        if name in index:
+            img[obs[index[name]] > 0] = color
+    return img
 
 
 def pack(obs: np.ndarray) -> np.ndarray:
