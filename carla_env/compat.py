@@ -526,9 +526,10 @@ def _map_experiment(m: MappedConfig, experiment, config_dir: Path, cwd: Path) ->
     if "max_steps" in experiment:  # ours: the time limit, whose end is a truncation
         m.set("experiment.max_steps", experiment["max_steps"], "env_config.experiment.max_steps")
     activity = merged["background_activity"]
-    m.set("simulator.traffic.vehicles", activity["n_vehicles"], "env_config.experiment.background_activity")
+    background = "env_config.experiment.background_activity"
+    m.set("simulator.traffic.vehicles", activity["n_vehicles"], f"{background}.n_vehicles")
     if activity["n_walkers"]:
-        m.set("simulator.carla.walkers", activity["n_walkers"], "env_config.experiment.background_activity")
+        m.set("simulator.carla.walkers", activity["n_walkers"], f"{background}.n_walkers")
     if activity.get("seed") is not None:
         m.set("simulator.seed", activity["seed"], "env_config.experiment.background_activity.seed")
     if "tm_hybrid_mode" in experiment.get("background_activity", {}):
@@ -616,10 +617,10 @@ def _discover_experiment(m: MappedConfig, config_dir: Path, cwd: Path) -> tuple[
             if isinstance(node, ast.ClassDef) and "BaseExperiment" in bases:
                 found.append((file, node.name))
     if len(found) != 1:
-        what = "none" if not found else ", ".join(f"{f.name}:{c}" for f, c in found)
+        what = f"{len(found)} ({', '.join(f'{f.name}:{c}' for f, c in found)})" if found else "none"
         raise m.error(
             "env_config.experiment.type",
-            f"missing, and {len(found) or 'no'} BaseExperiment subclasses beside the config ({what}); "
+            f"missing, and BaseExperiment subclasses beside the config: {what}; "
             "name the class as 'module:Class', as the original's training script did",
         )
     file, name = found[0]
