@@ -301,8 +301,7 @@ class OriginalExperiment(BaseExperiment):
         return self.original.compute_action(action)
 
     def get_observation(self, sensor_data: dict, core) -> tuple[object, dict]:
-        result = self.original.get_observation(original_sensor_data(sensor_data, self.config.sensors))
-        obs, info = result
+        obs, info = self.original.get_observation(original_sensor_data(sensor_data, self.config.sensors))
         self._original_obs = obs
         if self._policy_space is not self._observation_space:
             obs = np.asarray(obs, np.float32)

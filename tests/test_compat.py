@@ -152,6 +152,28 @@ def test_epsilon_greedy_exploration_becomes_the_epsilon_schedule():
     ]
 
 
+def test_ppo_keys_take_their_new_stack_names(tmp_path):
+    data = {
+        k: v
+        for k, v in original_config().items()
+        if k not in ("hiddens", "exploration_config", "learning_starts", "buffer_size")
+    }
+    data.update(
+        {"algorithm": "PPO", "lambda": 0.95, "num_sgd_iter": 4, "sgd_minibatch_size": 16, "clip_param": 0.2}
+    )
+    data["env_config"]["experiment"]["type"] = EXPERIMENT
+    config, _, _ = load_any_config(write(tmp_path, data))
+    assert config.training.algorithm == "PPO"
+    assert config.training.settings == {
+        "train_batch_size_per_learner": 8,
+        "lr": 0.001,
+        "lambda_": 0.95,
+        "num_epochs": 4,
+        "minibatch_size": 16,
+        "clip_param": 0.2,
+    }
+
+
 def test_sensor_transform_becomes_the_mounting_keys():
     data = original_config()
     data["env_config"]["experiment"]["hero"]["sensors"]["camera"] = {
