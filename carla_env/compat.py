@@ -377,13 +377,13 @@ _NOT_USED = {
 }
 _MODEL_KEYS = {
     "conv_filters", "conv_activation", "fcnet_hiddens", "fcnet_activation", "head_fcnet_hiddens",
-    "head_fcnet_activation", "vf_share_layers", "use_lstm", "max_seq_len", "lstm_cell_size",
+    "head_fcnet_activation", "vf_share_layers", "use_lstm", "max_seq_len", "lstm_cell_size", "free_log_std",
 }  # fmt: skip
 _MODEL_RENAMED = {
     "post_fcnet_hiddens": "head_fcnet_hiddens",
     "post_fcnet_activation": "head_fcnet_activation",
 }
-_MODEL_NOT_USED = {"dim", "grayscale", "zero_mean", "framestack", "free_log_std"}
+_MODEL_NOT_USED = {"dim", "grayscale", "zero_mean", "framestack"}  # the old stack's preprocessor
 _CARLA_NOT_USED = {"resolution_x", "resolution_y", "show_display", "enable_rendering"}
 _CARLA_OURS = {
     "backend", "port", "tm_port", "launch", "carla_root", "gpus", "extra_args", "ready_timeout",
