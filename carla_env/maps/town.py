@@ -19,6 +19,10 @@ from carla_env.maps.lane_graph import LaneGraph, build_lane_graph
 CARLA_XODR_DIR = Path("CarlaUE4/Content/Carla/Maps/OpenDrive")
 OPT_SUFFIX = "_Opt"  # CARLA towns whose layers (buildings, props, ...) load and unload
 GRID_PREFIX = "grid:"
+XODR_FIX = (
+    "give a .xodr file (e.g. a CARLA town's, from CarlaUE4/Content/Carla/Maps/OpenDrive) "
+    "or a generated town such as GridTown01"
+)
 
 
 class TownError(ValueError):
@@ -40,7 +44,7 @@ class TownSource:
         except OSError as e:
             raise TownError(f"cannot read OpenDRIVE file {self.path}: {e.strerror}") from e
         except UnicodeDecodeError:
-            raise TownError(f"OpenDRIVE file {self.path} is not text; give a .xodr (XML) file") from None
+            raise TownError(f"OpenDRIVE file {self.path} is not text; {XODR_FIX}") from None
 
 
 def parse_grid_spec(text: str) -> TownSpec:
@@ -151,22 +155,23 @@ def _check_file(name: str, path: Path, mtime_ns: int, size: int) -> None:
 def _parse(name: str, xodr: str, path: Path | None) -> carla.Map:
     """carla.Map of this OpenDRIVE text; what is wrong with it, named and with the fix, as a TownError."""
     what = f"OpenDRIVE file {path}" if path is not None else f"town {name!r}"
-    fix = "give a .xodr file (e.g. a CARLA town's, from CarlaUE4/Content/Carla/Maps/OpenDrive) or a generated town such as GridTown01"
     if not xodr.strip():
-        raise TownError(f"{what} is empty; {fix}")
+        raise TownError(f"{what} is empty; {XODR_FIX}")
     # Checked before carla.Map, which prints its own parser errors and says only "failed to generate map".
     try:
         root = ET.fromstring(xodr)
     except ET.ParseError as e:
-        raise TownError(f"{what} is not XML ({e}); {fix}") from None
+        raise TownError(f"{what} is not XML ({e}); {XODR_FIX}") from None
     if root.tag != "OpenDRIVE":
-        raise TownError(f"{what} is XML but not OpenDRIVE (root <{root.tag}>, expected <OpenDRIVE>); {fix}")
+        raise TownError(
+            f"{what} is XML but not OpenDRIVE (root <{root.tag}>, expected <OpenDRIVE>); {XODR_FIX}"
+        )
     try:
         cmap = carla.Map(name, xodr)
     except RuntimeError as e:
-        raise TownError(f"cannot parse {what}: {e}; {fix}") from None
+        raise TownError(f"cannot parse {what}: {e}; {XODR_FIX}") from None
     if not cmap.get_topology():
-        raise TownError(f"{what} has no driving lanes; {fix}")
+        raise TownError(f"{what} has no driving lanes; {XODR_FIX}")
     return cmap
 
 
