@@ -99,6 +99,7 @@ class ProgressReporter(tune.Callback):
         self._counted_at_result = 0
         self._samples = deque(maxlen=64)  # (time, counted steps) for the rate
         self.interrupted_checkpoint = None
+        self._said_long = False
 
     # Tune pickles its callbacks with the experiment (restore unpickles them): no thread, lock or actor.
     def __getstate__(self):
@@ -133,6 +134,13 @@ class ProgressReporter(tune.Callback):
             self._print(
                 f"iter {self._iteration:4d}  steps {steps:8d}  {rate:7.1f} steps/s  "
                 f"return {ret:8.2f}  route {completion:6.1%}{eta}"
+            )
+        if result.get("time_this_iter_s", 0.0) > self.checkpoint_minutes * 60 and not self._said_long:
+            self._said_long = True
+            self._print(
+                f"note: an iteration took {_duration(result['time_this_iter_s'])}; checkpoints by time (and a "
+                "Ctrl-C stop) wait for an iteration's end: lower training.reporting."
+                "min_sample_timesteps_per_iteration for shorter iterations"
             )
         # Tune reads this key after its callbacks ran: checkpoint by wall time, and before a Ctrl-C stop.
         if stop_requested.is_set() or now - self._last_checkpoint >= self.checkpoint_minutes * 60:
