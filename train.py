@@ -15,7 +15,9 @@ it trains. Exit code 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -228,7 +230,7 @@ def lock_run(storage: str, name: str):
     from filelock import FileLock, Timeout
 
     if "://" in storage:
-        return FileLock(os.devnull)  # a no-op stand-in with the same interface
+        return contextlib.nullcontext()
     Path(storage).mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(Path(storage) / f".{name}.lock"))
     try:
@@ -380,6 +382,8 @@ def fit(args, config, algo_config, name: str, storage: str, run_dir: Path | None
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # Tune's own console output would print a TensorBoard path in /tmp/ray; first_line has the right one.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Its warnings on a stop name Tuner.restore and a second Ctrl-C; this script says what to run instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     from ray import tune
 
     from carla_env.rllib.progress import ProgressReporter, count_env_step, stop_requested

@@ -157,9 +157,7 @@ def test_train_checkpoint_kill_resume(tmp_path):
     assert ok and frame.shape == (48, 48, 3) and frame.any()
     assert frames == result["episodes"][0]["steps"]  # one frame a step
     # The same BEV with PPO's continuous actions: refused in one line, not a TypeError mid-episode.
-    ppo = tmp_path / "ppo.yaml"
-    ppo.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "training": {"algorithm": "PPO"}}))
-    proc = infer(run, "--config", ppo, "--episodes", 1)
+    proc = infer(run, "--config", tiny_ppo_config(tmp_path), "--episodes", 1)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "discrete actions (e.g. DQN), the config's experiment takes a continuous (2,)" in line
@@ -188,7 +186,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
+def tiny_ppo_config(tmp_path) -> Path:
+    """experiments/ppo (continuous actions) with the BEV of tiny_config (DQN, discrete actions)."""
     base = yaml.safe_load((ROOT / "experiments/ppo/config.yaml").read_text())
     base["simulator"].update(backend="embedded", traffic={"vehicles": 5}, town=["GridTown01", "GridTown03"])
     base["experiment"].update(max_steps=60, sensors=TINY["experiment"]["sensors"])
@@ -198,6 +197,12 @@ def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     )
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(yaml.safe_dump(base))
+    return cfg
+
+
+def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
+    cfg = tiny_ppo_config(tmp_path)
+    base = yaml.safe_load(cfg.read_text())
     proc = train(cfg, "--name", "ppo", "--dir", tmp_path / "runs", "--stop-iters", 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter    1" in proc.stdout
