@@ -426,10 +426,17 @@ def fit(args, config, algo_config, name: str, storage: str, run_dir: Path | None
         tuner = tune.Tuner(tr.algorithm, param_space=algo_config, run_config=run_config)
     results = tuner.fit()
     best = results[0]
-    resume = f"python train.py {args.config} --name {name} --dir {args.dir} --restore"
     if stop_requested.is_set() or (not best.error and not best.metrics.get("done", False)):
-        ckpt = best.checkpoint.path if best.checkpoint else None
-        print(f"stopped: {name}; last checkpoint: {ckpt}; resume with: {resume}", file=sys.stderr)
+        if best.checkpoint is None:
+            print(
+                f"stopped: {name}; no checkpoint was written (start afresh with --overwrite)", file=sys.stderr
+            )
+        else:
+            resume = f"python train.py {args.config} --name {name} --dir {args.dir} --restore"
+            print(
+                f"stopped: {name}; last checkpoint: {best.checkpoint.path}; resume with: {resume}",
+                file=sys.stderr,
+            )
         return 130
     if best.error:
         print(f"training failed: {best.error}", file=sys.stderr)

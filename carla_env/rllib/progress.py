@@ -97,7 +97,7 @@ class ProgressReporter(tune.Callback):
         self._session_iterations = 0  # a restored run starts at its checkpoint's iteration
         self._lifetime_at_result = None  # env steps the last result reported, and the counter then
         self._counted_at_result = 0
-        self._samples = deque(maxlen=64)  # (time, counted steps) for the rate
+        self._samples = deque(maxlen=128)  # (time, counted steps) every few seconds, for the rate
         self.interrupted_checkpoint = None
         self._said_long = False
 
@@ -163,13 +163,11 @@ class ProgressReporter(tune.Callback):
     # -- the reporter thread ----------------------------------------------------------------------
     def _report_loop(self) -> None:
         while not self._done.wait(min(5.0, self.progress_seconds)):
-            if time.monotonic() - self._last_line < self.progress_seconds:
-                continue
-            counted = self._counted()
+            counted = self._counted()  # sampled every few seconds, for the rate
             now = time.monotonic()
+            if now - self._last_line < self.progress_seconds:
+                continue
             with self._lock:
-                if now - self._last_line < self.progress_seconds:
-                    continue
                 since_result = counted - self._counted_at_result
                 if self._lifetime_at_result is None:
                     steps = f"steps {counted:8d} (this session)"
