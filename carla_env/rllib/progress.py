@@ -10,6 +10,8 @@ importable, so a restored run (Tune unpickles its callbacks) keeps them.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -98,7 +100,7 @@ class ProgressReporter(tune.Callback):
         self._lifetime_at_result = None  # env steps the last result reported, and the counter then
         self._counted_at_result = 0
         self._samples = deque(maxlen=128)  # (time, counted steps) every few seconds, for the rate
-        self.interrupted_checkpoint = None
+        self._stopped_at = None
         self._said_long = False
 
     # Tune pickles its callbacks with the experiment (restore unpickles them): no thread, lock or actor.
@@ -148,13 +150,10 @@ class ProgressReporter(tune.Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._last_checkpoint = time.monotonic()
-        if stop_requested.is_set() and self.interrupted_checkpoint is None:
-            self.interrupted_checkpoint = checkpoint.path
+        if stop_requested.is_set() and self._stopped_at is None:
+            self._stopped_at = checkpoint.path
             self._print(f"checkpoint written: {checkpoint.path}; stopping")
             # Tune's own graceful end (it keeps SIGUSR1 for that): state saved, the trial left resumable.
-            import os
-            import signal
-
             os.kill(os.getpid(), signal.SIGUSR1)
 
     def on_experiment_end(self, trials, **info):
