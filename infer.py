@@ -59,6 +59,38 @@ def load_policy(checkpoint: Path) -> ModulePolicy:
         ) from None
 
 
+def _describe_space(space) -> str:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        return f"{space.n} discrete actions (e.g. DQN)"
+    if isinstance(space, gym.spaces.Box):
+        return f"a continuous {space.shape} {space.dtype} box (e.g. PPO)"
+    return str(space)
+
+
+def check_spaces(checkpoint: Path, policy: ModulePolicy, env) -> None:
+    """The module takes this config's observations and gives its actions (a DQN config with a PPO
+    checkpoint of the same BEV has the same observations but not the same actions)."""
+    import gymnasium as gym
+
+    mine, theirs = env.observation_space, policy.observation_space
+    if mine.shape != theirs.shape:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} expects observations {theirs.shape}, the config gives {mine.shape}; "
+            "pass the --config it was trained with"
+        )
+    mine, theirs = env.action_space, policy.module.action_space
+    same = type(mine) is type(theirs) and (
+        mine.n == theirs.n if isinstance(mine, gym.spaces.Discrete) else mine.shape == theirs.shape
+    )
+    if not same:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} gives {_describe_space(theirs)}, the config's experiment takes "
+            f"{_describe_space(mine)}; pass the --config it was trained with"
+        )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
@@ -92,12 +124,10 @@ def main(argv=None) -> int:
     from carla_env.metrics import DrivingMetrics
 
     env = CarlaEnv(config)
-    if env.observation_space.shape != policy.observation_space.shape:
-        print(
-            f"checkpoint {checkpoint} expects observations {policy.observation_space.shape}, the config gives "
-            f"{env.observation_space.shape}; pass the --config it was trained with",
-            file=sys.stderr,
-        )
+    try:
+        check_spaces(checkpoint, policy, env)
+    except CheckpointError as e:
+        print(e, file=sys.stderr)
         return 2
     writer = None
     episodes = []

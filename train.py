@@ -4,15 +4,20 @@
                     [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
                     [--init-module CHECKPOINT]
 
-Checkpoints every `training.checkpoint_every` iterations and at the end; `--restore` resumes an
-interrupted run (Ctrl-C or kill -9) from its last checkpoint; `--init-module` starts a new run from
-another checkpoint's policy (e.g. a behaviour-cloned one). Exit code 2 on bad input.
+Prints a progress line at least every `training.progress_seconds` with steps, rate and an ETA.
+Checkpoints every `training.checkpoint_every` iterations, at the first iteration end
+`training.checkpoint_minutes` after the last one, at the end, and on Ctrl-C (then exit 130);
+`--restore` resumes an interrupted run (Ctrl-C or kill -9) from its last checkpoint; `--init-module`
+starts a new run from another checkpoint's policy (e.g. a behaviour-cloned one). A run is locked while
+it trains. Exit code 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import os
 import shutil
 import sys
@@ -36,7 +41,7 @@ def save_config(config, path: Path) -> None:
 
 def load_run_config(path, overrides: dict, restoring: Path | None):
     """The run's config with its backend pinned (resolved once, saved with the run); a resumed run
-    keeps the config it was started with, so it runs on the same backend."""
+    keeps the config it was started with, so it runs on the same backend. Returns (config, BackendChoice)."""
     from carla_env.backends import pin_backend
     from carla_env.compat import load_any_config
     from carla_env.config import load_config
@@ -44,16 +49,34 @@ def load_run_config(path, overrides: dict, restoring: Path | None):
     saved = restoring / CONFIG_NAME if restoring is not None else None
     if saved is not None and saved.is_file():
         return pin_backend(load_config(saved, overrides), str(saved))
-    config, backend, original_layout = load_any_config(
-        path, overrides
-    )  # this project's layout or the original's
+    config, backend, original_layout = load_any_config(path, overrides)  # this project's layout or the original's
     if original_layout:
         print(original_layout)
     return config, backend
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line naming the flag (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="experiment config YAML, e.g. experiments/dqn/config.yaml")
     p.add_argument("--name", help="run name (default: the experiment folder's name)")
     p.add_argument("--dir", default=str(ROOT / "runs"), help="storage: a local folder or an s3:// URI")
@@ -66,9 +89,9 @@ def parse_args(argv):
         type=Path,
         help="start from this checkpoint's policy weights (a run's checkpoint_N, or bench/imitation.py's)",
     )
-    p.add_argument("--num-env-runners", type=int)
-    p.add_argument("--stop-timesteps", type=int)
-    p.add_argument("--stop-iters", type=int)
+    p.add_argument("--num-env-runners", type=_count(0), metavar="K")
+    p.add_argument("--stop-timesteps", type=_count(1), metavar="T")
+    p.add_argument("--stop-iters", type=_count(1), metavar="I")
     return p.parse_args(argv)
 
 
@@ -191,10 +214,88 @@ def init_ray(address: str | None = None) -> None:
     tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
 
 
+# -- the first run, as a person meets it: missing experiment, the run lock, restore, the first line --
+
+
+def missing_config_message(path: str) -> str:
+    """A config path that does not exist (e.g. `make train EXP=typo`): name the experiments there are."""
+    found = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/config.yaml"))
+    return (
+        f"config file not found: {path}; the experiments are: {', '.join(found)} "
+        "(make train EXP=NAME, or python train.py experiments/NAME/config.yaml)"
+    )
+
+
+def lock_run(storage: str, name: str):
+    """Hold the run's lock for this process's life, or return None when another live train.py holds it.
+
+    The lock file sits beside the run folder (not in it), so --overwrite can delete the folder while
+    holding it. Runs on an s3:// storage are not locked (no shared file system to lock on)."""
+    from filelock import FileLock, Timeout
+
+    if "://" in storage:
+        return contextlib.nullcontext()
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(storage) / f".{name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(run_dir.glob("*/checkpoint_*"))
+
+
+def first_line(config, backend, name: str, storage: str) -> str:
+    """Backend (pinned, and why), device, where results and TensorBoard files go: the first thing a run prints."""
+    if _has_gpu():
+        import torch
+
+        device = f"learner on GPU ({torch.cuda.get_device_name(0)})"
+    else:
+        device = "learner on CPU (no CUDA GPU)"
+    where = f"{storage}/{name}"
+    if "://" not in storage and Path(where).is_relative_to(Path.cwd()):
+        where = os.path.relpath(where)
+    return (
+        f"train {name}: {config.training.algorithm} on the {backend.name} backend ({backend.reason}); {device}; "
+        f"results in {where}; watch with: tensorboard --logdir {where}"
+    )
+
+
+def install_interrupt_handler() -> None:
+    """First Ctrl-C: checkpoint at the end of the current iteration, then stop (exit 130).
+    Second: stop now, without that checkpoint (Tune's own graceful end, which saves the run state)."""
+    import signal
+
+    from carla_env.rllib.progress import stop_requested
+
+    def on_sigint(signum, frame):
+        if not stop_requested.is_set():
+            stop_requested.set()
+            print(
+                "\nCtrl-C: writing a checkpoint when the current iteration ends, then stopping "
+                "(Ctrl-C again to stop now without it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a third one interrupts outright
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from carla_env.config import ConfigError
 
+    if not Path(args.config).exists():
+        print(missing_config_message(args.config), file=sys.stderr)
+        return 2
     overrides: dict = {"training": {}}
     if args.num_env_runners is not None:
         overrides["training"]["num_env_runners"] = args.num_env_runners
@@ -213,10 +314,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    print(backend)
-    if run_dir is not None and run_dir.exists() and not (args.restore or args.overwrite):
+    if not config.experiment.type:
         print(
-            f"run {run_dir} exists; pass --restore to resume it or --overwrite to start afresh",
+            f"config error in {args.config}: experiment.type: training needs an experiment class "
+            "('module:Class', e.g. experiments.dqn.experiment:DQNExperiment)",
             file=sys.stderr,
         )
         return 2
@@ -232,49 +333,84 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if run_dir is not None and run_dir.exists() and not (args.restore or args.overwrite):
+        print(
+            f"run {run_dir} exists; pass --restore to resume it or --overwrite to start afresh",
+            file=sys.stderr,
+        )
+        return 2
+    if args.restore and run_dir is not None and not run_dir.exists():
+        print(f"--restore: no run at {run_dir}; drop --restore to start one", file=sys.stderr)
+        return 2
+    if args.restore and run_dir is not None and not has_checkpoint(run_dir):
+        print(
+            f"--restore: run {run_dir} has no checkpoint yet, nothing to resume; "
+            "start it afresh with --overwrite",
+            file=sys.stderr,
+        )
+        return 2
     if args.init_module:
         try:
             check_init_module(args.init_module, config)
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 2
-    if args.restore and run_dir is not None and not run_dir.exists():
-        print(f"--restore: no run at {run_dir}; drop --restore to start one", file=sys.stderr)
+    try:
+        algo_config = build_algo_config(config)  # before anything is written: a config error leaves no run
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    lock = lock_run(storage, name)  # held until this process exits
+    if lock is None:
+        print(
+            f"run {run_dir} is in use by another train.py that is still running; "
+            "stop it first (Ctrl-C there) or pick another --name",
+            file=sys.stderr,
+        )
         return 2
     if args.overwrite and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
     if run_dir is not None and not args.restore:
         save_config(config, run_dir / CONFIG_NAME)
+    return fit(args, config, backend, algo_config, name, storage, run_dir)
 
+
+def fit(args, config, backend, algo_config, name: str, storage: str, run_dir: Path | None) -> int:
+    """Run (or resume) the Tune experiment; 0 when it reached its stop, 130 after Ctrl-C, 1 on failure."""
+    print(first_line(config, backend, name, storage), flush=True)
     # Snapshot the experiment state after every result (not on Tune's timer), so a kill -9 loses at
     # most one checkpoint interval: restore then finds the newest checkpoint.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune's own console output would print a TensorBoard path in /tmp/ray; first_line has the right one.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Its warnings on a stop name Tuner.restore and a second Ctrl-C; this script says what to run instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     from ray import tune
 
-    from carla_env.rllib.progress import ProgressLine
+    from carla_env.rllib.progress import ProgressReporter, count_env_step, stop_requested
 
-    try:
-        algo_config = build_algo_config(config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
     if args.init_module:
         algo_config = algo_config.callbacks(
             on_algorithm_init=functools.partial(start_from_module, str(module_dir(args.init_module)))
         )
+    algo_config = algo_config.callbacks(on_episode_step=count_env_step)
     init_ray(args.address)
+    install_interrupt_handler()
     tr = config.training
     stop = {}
     if tr.stop.timesteps:
         stop["num_env_steps_sampled_lifetime"] = tr.stop.timesteps
     if tr.stop.iterations:
         stop["training_iteration"] = tr.stop.iterations
+    reporter = ProgressReporter(
+        tr.stop.timesteps, tr.stop.iterations, tr.progress_seconds, tr.checkpoint_minutes
+    )
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
         stop=stop,
         verbose=0,
-        callbacks=[ProgressLine()],
+        callbacks=[reporter],
         checkpoint_config=tune.CheckpointConfig(
             checkpoint_frequency=tr.checkpoint_every, checkpoint_at_end=True, num_to_keep=tr.keep_checkpoints
         ),
@@ -291,6 +427,18 @@ def main(argv=None) -> int:
         tuner = tune.Tuner(tr.algorithm, param_space=algo_config, run_config=run_config)
     results = tuner.fit()
     best = results[0]
+    if stop_requested.is_set() or (not best.error and not best.metrics.get("done", False)):
+        if best.checkpoint is None:
+            print(
+                f"stopped: {name}; no checkpoint was written (start afresh with --overwrite)", file=sys.stderr
+            )
+        else:
+            resume = f"python train.py {args.config} --name {name} --dir {args.dir} --restore"
+            print(
+                f"stopped: {name}; last checkpoint: {best.checkpoint.path}; resume with: {resume}",
+                file=sys.stderr,
+            )
+        return 130
     if best.error:
         print(f"training failed: {best.error}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from carla_env.maps.town import TownError, resolve_town
+from carla_env.maps.town import TownError, check_town
 from carla_env.sensors.birdview import BirdviewSpec
 
 
@@ -96,7 +96,7 @@ class SimulatorConfig(_Strict):
             raise ValueError("give at least one town")
         for name in [town] if isinstance(town, str) else town:
             try:
-                resolve_town(name)
+                check_town(name)
             except TownError as e:
                 raise ValueError(str(e)) from None
         return town
@@ -175,6 +175,10 @@ class TrainingConfig(_Strict):
     # learner takes what the runners leave of GPU 0.
     gpus_per_runner: float = Field(0.0, ge=0.0, lt=1.0)
     checkpoint_every: int = Field(5, gt=0, description="iterations between checkpoints")
+    checkpoint_minutes: float = Field(
+        5.0, gt=0, description="also checkpoint at the first iteration end this many minutes after the last"
+    )
+    progress_seconds: float = Field(30.0, gt=0, description="a progress line at least this often")
     keep_checkpoints: int = Field(3, gt=0)
     stop: StopConfig = StopConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="RLlib model_config")
@@ -282,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         path = Path(path)
         source = str(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:
@@ -291,6 +295,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(
                 f"config error in {path}{where}: not valid YAML ({getattr(e, 'problem', e)})"
             ) from None
+        if data is None:
+            raise ConfigError(
+                f"config file {path} is empty; start from an experiment's config, e.g. experiments/dqn/config.yaml"
+            )
     if overrides:
         data = deep_merge(data, overrides)
     return validate_config(data, source)

@@ -12,6 +12,7 @@ import time
 from carla_env.agents import LaneFollower
 from carla_env.backends import make_core, pin_backend
 from carla_env.config import ConfigError, load_config
+from carla_env.maps.town import TownError, check_town
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated seconds")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
+    if args.town is not None:
+        try:
+            check_town(args.town)  # blame the flag, not a config file
+        except TownError as e:
+            print(f"--town: {e}", file=sys.stderr)
+            return 2
     sim = {"backend": "embedded"}
     for key, value in (("town", args.town), ("seed", args.seed)):
         if value is not None:
@@ -36,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     print(f"{choice}; town: {config.simulator.town}")
-    core = make_core(config.simulator.for_worker(0))
+    try:
+        core = make_core(config.simulator.for_worker(0))
+    except TownError as e:  # a map that parses but cannot be driven (e.g. no lane long enough to spawn on)
+        print(e, file=sys.stderr)
+        return 2
     core.reset()
     hero_id = core.hero.id
     driver = LaneFollower(core.town.lanes, seed=config.simulator.seed)

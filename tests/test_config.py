@@ -148,3 +148,61 @@ def test_a_sensor_the_backend_lacks_is_one_line_naming_it():
         "config error in dqn.yaml: experiment.sensors.front.type: 'sensor.camera.rgb' is not available on the "
         "embedded backend"
     )
+
+
+BAD_MAPS = {
+    "garbage": (b"garbage \x00\x01 not xml at all", "is not XML"),
+    "not_opendrive": (b'<?xml version="1.0"?>\n<svg><g/></svg>\n', "is XML but not OpenDRIVE (root <svg>"),
+    "empty": (b"", "is empty"),
+    "binary": (b"\xff\xfe\x00\x81", "is not text"),
+    "no_roads": (b'<?xml version="1.0"?>\n<OpenDRIVE><header/></OpenDRIVE>\n', "has no driving lanes"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MAPS))
+def test_a_broken_xodr_fails_at_config_load_naming_the_file(tmp_path, kind):
+    """Parsed at load, not inside a Ray worker: one line naming the file and the fix."""
+    content, expected = BAD_MAPS[kind]
+    xodr = tmp_path / f"{kind}.xodr"
+    xodr.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"simulator:\n  town: {xodr}\n"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"simulator.town: OpenDRIVE file {xodr} {expected}" in message
+    assert "give a .xodr file" in message
+    # In a list of towns too.
+    with pytest.raises(ConfigError, match="simulator.town: OpenDRIVE file"):
+        load_config(write(tmp_path, f"simulator:\n  town: [GridTown01, {xodr}]\n"))
+
+
+def test_a_valid_xodr_file_loads(tmp_path):
+    from carla_env.maps import BUILTIN_TOWNS, generate_town
+
+    xodr = tmp_path / "mine.xodr"
+    xodr.write_text(generate_town(BUILTIN_TOWNS["GridTown03"]))
+    assert load_config(write(tmp_path, f"simulator:\n  town: {xodr}\n")).simulator.town == str(xodr)
+
+
+def test_an_empty_config_file_is_one_line(tmp_path):
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"config file {path} is empty; start from an experiment's config, e.g. experiments/dqn/config.yaml"
+    )
+
+
+def test_demo_with_a_garbage_town_is_one_line_blaming_the_flag(tmp_path):
+    xodr = tmp_path / "garbage.xodr"
+    xodr.write_text("this is not a map")
+    proc = subprocess.run(
+        [sys.executable, "-m", "carla_env.demo", "--town", str(xodr), "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"--town: OpenDRIVE file {xodr} is not XML")
+    assert proc.stdout == ""

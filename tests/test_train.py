@@ -68,6 +68,16 @@ def train(*args, timeout=420):
     )
 
 
+def infer(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
 def iterations(run: Path) -> list[int]:
     (result,) = run.glob("*/result.json")
     return [json.loads(line)["training_iteration"] for line in result.read_text().splitlines()]
@@ -111,8 +121,9 @@ def test_train_checkpoint_kill_resume(tmp_path):
     assert again.returncode == 2 and "--restore" in again.stderr
     resumed = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.startswith("backend: embedded (set in the config)")
+    assert resumed.stdout.startswith("train e2e: DQN on the embedded backend (set in the config); ")
     assert iterations(run)[-1] == 4
+    assert iterations(run)[:2] == [1, 2]  # the history before the kill is kept, not overwritten
     # It continued from the last checkpoint, not from scratch.
     assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
     assert list(run.glob("*/checkpoint_000003"))
@@ -146,6 +157,11 @@ def test_train_checkpoint_kill_resume(tmp_path):
     ok, frame = capture.read()
     assert ok and frame.shape == (48, 48, 3) and frame.any()
     assert frames == result["episodes"][0]["steps"]  # one frame a step
+    # The same BEV with PPO's continuous actions: refused in one line, not a TypeError mid-episode.
+    proc = infer(run, "--config", tiny_ppo_config(tmp_path), "--episodes", 1)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "discrete actions (e.g. DQN), the config's experiment takes a continuous (2,)" in line
 
 
 def test_auto_is_pinned_once_and_a_resumed_run_keeps_its_backend(tmp_path, monkeypatch):
@@ -192,7 +208,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
+def tiny_ppo_config(tmp_path) -> Path:
+    """experiments/ppo (continuous actions) with the BEV of tiny_config (DQN, discrete actions)."""
     base = yaml.safe_load((ROOT / "experiments/ppo/config.yaml").read_text())
     base["simulator"].update(backend="embedded", traffic={"vehicles": 5}, town=["GridTown01", "GridTown03"])
     base["experiment"].update(max_steps=60, sensors=TINY["experiment"]["sensors"])
@@ -202,6 +219,12 @@ def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     )
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(yaml.safe_dump(base))
+    return cfg
+
+
+def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
+    cfg = tiny_ppo_config(tmp_path)
+    base = yaml.safe_load(cfg.read_text())
     proc = train(cfg, "--name", "ppo", "--dir", tmp_path / "runs", "--stop-iters", 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter    1" in proc.stdout
@@ -216,6 +239,10 @@ def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(summary.read_text())["episodes"][0]["steps"] > 0
+    proc = infer(tmp_path / "runs/ppo", "--config", tiny_config(tmp_path), "--episodes", 1)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "gives a continuous (2,) float32 box (e.g. PPO)" in line and "discrete actions (e.g. DQN)" in line
 
     # A second run starts from the first one's weights (lr 0: they must come out unchanged).
     (first,) = (tmp_path / "runs/ppo").glob("*/checkpoint_000000")
@@ -241,3 +268,122 @@ def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     before, after = (ModulePolicy.from_checkpoint(c).module.state_dict() for c in (first, warm))
     assert before.keys() == after.keys()
     assert all(np.array_equal(np.asarray(before[k]), np.asarray(after[k])) for k in before)
+
+
+def one_line(proc) -> str:
+    """The single stderr line of a refused command (exit 2)."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+
+def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    garbage = tmp_path / "garbage.xodr"
+    garbage.write_text("not a map")
+    cfg = tiny_config(tmp_path)
+    bad_town = tmp_path / "badtown.yaml"
+    bad_town.write_text(cfg.read_text().replace("town: GridTown01", f"town: {garbage}"))
+    line = one_line(train(bad_town, "--dir", runs))
+    assert line.startswith(f"config error in {bad_town}: simulator.town: OpenDRIVE file {garbage} is not XML")
+    assert not runs.exists()  # no run folder to block the next run of that name
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert one_line(train(empty, "--dir", runs)).startswith(f"config file {empty} is empty")
+
+    line = one_line(train(cfg, "--dir", runs, "--num-env-runners", "-1"))
+    assert line == "train.py: argument --num-env-runners: must be >= 0, got -1 (--help lists the options)"
+
+    line = one_line(train("experiments/nonexistent/config.yaml", "--dir", runs))  # make train EXP=nonexistent
+    assert line.startswith(
+        "config file not found: experiments/nonexistent/config.yaml; the experiments are: "
+    )
+    assert "dqn" in line and "ppo" in line
+    assert not runs.exists()
+
+    # A run stopped before its first checkpoint: --restore says so and leaves its history alone.
+    trial = runs / "early" / "DQN_carla_env_0"
+    trial.mkdir(parents=True)
+    (trial / "progress.csv").write_text("training_iteration\n1\n")
+    line = one_line(train(cfg, "--name", "early", "--dir", runs, "--restore"))
+    assert line == f"--restore: run {runs / 'early'} has no checkpoint yet, nothing to resume; " + (
+        "start it afresh with --overwrite"
+    )
+    assert (trial / "progress.csv").read_text() == "training_iteration\n1\n"
+    assert sorted(p.name for p in (runs / "early").rglob("*")) == ["DQN_carla_env_0", "progress.csv"]
+
+
+@pytest.mark.timeout(600)
+def test_progress_lock_and_ctrl_c_checkpoint(tmp_path):
+    """Progress while an iteration runs, a live run refuses --overwrite, Ctrl-C checkpoints and exits 130."""
+    cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
+    data = yaml.safe_load(cfg.read_text())
+    # Long iterations (400 steps), no checkpoint by count or time: the only one is Ctrl-C's.
+    data["training"].update(checkpoint_every=1000, checkpoint_minutes=60, progress_seconds=1)
+    data["training"]["reporting"] = {"min_sample_timesteps_per_iteration": 400}
+    cfg.write_text(yaml.safe_dump(data))
+    run = runs / "live"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), cfg, "--name", "live", "--dir", runs, "--stop-iters", "100"],
+        cwd=ROOT,
+        start_new_session=True,  # its own process group: Ctrl-C in a terminal signals the whole group
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "stderr.txt").open("w"),  # a file: a full pipe nobody reads would block it
+        text=True,
+    )
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(line.startswith("iter    1 ") for line in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines) + (tmp_path / "stderr.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no iteration within 5 minutes:\n" + "".join(lines)
+            lines.append(line)
+        assert not list(run.glob("*/checkpoint_*"))
+        refused = train(cfg, "--name", "live", "--dir", runs, "--overwrite")
+        assert "is in use by another train.py" in one_line(refused)
+        assert (run / "carla_env_config.yaml").is_file() and list(run.glob("*/progress.csv"))
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines += out.splitlines(keepends=True)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert lines[0].startswith(
+        "train live: DQN on the embedded backend (set in the config); "
+        f"learner on {'GPU' if torch_has_cuda() else 'CPU (no CUDA GPU)'}"
+    )
+    assert lines[0].rstrip().endswith(f"results in {run}; watch with: tensorboard --logdir {run}")
+    # Within the first iteration: the env runner's steps, counted as they are sampled, with a rate and ETA.
+    first_iter = next(k for k, line in enumerate(lines) if line.startswith("iter    1 "))
+    live = [line for line in lines[:first_iter] if line.startswith("   ... steps") and "steps/s" in line]
+    assert live, "".join(lines)
+    assert "iteration 1 running for" in live[-1] and "ETA" in live[-1] and "to 200000 steps" in live[-1]
+    assert proc.returncode == 130, err[-3000:]
+    assert "Ctrl-C: writing a checkpoint" in err
+    (checkpoint,) = run.glob("*/checkpoint_*")
+    assert f"last checkpoint: {checkpoint}; resume with: " in err
+    assert list(run.glob("*/events.out.tfevents.*"))  # what tensorboard --logdir reads
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.timeout(600)
+def test_checkpoints_by_wall_time(tmp_path):
+    cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
+    data = yaml.safe_load(cfg.read_text())
+    data["training"].update(checkpoint_every=1000, checkpoint_minutes=0.001)  # by count: only the end one
+    cfg.write_text(yaml.safe_dump(data))
+    proc = train(cfg, "--name", "timed", "--dir", runs, "--stop-iters", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (runs / "timed").glob("*/checkpoint_*")) == [
+        "checkpoint_000000",  # iteration 1, by time
+        "checkpoint_000001",  # iteration 2, by time (the end one is the same)
+    ]

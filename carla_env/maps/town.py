@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from carla_env.maps.lane_graph import LaneGraph, build_lane_graph
 CARLA_XODR_DIR = Path("CarlaUE4/Content/Carla/Maps/OpenDrive")
 OPT_SUFFIX = "_Opt"  # CARLA towns whose layers (buildings, props, ...) load and unload
 GRID_PREFIX = "grid:"
+XODR_FIX = (
+    "give a .xodr file (e.g. a CARLA town's, from CarlaUE4/Content/Carla/Maps/OpenDrive) "
+    "or a generated town such as GridTown01"
+)
 
 
 class TownError(ValueError):
@@ -38,6 +43,8 @@ class TownSource:
             return self.path.read_text()
         except OSError as e:
             raise TownError(f"cannot read OpenDRIVE file {self.path}: {e.strerror}") from e
+        except UnicodeDecodeError:
+            raise TownError(f"OpenDRIVE file {self.path} is not text; {XODR_FIX}") from None
 
 
 def parse_grid_spec(text: str) -> TownSpec:
@@ -130,15 +137,46 @@ def load_town(town: str, carla_root: str | None = None) -> Town:
     return _load(source)
 
 
+def check_town(town: str, carla_root: str | None = None) -> TownSource:
+    """resolve_town, and an OpenDRIVE file is parsed too (cached per file version): used at config load,
+    so a broken map fails there in one line, not inside a Ray worker."""
+    source = resolve_town(town, carla_root)
+    if source.path is not None:
+        stat = source.path.stat()
+        _check_file(source.name, source.path, stat.st_mtime_ns, stat.st_size)
+    return source
+
+
+@functools.lru_cache(maxsize=32)
+def _check_file(name: str, path: Path, mtime_ns: int, size: int) -> None:
+    _parse(name, TownSource(name, "file", path=path).read(), path)
+
+
+def _parse(name: str, xodr: str, path: Path | None) -> carla.Map:
+    """carla.Map of this OpenDRIVE text; what is wrong with it, named and with the fix, as a TownError."""
+    what = f"OpenDRIVE file {path}" if path is not None else f"town {name!r}"
+    if not xodr.strip():
+        raise TownError(f"{what} is empty; {XODR_FIX}")
+    # Checked before carla.Map, which prints its own parser errors and says only "failed to generate map".
+    try:
+        root = ET.fromstring(xodr)
+    except ET.ParseError as e:
+        raise TownError(f"{what} is not XML ({e}); {XODR_FIX}") from None
+    if root.tag != "OpenDRIVE":
+        raise TownError(
+            f"{what} is XML but not OpenDRIVE (root <{root.tag}>, expected <OpenDRIVE>); {XODR_FIX}"
+        )
+    try:
+        cmap = carla.Map(name, xodr)
+    except RuntimeError as e:
+        raise TownError(f"cannot parse {what}: {e}; {XODR_FIX}") from None
+    if not cmap.get_topology():
+        raise TownError(f"{what} has no driving lanes; {XODR_FIX}")
+    return cmap
+
+
 @functools.lru_cache(maxsize=8)
 def _load(source: TownSource) -> Town:
     xodr = source.read()
-    try:
-        cmap = carla.Map(source.name, xodr)
-    except RuntimeError as e:
-        raise TownError(f"cannot parse OpenDRIVE for town {source.name!r}: {e}") from e
-    if not cmap.get_topology():
-        raise TownError(
-            f"town {source.name!r} has no driving lanes (is {source.path or source.name} OpenDRIVE?)"
-        )
+    cmap = _parse(source.name, xodr, source.path)
     return Town(source.name, xodr, cmap, build_lane_graph(cmap, xodr))
