@@ -174,3 +174,15 @@ def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_p
     ):  # fmt: skip
         one_line_refusal(run_evaluate(*args, "--json", out, timeout=120), *fragments)
     assert not out.exists()
+
+
+def test_evaluation_agents_and_rllib_glue_import_no_experiment_ops_bench_or_train():
+    """carla_env stands alone: experiments are named in the config, never imported by the package."""
+    code = (
+        "import sys, carla_env.evaluate, carla_env.agents, carla_env.rllib.algorithm, "
+        "carla_env.rllib.checkpoint; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'experiments', 'ops', 'bench', 'train', 'infer'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
