@@ -149,40 +149,38 @@ def test_infer_drives_a_checkpoint_without_ray_and_writes_table_json_and_video(c
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == sum(e["steps"] for e in result["episodes"])
 
 
-def one_line_refusal(proc, *fragments) -> str:
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = proc.stderr.strip().splitlines()
+def one_line_refusal(returncode: int, stderr: str, *fragments) -> str:
+    assert returncode == 2, stderr[-3000:]
+    (line,) = stderr.strip().splitlines()
     assert all(f in line for f in fragments), line
     return line
 
 
-def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_path):
+def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_path, capsys):
+    from carla_env.evaluate import main
+
     ppo, out = small_config(tmp_path), tmp_path / "out.json"
     dqn = small_config(tmp_path, "dqn", name="dqn.yaml")
     other = small_config(tmp_path, name="other.yaml", sensors={"birdview": {**TINY_BEV, "size": 40}})
-    for args, fragments in (
+    cases = [
         (["--policy", "autopliot", "--config", ppo], ["--policy autopliot: not 'autopilot', 'random'"]),
+        (["--policy", "autopilot", "--config", ppo, "--towns", "GridTown03,Nowhere"], ["simulator.town", "Nowhere"]),
+        (["--policy", "random", "--config", ppo, "--episodez", 3], ["unrecognized arguments: --episodez"]),
+    ]  # fmt: skip
+    for args, fragments in cases:  # as the user runs it
+        proc = run_evaluate(*args, "--json", out, timeout=120)
+        one_line_refusal(proc.returncode, proc.stderr, *fragments)
+    cases = [
         (["--policy", tmp_path / "nope", "--config", ppo], ["nope: not 'autopilot'", "checkpoint"]),
         (["--policy", tmp_path, "--config", ppo], ["no RLlib checkpoint with an RLModule under"]),
         (["--policy", "autopilot"], ["--policy autopilot needs --config"]),
-        (["--policy", "autopilot", "--config", ppo, "--towns", "GridTown03,Nowhere"], ["simulator.town", "Nowhere"]),
         (["--policy", "autopilot", "--config", dqn], ["autopilot drives a continuous", "Discrete(15)"]),
         (["--policy", checkpoint, "--config", other], ["takes observations", "--config it was trained with"]),
         (["--policy", "random", "--config", ppo, "--episodes", 0], ["--episodes and --workers must be >= 1"]),
-        (["--policy", "random", "--config", ppo, "--episodez", 3], ["unrecognized arguments: --episodez"]),
         (["--policy", "random", "--config", tmp_path / "missing.yaml"], ["config file not found"]),
-    ):  # fmt: skip
-        one_line_refusal(run_evaluate(*args, "--json", out, timeout=120), *fragments)
+        (["--policy", "random", "--config", ppo, "--max-steps", -1], ["experiment.max_steps"]),
+    ]  # fmt: skip
+    for args, fragments in cases:  # the same main() in this process: no interpreter start per case
+        returncode = main([*map(str, args), "--json", str(out)])
+        one_line_refusal(returncode, capsys.readouterr().err, *fragments)
     assert not out.exists()
-
-
-def test_evaluation_agents_and_rllib_glue_import_no_experiment_ops_bench_or_train():
-    """carla_env stands alone: experiments are named in the config, never imported by the package."""
-    code = (
-        "import sys, carla_env.evaluate, carla_env.agents, carla_env.rllib.algorithm, "
-        "carla_env.rllib.checkpoint; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'experiments', 'ops', 'bench', 'train', 'infer'}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "[]"
