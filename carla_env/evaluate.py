@@ -173,15 +173,27 @@ def check_policy(policy: str, config: Config) -> None:
     make_policy(policy, env)
 
 
-def _drive(config: Config, policy: str, seeds: Sequence[int], threads: int | None = None) -> list[dict]:
-    """Episodes `seeds` of one town in one env (a worker process's job, or the caller's)."""
+def env_in_slot(config: Config, slot: int):
+    """The env as the `slot`-th on this machine: on the CARLA backend its own server ports, as RLlib's
+    runner `slot` gets (RLlib's EnvContext carries the index the env reads)."""
     from carla_env.env import CarlaEnv
 
+    if slot == 0:
+        return CarlaEnv(config)
+    from ray.rllib.env.env_context import EnvContext
+
+    return CarlaEnv(EnvContext(config.model_dump(), worker_index=slot, num_workers=0, vector_index=0))
+
+
+def _drive(
+    config: Config, policy: str, seeds: Sequence[int], slot: int = 0, threads: int | None = None
+) -> list[dict]:
+    """Episodes `seeds` of one town in one env (a worker process's job, or the caller's)."""
     if threads is not None and policy not in NAMED_POLICIES:
         import torch
 
         torch.set_num_threads(threads)  # one core per worker
-    env = CarlaEnv(config)
+    env = env_in_slot(config, slot)
     try:
         act = make_policy(policy, env)
         return [run_episode(env, act, seed) for seed in seeds]
@@ -215,7 +227,10 @@ def evaluate(
         # spawn: a worker never inherits a parent's torch/OpenMP threads mid-state (fork can hang there)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            futures = [(town, pool.submit(_drive, configs[town], policy, part, 1)) for town, part in jobs]
+            futures = [
+                (town, pool.submit(_drive, configs[town], policy, part, slot, 1))
+                for slot, (town, part) in enumerate(jobs)
+            ]
             for town, future in futures:
                 rows[town] += [{"town": town, **r} for r in future.result()]
                 if log:

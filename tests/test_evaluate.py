@@ -184,3 +184,12 @@ def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_p
         returncode = main([*map(str, args), "--json", str(out)])
         one_line_refusal(returncode, capsys.readouterr().err, *fragments)
     assert not out.exists()
+
+
+def test_each_parallel_job_has_its_own_env_slot(tmp_path):
+    """On the CARLA backend a slot is a server's ports: two workers must never share one."""
+    from carla_env.config import load_config
+    from carla_env.evaluate import env_in_slot
+
+    config = load_config(small_config(tmp_path))
+    assert [env_in_slot(config, k).slot for k in range(3)] == [0, 1, 2]
