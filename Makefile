@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 EXP ?= dqn
 TOWN ?= GridTown01
 
-.PHONY: help setup train infer demo preview test test-slow lint bench learning carla-smoke ami ami-lock cluster-up cluster-down cluster-status submit infra-check clean
+.PHONY: help setup train infer eval demo preview test test-slow lint bench learning carla-smoke ami ami-lock cluster-up cluster-down cluster-status submit infra-check clean
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
 	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (or CHECKPOINT=...): table, JSON, video"
+	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2] [EPISODES=10]"
+	@echo "                     score a policy per town and overall (python -m carla_env.evaluate); JSON in runs/eval/"
 	@echo "make demo            a lane-following hero among traffic, no learning"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
@@ -46,6 +48,17 @@ endif
 CHECKPOINT ?= runs/$(EXP)
 infer: $(STAMP)
 	$(PY) infer.py $(CHECKPOINT) --episodes 5 --video runs/$(EXP)-infer.mp4 --json runs/$(EXP)-infer.json
+
+# A policy scored on TOWNS (default: the config's) over EPISODES seeded episodes each, in EVAL_WORKERS
+# processes. autopilot and random drive experiments/EXP's config; a checkpoint its run's (or CONFIG=...).
+POLICY ?= runs/$(EXP)
+EPISODES ?= 10
+EVAL_WORKERS ?= 2
+EVAL_CONFIG = $(or $(CONFIG),$(if $(filter autopilot random,$(POLICY)),experiments/$(EXP)/config.yaml))
+eval: $(STAMP)
+	$(PY) -m carla_env.evaluate --policy $(POLICY) $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG)) \
+		$(if $(TOWNS),--towns "$(TOWNS)") --episodes $(EPISODES) --workers $(EVAL_WORKERS) \
+		--json runs/eval/$(EXP)-$(notdir $(POLICY)).json
 
 demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)

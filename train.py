@@ -23,20 +23,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from carla_env.rllib.algorithm import build_algo_config, has_gpu, init_ray, start_from_module
+from carla_env.rllib.checkpoint import CONFIG_NAME, check_init_module, module_dir, save_config
+
 ROOT = Path(__file__).resolve().parent
-ENV_NAME = "carla_env"
-CONFIG_NAME = (
-    "carla_env_config.yaml"  # the validated config, beside the run's checkpoints (infer.py reads it)
-)
-
-
-def save_config(config, path: Path) -> None:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)  # never a half-written config
 
 
 def load_run_config(path, overrides: dict, restoring: Path | None):
@@ -49,7 +39,9 @@ def load_run_config(path, overrides: dict, restoring: Path | None):
     saved = restoring / CONFIG_NAME if restoring is not None else None
     if saved is not None and saved.is_file():
         return pin_backend(load_config(saved, overrides), str(saved))
-    config, backend, original_layout = load_any_config(path, overrides)  # this project's layout or the original's
+    config, backend, original_layout = load_any_config(
+        path, overrides
+    )  # this project's layout or the original's
     if original_layout:
         print(original_layout)
     return config, backend
@@ -95,125 +87,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def build_algo_config(config):
-    from ray.rllib.algorithms.dqn import DQNConfig
-    from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-    from carla_env.config import ConfigError
-    from carla_env.env import CarlaEnv
-    from carla_env.rllib.callbacks import DrivingMetricsCallback
-    from carla_env.rllib.modules import BevDQNCatalog, BevDQNModule, BevPPOCatalog, BevPPOModule, is_bev_space
-
-    probe = CarlaEnv(config)  # spaces only: no world is built before reset
-    tr = config.training
-    algo_class, module, catalog = {
-        "DQN": (DQNConfig, BevDQNModule, BevDQNCatalog),
-        "PPO": (PPOConfig, BevPPOModule, BevPPOCatalog),
-    }[tr.algorithm]
-    algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
-    gpu = _has_gpu()
-    runner_gpus = tr.gpus_per_runner if gpu else 0.0
-    if runner_gpus * max(tr.num_env_runners, 1) >= 1.0:
-        raise ConfigError(
-            f"config error: training.gpus_per_runner: {tr.gpus_per_runner} x {tr.num_env_runners} runners "
-            "leaves no GPU for the learner; lower it below 1/num_env_runners"
-        )
-    algo = algo.env_runners(
-        num_env_runners=tr.num_env_runners,
-        num_envs_per_env_runner=tr.envs_per_runner,
-        num_gpus_per_env_runner=runner_gpus,
-    )
-    if is_bev_space(probe.observation_space):  # the module takes the env's BEV as it comes
-        algo = algo.rl_module(
-            rl_module_spec=RLModuleSpec(module_class=module, catalog_class=catalog),
-            model_config=dict(tr.model),
-        )
-    else:
-        algo = algo.rl_module(model_config=dict(tr.model))
-    for section, values in (("training", tr.settings), ("reporting", tr.reporting)):
-        try:
-            algo = getattr(algo, section)(**values)
-        except TypeError as e:
-            key = "settings" if section == "training" else section
-            raise ConfigError(
-                f"config error: training.{key}: {e}; see {algo_class.__name__}.{section}() for valid keys"
-            ) from None
-    # Deterministic env errors must fail the run, not restart runners forever.
-    algo = algo.fault_tolerance(restart_failed_env_runners=False)
-    algo = algo.callbacks(DrivingMetricsCallback)
-    if not gpu:
-        return algo.resources(num_gpus=0)
-    return algo.learners(
-        num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1
-    )
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def module_dir(checkpoint: Path) -> Path:
-    from carla_env.rllib.policy import MODULE_PATH
-
-    return Path(checkpoint).resolve() / MODULE_PATH
-
-
-def check_init_module(checkpoint: Path, config):
-    """The module loads and fits this experiment's spaces: checked before the run exists. Returns it."""
-    from carla_env.config import ConfigError
-    from carla_env.env import CarlaEnv
-    from carla_env.rllib.policy import ModulePolicy
-
-    if not module_dir(checkpoint).is_dir():
-        raise ConfigError(
-            f"--init-module: no policy module under {checkpoint}; give a checkpoint folder "
-            "(a run's checkpoint_N, or bench/imitation.py's)"
-        )
-    try:
-        module = ModulePolicy.from_checkpoint(checkpoint).module
-    except Exception as e:  # a truncated or foreign checkpoint
-        raise ConfigError(f"--init-module: cannot load {checkpoint}: {type(e).__name__}: {e}") from None
-    env = CarlaEnv(config)  # spaces only: no world is built before reset
-    for what, mine, theirs in (
-        ("observations", env.observation_space, module.observation_space),
-        ("actions", env.action_space, module.action_space),
-    ):
-        if mine != theirs:
-            raise ConfigError(
-                f"--init-module: {checkpoint} takes {what} {theirs}, this config gives {mine}; "
-                "use a checkpoint of the same experiment"
-            )
-    return module
-
-
-def start_from_module(path: str, *, algorithm, **_) -> None:
-    """Algorithm init: load the policy weights (the learner's, then synced to every EnvRunner)."""
-    from carla_env.rllib.policy import MODULE_PATH
-
-    algorithm.restore_from_path(path, component=MODULE_PATH.as_posix())
-
-
-def init_ray(address: str | None = None) -> None:
-    """Start (or join) Ray with this repo importable in every worker, and register the env."""
-    import ray
-    from ray import tune
-
-    from carla_env.env import CarlaEnv
-
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        address=address or "local",  # never join a cluster by accident (e.g. one `ray start` left running)
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-        include_dashboard=False,
-        log_to_driver=False,
-        **({} if address else {"num_cpus": max(2, os.cpu_count() or 2)}),
-    )
-    tune.register_env(ENV_NAME, lambda env_config: CarlaEnv(env_config))
-
-
 # -- the first run, as a person meets it: missing experiment, the run lock, restore, the first line --
 
 
@@ -250,7 +123,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def first_line(config, backend, name: str, storage: str) -> str:
     """Backend (pinned, and why), device, where results and TensorBoard files go: the first thing a run prints."""
-    if _has_gpu():
+    if has_gpu():
         import torch
 
         device = f"learner on GPU ({torch.cuda.get_device_name(0)})"
@@ -394,7 +267,7 @@ def fit(args, config, backend, algo_config, name: str, storage: str, run_dir: Pa
             on_algorithm_init=functools.partial(start_from_module, str(module_dir(args.init_module)))
         )
     algo_config = algo_config.callbacks(on_episode_step=count_env_step)
-    init_ray(args.address)
+    init_ray(ROOT, args.address)
     install_interrupt_handler()
     tr = config.training
     stop = {}

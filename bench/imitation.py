@@ -32,10 +32,36 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the experiments the configs name ('module:Class') and bench/ import from here
 
 from bench.learning import HELD_OUT_TOWN, TRAIN_TOWNS, evaluate, experiment_config  # noqa: E402
-from train import check_init_module, module_dir  # noqa: E402
+from carla_env.rllib.checkpoint import check_init_module, module_dir  # noqa: E402
+
+
+class DemonstrationPolicy:
+    """The autopilot labels every state; the learner (if any) drives, the autopilot's action executed
+    instead with probability `beta` (DAgger's mixture), plus Gaussian noise on what is executed (DART).
+    Keeps the (observation, label) pairs, but only a fraction `keep_stopped` of those at standstill."""
+
+    def __init__(self, job: dict, learner=None) -> None:
+        from carla_env.agents import RouteAutopilot
+
+        self.job, self.learner = job, learner
+        self.autopilot, self.rng = RouteAutopilot(), np.random.default_rng(job["seed"])
+        self.observations: list = []
+        self.labels: list = []
+
+    def reset(self, env, seed: int) -> None:
+        self.autopilot.reset()
+
+    def __call__(self, obs, env):
+        job, rng = self.job, self.rng
+        label = self.autopilot.action(env.core.hero, env.experiment.route, env.config.simulator.timestep)
+        if env.core.hero.get_velocity().length() > 0.5 or rng.random() < job["keep_stopped"]:
+            self.observations.append(obs)
+            self.labels.append(label)
+        executed = label if self.learner is None or rng.random() < job["beta"] else self.learner(obs)
+        return np.clip(executed + rng.normal(0.0, job["noise"], 2), -1.0, 1.0).astype(np.float32)
 
 
 def demonstrations(job: dict) -> tuple:
@@ -49,31 +75,23 @@ def demonstrations(job: dict) -> tuple:
 
     torch.set_num_threads(1)
     from carla_env.env import CarlaEnv
+    from carla_env.evaluate import run_episode
     from carla_env.rllib.policy import ModulePolicy
-    from experiments.autopilot.agent import RouteAutopilot
 
     env = CarlaEnv(experiment_config("ppo", job["town"], birdview=job["birdview"]))
     learner = ModulePolicy.from_checkpoint(Path(job["learner"])) if job.get("learner") else None
-    autopilot, rng, seed = RouteAutopilot(), np.random.default_rng(job["seed"]), job["seed"]
-    obs_out, act_out, completions, episode = [], [], [], 0
-    while len(obs_out) < job["samples"]:
-        obs, _ = env.reset(seed=seed * 10_000 + episode)
-        autopilot.reset()
+    policy, completions, episode = DemonstrationPolicy(job, learner), [], 0
+
+    def enough(*_) -> bool:
+        return len(policy.observations) >= job["samples"]
+
+    while not enough():
+        row = run_episode(env, policy, job["seed"] * 10_000 + episode, on_step=enough)
         episode += 1
-        done, info = False, {}
-        while not done and len(obs_out) < job["samples"]:
-            label = autopilot.action(env.core.hero, env.experiment.route, env.config.simulator.timestep)
-            if env.core.hero.get_velocity().length() > 0.5 or rng.random() < job["keep_stopped"]:
-                obs_out.append(obs)
-                act_out.append(label)
-            executed = label if learner is None or rng.random() < job["beta"] else learner(obs)
-            executed = np.clip(executed + rng.normal(0.0, job["noise"], 2), -1.0, 1.0).astype(np.float32)
-            obs, _, terminated, truncated, info = env.step(executed)
-            done = terminated or truncated
-        if done:
-            completions.append(float(info["route_completion"]))
+        if not row.get("stopped"):
+            completions.append(row["route_completion"])
     env.close()
-    return np.stack(obs_out), np.stack(act_out), completions
+    return np.stack(policy.observations), np.stack(policy.labels), completions
 
 
 def collect(samples: int, workers: int, base: dict, round_: int, seed: int = 0) -> tuple:
@@ -99,7 +117,7 @@ def collect(samples: int, workers: int, base: dict, round_: int, seed: int = 0) 
 
 def build_module(birdview: dict):
     from carla_env.env import CarlaEnv
-    from train import build_algo_config
+    from carla_env.rllib.algorithm import build_algo_config
 
     config = experiment_config("ppo", TRAIN_TOWNS[0], birdview=birdview)
     return build_algo_config(config).get_rl_module_spec(env=CarlaEnv(config)).build()

@@ -8,7 +8,8 @@
 
 Training runs on generated towns with background traffic (embedded backend), one town per env
 runner; evaluation is on a held-out generated town (a grid seed never trained on), 50 episodes
-per policy, with a random policy and the scripted autopilot (experiments/autopilot) as baselines.
+per policy, with a random policy and the route autopilot (carla_env.agents) as baselines, all
+scored by `carla_env.evaluate`.
 Training is resumable: each phase call continues from runs/learning/<algo> until --minutes of
 training wall time are spent, so a run can be split across calls with a time limit.
 """
@@ -21,11 +22,10 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the experiments the configs name ('module:Class') and bench/ import from here
 
 TRAIN_TOWNS = ["GridTown01", "GridTown02", "GridTown04", "GridTown05"]
 HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares
@@ -84,7 +84,8 @@ def train(
 ) -> None:
     import ray
 
-    from train import build_algo_config, check_init_module, init_ray, module_dir, start_from_module
+    from carla_env.rllib.algorithm import build_algo_config, init_ray, start_from_module
+    from carla_env.rllib.checkpoint import check_init_module, module_dir
 
     config = experiment_config(algo, TRAIN_TOWNS, runners, options=options)
     tr = config.training
@@ -108,7 +109,7 @@ def train(
         print(f"{run_dir.name}: resuming its checkpoint; --init-module applies to a new run only", flush=True)
     elif init_module:
         check_init_module(init_module, config)
-    init_ray()
+    init_ray(ROOT)
     algorithm = build_algo_config(config).build_algo()
     if resume:
         algorithm.restore_from_path(str(run_dir / "checkpoint"))
@@ -158,88 +159,22 @@ def _save(algorithm, run_dir: Path, state: dict) -> None:
 
 
 # -------------------------------------------------------------------------------------- evaluation
-def _episodes(
-    policy: str, seeds: list[int], checkpoint: str | None, birdview: dict | None = None
-) -> list[dict]:
-    """Drive `seeds` episodes on the held-out town; one worker process per call."""
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(1)
-    from carla_env.env import CarlaEnv
-    from carla_env.rllib.policy import ModulePolicy
-    from experiments.autopilot.agent import RouteAutopilot
-
-    # baselines drive the PPO experiment's action space
-    algo = "dqn" if policy == "dqn" or policy.startswith("dqn_") else "ppo"
-    env = CarlaEnv(experiment_config(algo, HELD_OUT_TOWN, birdview=birdview))
-    act = ModulePolicy.from_checkpoint(Path(checkpoint)) if checkpoint else None
-    autopilot = RouteAutopilot()
-    rows = []
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        rng = np.random.default_rng(seed)
-        autopilot.reset()
-        done, ret, info = False, 0.0, {}
-        while not done:
-            if policy == "random":
-                action = _random_action(env.action_space, rng)
-            elif policy == "autopilot":
-                action = autopilot.action(env.core.hero, env.experiment.route, env.config.simulator.timestep)
-            else:
-                action = act(obs)
-            obs, reward, terminated, truncated, info = env.step(action)
-            ret += reward
-            done = terminated or truncated
-        rows.append({"seed": seed, "return": ret, **{k: float(v) for k, v in info.items()}})
-    env.close()
-    return rows
-
-
-def _random_action(space, rng):
-    import numpy as np
-
-    if hasattr(space, "n"):
-        return int(rng.integers(space.n))
-    return rng.uniform(space.low, space.high).astype(np.float32)
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Means per episode; event rates over the total distance driven (not a mean of per-episode rates)."""
-    km = sum(r["distance_m"] for r in rows) / 1000.0
-    return {
-        "episodes": len(rows),
-        "route_completion": sum(r["route_completion"] for r in rows) / len(rows),
-        "collisions_per_km": sum(r["collisions"] for r in rows) / max(km, 1e-9),
-        "lane_invasions_per_km": sum(r["lane_invasions"] for r in rows) / max(km, 1e-9),
-        "driving_score": sum(r["driving_score"] for r in rows) / len(rows),
-        "km_driven": km,
-        "mean_speed": sum(r["mean_speed"] for r in rows) / len(rows),
-    }
-
-
 def evaluate(
     policies: dict[str, str | None], episodes: int, workers: int, birdview: dict | None = None
 ) -> dict:
-    seeds = [10_000 + k for k in range(episodes)]  # the same 50 routes and traffic for every policy
-    chunks = [seeds[k::workers] for k in range(workers) if seeds[k::workers]]
+    """Each policy (name: checkpoint, or None for 'random'/'autopilot') on the held-out town, over the
+    same `episodes` seeds: the same routes and traffic for every policy."""
+    from carla_env.evaluate import evaluate as score
+
+    seeds = [10_000 + k for k in range(episodes)]
     out = {}
-    with ProcessPoolExecutor(workers) as pool:
-        for name, checkpoint in policies.items():
-            t0 = time.monotonic()
-            rows = [
-                r
-                for part in pool.map(
-                    _episodes,
-                    [name] * len(chunks),
-                    chunks,
-                    [checkpoint] * len(chunks),
-                    [birdview] * len(chunks),
-                )
-                for r in part
-            ]
-            out[name] = summarise(rows)
-            print(f"eval {name}: {json.dumps(out[name])} ({time.monotonic() - t0:.0f} s)", flush=True)
+    for name, checkpoint in policies.items():
+        # baselines drive the PPO experiment's action space
+        algo = "dqn" if name == "dqn" or name.startswith("dqn_") else "ppo"
+        config = experiment_config(algo, HELD_OUT_TOWN, birdview=birdview)
+        t0 = time.monotonic()
+        out[name] = score(config, checkpoint or name, seeds, workers=workers)["overall"]
+        print(f"eval {name}: {json.dumps(out[name])} ({time.monotonic() - t0:.0f} s)", flush=True)
     return out
 
 
@@ -248,9 +183,9 @@ def scaling(counts: list[int], iterations: int) -> list[dict]:
     import ray
 
     from bench.sampling_throughput import measure
-    from train import init_ray
+    from carla_env.rllib.algorithm import init_ray
 
-    init_ray()
+    init_ray(ROOT)
     rows = []
     for k in counts:
         rows.append(measure(experiment_config("dqn", TRAIN_TOWNS, k), k, iterations))

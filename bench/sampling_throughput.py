@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the experiment the config names ('module:Class') imports from here
 
 
 def measure(config, runners: int, iterations: int) -> dict:
-    from train import build_algo_config
+    from carla_env.rllib.algorithm import build_algo_config
 
     tr = config.training.model_copy(update={"num_env_runners": runners})
     settings = {**tr.settings, "num_steps_sampled_before_learning_starts": 10**9}
@@ -57,12 +57,12 @@ def main() -> None:
     import ray
 
     from carla_env.config import load_config
-    from train import init_ray
+    from carla_env.rllib.algorithm import init_ray
 
     config = load_config(
         ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
     )
-    init_ray()
+    init_ray(ROOT)
     rows = [measure(config, int(k), args.iterations) for k in args.runners.split(",")]
     base = rows[0]["env_steps_per_s"] / rows[0]["runners"]
     for row in rows:

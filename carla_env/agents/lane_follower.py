@@ -1,7 +1,7 @@
 """A lane-following driver (pure pursuit on the lane graph) for demos and benchmarks.
 
 It keeps its lane and speed and picks random turns; it does not yield to traffic
-or lights (the reference autopilot with those is its own experiment).
+or lights (the route autopilot beside it does).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import carla
 import numpy as np
 
-from carla_env.embedded.dynamics import MAX_WHEEL_ANGLE
+from carla_env.agents.pursuit import pure_pursuit_steer
 from carla_env.maps.lane_graph import LaneGraph
 
 
@@ -37,20 +37,18 @@ class LaneFollower:
         t = vehicle.get_transform()
         v = vehicle.get_velocity()
         speed = math.hypot(v.x, v.y)
-        yaw = math.radians(t.rotation.yaw)
-        lane, s, _ = self.lanes.locate((t.location.x, t.location.y, t.location.z), yaw)
+        lane, s, _ = self.lanes.locate(
+            (t.location.x, t.location.y, t.location.z), math.radians(t.rotation.yaw)
+        )
         ahead = s + max(5.0, 0.8 * speed)
         while ahead > self.lanes.lane_length[lane]:
             ahead -= self.lanes.lane_length[lane]
             lane = self._successor(lane)
         target, _ = self.lanes.interpolate(np.array([lane]), np.array([ahead]))
-        dx, dy = target[0, 0] - t.location.x, target[0, 1] - t.location.y
-        alpha = math.atan2(dy, dx) - yaw
-        alpha = (alpha + math.pi) % (2 * math.pi) - math.pi
-        wheel = math.atan2(2.0 * self.wheelbase * math.sin(alpha), math.hypot(dx, dy))
+        steer = pure_pursuit_steer(t, target[0, 0], target[0, 1], self.wheelbase)
         error = self.target_speed - speed
         return carla.VehicleControl(
             throttle=float(np.clip(0.3 * error, 0.0, 0.8)),
             brake=float(np.clip(-0.3 * error, 0.0, 1.0)),
-            steer=float(np.clip(wheel / MAX_WHEEL_ANGLE, -1.0, 1.0)),
+            steer=steer,
         )

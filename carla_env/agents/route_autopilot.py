@@ -2,8 +2,8 @@
 slows behind a leader on its route and stops at red and yellow lights. Only CARLA API calls on the
 hero and world, so it drives either backend.
 
-Its action is the PPO experiment's [steer, acceleration], so it is scored in the very env a
-trained PPO agent is scored in (`bench/learning.py`).
+`action()` gives it as a continuous [steer, acceleration] action (the PPO experiment's), so it is
+scored in the very env a trained policy is scored in (`carla_env.evaluate`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import math
 import carla
 import numpy as np
 
-MAX_WHEEL_ANGLE = math.radians(70.0)  # CARLA's default max_steer_angle for front wheels
+from carla_env.agents.pursuit import pure_pursuit_steer
+
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 
 
@@ -70,11 +71,7 @@ class RouteAutopilot:
     def _steer(self, t, route, ahead: float) -> float:
         x = float(np.interp(ahead, route.distance, route.points[:, 0]))
         y = float(np.interp(ahead, route.distance, route.points[:, 1]))
-        dx, dy = x - t.location.x, y - t.location.y
-        alpha = math.atan2(dy, dx) - math.radians(t.rotation.yaw)
-        alpha = (alpha + math.pi) % (2 * math.pi) - math.pi
-        wheel = math.atan2(2.0 * self.wheelbase * math.sin(alpha), max(math.hypot(dx, dy), 1e-3))
-        return float(np.clip(wheel / MAX_WHEEL_ANGLE, -1.0, 1.0))
+        return pure_pursuit_steer(t, x, y, self.wheelbase)
 
     def _curve_speed(self, route, here: float, horizon: float = 15.0) -> float:
         """The speed that keeps lateral acceleration under its limit on the sharpest bend ahead."""

@@ -1,0 +1,347 @@
+"""Evaluation: the one episode loop, and a policy scored on one or several towns.
+
+    python -m carla_env.evaluate --policy autopilot|random|CHECKPOINT [--config C] [--towns T1,T2]
+                                 [--episodes N] [--seed S] [--workers W] [--max-steps K] [--json out.json]
+
+The policy is `autopilot` (the reference route autopilot, carla_env.agents), `random` (uniform actions,
+seeded per episode) or a checkpoint of train.py (a checkpoint folder, or a run folder: its newest; the
+config saved with the run is the default --config). Episode k on every town is seeded S + k, so two
+policies, or one policy before and after a change, drive the same routes among the same traffic.
+Prints a table per town and overall; --json writes it with every episode's figures. Exit 2 on bad input.
+
+infer.py, bench/learning.py and bench/imitation.py drive their episodes through `run_episode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from carla_env.config import Config, ConfigError, deep_merge, load_config, validate_config
+
+NAMED_POLICIES = ("autopilot", "random")
+# The figures of the summary, in the order the table shows them.
+SUMMARY_KEYS = (
+    "episodes",
+    "route_completion",
+    "collisions_per_km",
+    "lane_invasions_per_km",
+    "mean_speed",
+    "driving_score",
+    "km_driven",
+)
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation; str(e) is the one-line message for the user."""
+
+
+# ---------------------------------------------------------------------------------------- policies
+class AutopilotPolicy:
+    """The reference route autopilot as a [steer, acceleration] action on the experiment's route."""
+
+    def __init__(self, env) -> None:
+        from carla_env.agents import RouteAutopilot
+
+        space = env.action_space
+        if not (getattr(space, "shape", None) == (2,) and space.dtype == np.float32):
+            raise EvaluationError(
+                f"--policy autopilot drives a continuous [steer, acceleration] action; experiment "
+                f"{env.config.experiment.type} takes {space}: use a config with that action (experiments/ppo)"
+            )
+        self.autopilot = RouteAutopilot()
+
+    def reset(self, env, seed: int) -> None:
+        self.autopilot.reset()
+
+    def __call__(self, obs, env):
+        return self.autopilot.action(env.core.hero, env.experiment.route, env.config.simulator.timestep)
+
+
+class RandomPolicy:
+    """Uniform actions from a generator seeded with the episode's seed."""
+
+    def __init__(self, env) -> None:
+        self.space = env.action_space
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, env, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs, env):
+        if hasattr(self.space, "n"):
+            return int(self.rng.integers(self.space.n))
+        return self.rng.uniform(self.space.low, self.space.high).astype(np.float32)
+
+
+def _describe_actions(space) -> str:
+    if isinstance(space, gym.spaces.Discrete):
+        return f"{space.n} discrete actions (e.g. DQN)"
+    if isinstance(space, gym.spaces.Box):
+        return f"a continuous {space.shape} {space.dtype} box (e.g. PPO)"
+    return str(space)
+
+
+class CheckpointPolicy:
+    """A trained RLModule's greedy action (torch only: no Ray runtime is started)."""
+
+    def __init__(self, env, checkpoint: Path, module=None) -> None:
+        from carla_env.rllib.checkpoint import load_policy
+
+        self.checkpoint = checkpoint
+        self.module = module or load_policy(checkpoint)
+        mine, theirs = env.observation_space, self.module.module.observation_space
+        if mine != theirs:
+            raise EvaluationError(
+                f"checkpoint {checkpoint} takes observations {theirs}, the config gives {mine}; "
+                "pass the --config it was trained with"
+            )
+        mine, theirs = env.action_space, self.module.module.action_space
+        if mine != theirs:  # e.g. a DQN config with a PPO checkpoint of the same BEV
+            raise EvaluationError(
+                f"checkpoint {checkpoint} gives {_describe_actions(theirs)}, the config's experiment takes "
+                f"{_describe_actions(mine)}; pass the --config it was trained with"
+            )
+
+    def reset(self, env, seed: int) -> None:
+        pass
+
+    def __call__(self, obs, env):
+        return self.module(obs)
+
+
+def make_policy(policy: str, env):
+    """'autopilot', 'random', or a checkpoint (folder or run folder) as a policy for `env`."""
+    if policy == "autopilot":
+        return AutopilotPolicy(env)
+    if policy == "random":
+        return RandomPolicy(env)
+    from carla_env.rllib.checkpoint import resolve_checkpoint
+
+    return CheckpointPolicy(env, resolve_checkpoint(Path(policy)))
+
+
+# ------------------------------------------------------------------------------------ episode loop
+def run_episode(env, policy, seed: int, on_step: Callable | None = None) -> dict:
+    """Drive one episode seeded `seed`; its row: seed, return, steps and the env's numeric info at the end.
+
+    `on_step(env, obs, info)` runs after every step (a video frame, a sample); a truthy return ends the
+    episode early, and the row then says `"stopped": True`."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset(env, seed)
+    done, ret, steps, info, stopped = False, 0.0, 0, {}, False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(policy(obs, env))
+        ret += reward
+        steps += 1
+        done = terminated or truncated
+        if on_step is not None and on_step(env, obs, info) and not done:
+            stopped = True
+            break
+    row = {"seed": seed, "return": ret, "steps": steps}
+    row.update({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
+    return {**row, "stopped": True} if stopped else row
+
+
+def summarise(rows: Sequence[dict]) -> dict:
+    """Means per episode; event rates over the total distance driven (not a mean of per-episode rates)."""
+    km = sum(r["distance_m"] for r in rows) / 1000.0
+    return {
+        "episodes": len(rows),
+        "route_completion": sum(r["route_completion"] for r in rows) / len(rows),
+        "collisions_per_km": sum(r["collisions"] for r in rows) / max(km, 1e-9),
+        "lane_invasions_per_km": sum(r["lane_invasions"] for r in rows) / max(km, 1e-9),
+        "driving_score": sum(r["driving_score"] for r in rows) / len(rows),
+        "km_driven": km,
+        "mean_speed": sum(r["mean_speed"] for r in rows) / len(rows),
+    }
+
+
+# -------------------------------------------------------------------------------------- evaluation
+def town_configs(config: Config, towns: Sequence[str] | None) -> dict[str, Config]:
+    """The config on each town (validated: an unknown town is a ConfigError naming simulator.town)."""
+    if not towns:
+        towns = [config.simulator.town] if isinstance(config.simulator.town, str) else config.simulator.town
+    data = config.model_dump()
+    return {
+        town: validate_config(deep_merge(data, {"simulator": {"town": town}}), f"--towns {town}")
+        for town in dict.fromkeys(towns)
+    }
+
+
+def check_policy(policy: str, config: Config) -> None:
+    """Raise EvaluationError/CheckpointError now, in this process, if `policy` cannot drive `config`."""
+    from carla_env.env import CarlaEnv
+
+    env = CarlaEnv(config)  # spaces only: no world is built before reset
+    make_policy(policy, env)
+
+
+def env_in_slot(config: Config, slot: int):
+    """The env as the `slot`-th on this machine: on the CARLA backend its own server ports, as RLlib's
+    runner `slot` gets (RLlib's EnvContext carries the index the env reads)."""
+    from carla_env.env import CarlaEnv
+
+    if slot == 0:
+        return CarlaEnv(config)
+    from ray.rllib.env.env_context import EnvContext
+
+    return CarlaEnv(EnvContext(config.model_dump(), worker_index=slot, num_workers=0, vector_index=0))
+
+
+def _drive(
+    config: Config, policy: str, seeds: Sequence[int], slot: int = 0, threads: int | None = None
+) -> list[dict]:
+    """Episodes `seeds` of one town in one env (a worker process's job, or the caller's)."""
+    if threads is not None and policy not in NAMED_POLICIES:
+        import torch
+
+        torch.set_num_threads(threads)  # one core per worker
+    env = env_in_slot(config, slot)
+    try:
+        act = make_policy(policy, env)
+        return [run_episode(env, act, seed) for seed in seeds]
+    finally:
+        env.close()
+
+
+def evaluate(
+    config: Config,
+    policy: str,
+    seeds: Sequence[int],
+    towns: Sequence[str] | None = None,
+    workers: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Score `policy` on every town (default: the config's) over the same `seeds`, in `workers` processes.
+
+    Returns {"policy", "seeds", "towns": {town: summary}, "overall": summary, "episodes": rows}."""
+    configs = town_configs(config, towns)
+    check_policy(policy, next(iter(configs.values())))
+    jobs = [
+        (town, seeds[k::workers]) for town in configs for k in range(max(workers, 1)) if seeds[k::workers]
+    ]
+    rows: dict[str, list[dict]] = {town: [] for town in configs}
+    if workers <= 1:
+        for town, part in jobs:
+            rows[town] += [{"town": town, **r} for r in _drive(configs[town], policy, part)]
+            if log:
+                log(f"{town}: {len(rows[town])}/{len(seeds)} episodes")
+    else:
+        # spawn: a worker never inherits a parent's torch/OpenMP threads mid-state (fork can hang there)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            futures = [
+                (town, pool.submit(_drive, configs[town], policy, part, slot, 1))
+                for slot, (town, part) in enumerate(jobs)
+            ]
+            for town, future in futures:
+                rows[town] += [{"town": town, **r} for r in future.result()]
+                if log:
+                    log(f"{town}: {len(rows[town])}/{len(seeds)} episodes")
+    for town in rows:
+        rows[town].sort(key=lambda r: r["seed"])
+    every = [r for town in configs for r in rows[town]]
+    return {
+        "policy": policy,
+        "seeds": list(seeds),
+        "towns": {town: summarise(rows[town]) for town in configs},
+        "overall": summarise(every),
+        "episodes": every,
+    }
+
+
+def table(result: dict) -> str:
+    """The summary per town and overall, one line each."""
+    head = ("town", "episodes", "route", "coll/km", "inv/km", "speed m/s", "score", "km")
+    width = max(len(t) for t in [*result["towns"], "overall", "town"])
+    lines = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in head[1:])]
+    for town, s in [*result["towns"].items(), ("overall", result["overall"])]:
+        values = [f"{s['episodes']:>9d}", f"{s['route_completion']:>9.1%}"]
+        values += [f"{s[k]:>9.3f}" for k in SUMMARY_KEYS[2:]]
+        lines.append(f"{town:<{width}}  " + "  ".join(values))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def split_towns(text: str) -> list[str]:
+    """'GridTown01,grid:seed=101,columns=5,rows=5' -> two towns: a `key=value` piece continues the
+    previous town's parameters (generated towns take comma-separated parameters)."""
+    towns: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if towns and "=" in piece and ":" not in piece:
+            towns[-1] += "," + piece
+        else:
+            towns.append(piece)
+    return towns
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints the usage too: one line is the contract
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def parse_args(argv):
+    p = _OneLineParser(
+        prog="python -m carla_env.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--policy", required=True, help="autopilot, random, or a checkpoint / run folder")
+    p.add_argument("--config", type=Path, help="experiment config (default for a checkpoint: its run's)")
+    p.add_argument("--towns", type=split_towns, help="comma-separated towns (default: the config's)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per town")
+    p.add_argument("--seed", type=int, default=10_000, help="episode k is seeded SEED + k")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--max-steps", type=int, help="override experiment.max_steps")
+    p.add_argument("--json", type=Path, help="write the summary and every episode's figures here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.episodes < 1 or args.workers < 1:
+        print("--episodes and --workers must be >= 1", file=sys.stderr)
+        return 2
+    from carla_env.rllib.checkpoint import CheckpointError, find_config, resolve_checkpoint
+
+    policy = args.policy
+    try:
+        if policy not in NAMED_POLICIES:
+            if not Path(policy).exists():
+                raise EvaluationError(
+                    f"--policy {policy}: not 'autopilot', 'random' or an existing checkpoint or run folder"
+                )
+            policy = str(resolve_checkpoint(Path(policy)))
+        if args.config is None and policy in NAMED_POLICIES:
+            raise EvaluationError(
+                f"--policy {policy} needs --config: an experiment's config.yaml, e.g. experiments/ppo/config.yaml"
+            )
+        overrides = {"experiment": {"max_steps": args.max_steps}} if args.max_steps is not None else None
+        config = load_config(args.config or find_config(Path(policy)), overrides)
+        seeds = [args.seed + k for k in range(args.episodes)]
+        result = evaluate(
+            config, policy, seeds, args.towns, args.workers, log=lambda m: print(m, file=sys.stderr)
+        )
+    except (EvaluationError, CheckpointError, ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"policy: {policy}\n{table(result)}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.json)  # never a half-written summary
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
