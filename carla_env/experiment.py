@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from carla_env.driving_state import DrivingState
 from carla_env.maps.route import Route, plan_route
 
 
@@ -29,6 +30,10 @@ class BaseExperiment:
         self.config = config  # the validated ExperimentConfig
         self.options = options
         self.route: Route | None = None
+        # This step's facts (route progress, off-road, events, speed), computed once by the env after
+        # each tick and set here before get_observation, get_done_status and compute_reward run, so the
+        # hooks keep their signatures and read one state instead of querying the core again.
+        self.driving_state: DrivingState | None = None
 
     # --- spaces
     def get_action_space(self) -> gym.Space:
@@ -54,17 +59,6 @@ class BaseExperiment:
 
     def compute_reward(self, observation, core) -> float:
         raise NotImplementedError
-
-
-def count_events(sensors: dict, sensor_data: dict, blueprint_id: str) -> int:
-    """Events this tick from the configured sensors of one type (e.g. 'sensor.other.collision')."""
-    return sum(len(sensor_data[name][1]) for name, cfg in sensors.items() if cfg.type == blueprint_id)
-
-
-def is_off_road(core) -> bool:
-    """Whether the hero is off every driving lane, as far as the backend can tell (False if it cannot)."""
-    on_lane = getattr(core, "on_driving_lane", None) or getattr(core.world, "on_driving_lane", None)
-    return on_lane is not None and not on_lane(core.hero)
 
 
 def random_route(core, length: float, rng: np.random.Generator) -> Route:

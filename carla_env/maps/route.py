@@ -35,14 +35,18 @@ class Route:
     def length(self) -> float:
         return float(self.distance[-1]) if len(self.distance) else 0.0
 
-    def nearest(self, xy) -> tuple[int, float]:
-        """(index, distance in metres) of the route point nearest xy."""
-        d = np.hypot(self.points[:, 0] - xy[0], self.points[:, 1] - xy[1])
+    def nearest(self, xy, window: tuple[int, int] | None = None) -> tuple[int, float]:
+        """(index, distance in metres) of the route point nearest xy, among points [start, end) of
+        `window` (default: the whole route)."""
+        start, end = window or (0, len(self.points))
+        pts = self.points[start:end]
+        d = np.hypot(pts[:, 0] - xy[0], pts[:, 1] - xy[1])
         k = int(np.argmin(d))
-        return k, float(d[k])
+        return start + k, float(d[k])
 
-    def progress(self, xy, window: tuple[int, int] | None = None) -> float:
-        """Distance along the route of the point nearest xy (metres)."""
+    def progress(self, xy) -> float:
+        """Distance along the route of the point nearest xy (metres), searching the whole route: a
+        one-off query. Per step, carla_env.driving_state.RouteTracker follows the route forward."""
         return float(self.distance[self.nearest(xy)[0]])
 
 
@@ -67,3 +71,4 @@ def plan_route(lanes: LaneGraph, start: tuple[int, float], goal: tuple[int, floa
     while sequence[-1] != start_lane:
         sequence.append(int(pred[sequence[-1]]))
     return Route(lanes, sequence[::-1], start_s, goal_s)
+
