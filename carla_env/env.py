@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import gymnasium as gym
 
 from carla_env.carla_server.ports import slot_index
@@ -11,6 +13,8 @@ from carla_env.experiment import parse_transform
 from carla_env.metrics import DrivingMetrics
 from carla_env.sensors.factory import BirdviewSensor, make_sensor
 from carla_env.simulator import SimulatorRestarted, make_core
+
+log = logging.getLogger(__name__)
 
 
 class CarlaEnv(gym.Env):
@@ -41,6 +45,7 @@ class CarlaEnv(gym.Env):
         self._steps = 0
         self.metrics = DrivingMetrics()
         self.driving: DrivingStateTracker | None = None  # the episode's, from reset on
+        self._said: set[str] = set()  # kinds of unmet requests already logged
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -79,7 +84,11 @@ class CarlaEnv(gym.Env):
         frame = self.core.tick(None)
         obs, info = self.experiment.get_observation(self._read(frame), self.core)
         self._last_obs = obs
-        return obs, {**info, "backend": type(self.core).__name__}
+        info = {**info, "backend": type(self.core).__name__}
+        unmet = self._unmet_requests()
+        if unmet:
+            info["not_honoured"] = unmet
+        return obs, info
 
     def step(self, action):
         control = self.experiment.compute_action(action)
@@ -116,6 +125,26 @@ class CarlaEnv(gym.Env):
             self.core = None
 
     # ------------------------------------------------------------------ internals
+    def _unmet_requests(self) -> list[str]:
+        """What this episode could not give of what the config asked for, each with its reason and fix;
+        every kind is logged once per env (the episode's info carries it every time)."""
+        notes = {}
+        if self.experiment.route.shortfall:
+            notes["route_length"] = self.experiment.route.shortfall
+        traffic = self.config.simulator.traffic
+        spawned = len(self.core.world.get_actors().filter("vehicle.*")) - 1  # less the hero
+        if spawned < traffic.vehicles:
+            notes["traffic"] = (
+                f"traffic.vehicles: {spawned} of the {traffic.vehicles} asked were spawned: "
+                f"{self.core.town.name} has no more free spawn slots {traffic.spawn_spacing:g} m apart; "
+                "ask for fewer, lower traffic.spawn_spacing or use a larger town"
+            )
+        for kind, note in notes.items():
+            if kind not in self._said:
+                self._said.add(kind)
+                log.warning(note)
+        return list(notes.values())
+
     def _server_stats(self) -> dict:
         """CARLA backend: restarts and tick latency, logged with the driving metrics."""
         stats = getattr(self.core, "stats", None)
