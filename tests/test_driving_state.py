@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,20 @@ def test_a_route_shortfall_reaches_the_episode_info(monkeypatch):
     info = env.reset(seed=0)[1]
     env.close()
     assert info["not_honoured"] == ["route_length: 40 m of the 250 m asked: every way on ... (a dead end)"]
+
+
+def test_route_length_bench_prints_the_distribution():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "bench/route_lengths.py", "--towns", "GridTown01", "--seeds", "8", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])["GridTown01"]
+    assert out["outside_10pct"] == 0 and out["under_50pct"] == 0 and 225 <= out["min"] <= out["max"] <= 275
