@@ -81,8 +81,9 @@ def random_route(
 ) -> Route:
     """A route of `length` metres from (lane, s), turning at random where lanes fork: the drive itself,
     not a shortest path to where it ends (which can be a few metres away when the drive circles a
-    block). It prefers lanes it has not driven yet, so it overlaps itself only where the town is too
-    small for the length asked, and keeps to lanes from which the town's main network is reachable.
+    block). A turn that would drive a lane twice is drawn again among those that do not, so the
+    route overlaps itself only where the town is too small for the length asked; it keeps to lanes
+    from which the town's main network is reachable.
     Shorter only where every way on ends (a dead end), and then `shortfall` says so."""
     start_lane, start_s = start
     usable = _reaches_main(lanes)
@@ -93,8 +94,10 @@ def random_route(
         choices = [x for x in succ if lanes.lane_main[x]] or [x for x in succ if usable[x]] or list(succ)
         if not choices:
             break
-        fresh = [x for x in choices if x not in sequence] or choices
-        lane = int(rng.choice(fresh))
+        lane = int(rng.choice(choices))
+        if _leads_back(lanes, lane, sequence, remaining):  # draw again among the ways that do not
+            fresh = [x for x in choices if not _leads_back(lanes, x, sequence, remaining)]
+            lane = int(rng.choice(fresh)) if fresh else lane
         sequence.append(lane)
         remaining -= lanes.lane_length[lane]
     if len(sequence) == 1:
@@ -109,6 +112,20 @@ def random_route(
             f"start ends at road {road} lane {lane_id} (a dead end); spawn elsewhere or ask for less"
         )
     return route
+
+
+def _leads_back(lanes: LaneGraph, lane: int, driven: list[int], budget: float) -> bool:
+    """Whether `lane`, or a lane that must follow it (no fork on the way), is one already driven
+    within `budget` metres."""
+    while budget > 0:
+        if lane in driven:
+            return True
+        budget -= lanes.lane_length[lane]
+        succ = lanes.successors(lane)
+        if len(succ) != 1:
+            return False
+        lane = int(succ[0])
+    return False
 
 
 @functools.lru_cache(maxsize=8)
