@@ -122,15 +122,19 @@ def _towns():
 
 @pytest.mark.parametrize("town", _towns())
 @pytest.mark.parametrize("length", [250.0, 5000.0])
-def test_routes_from_every_spawn_slot_have_the_length_asked(town, length):
-    """The route is the drive itself, so from every slot the hero can spawn at it is within 10 % of
+def test_routes_from_spawn_slots_across_the_town_have_the_length_asked(town, length):
+    """The route is the drive itself, so from the slots the hero spawns at (60 spread over the town;
+    all of them took ~3.5 s a town at 5 km, done once by hand) it is within 10 % of
     `route_length` (the shortest path to its end was 9-42 m for a few seeds, 212-484 m for 5 km)."""
-    town = load_town(real_town_path(town[5:]) if town.startswith("real:") else town)
+    generated = not town.startswith("real:")
+    town = load_town(town if generated else real_town_path(town[5:]))
     rng = np.random.default_rng(0)
     lanes, ss = town.spawn_candidates()
     for lane, s in list(zip(lanes, ss, strict=True))[:: max(1, len(lanes) // 60)]:
         route = random_route(town.lanes, (int(lane), float(s)), length, rng)
         assert abs(route.length - length) <= 0.1 * length and not route.shortfall
+        if generated and length == 250.0:  # a turn that would drive a lane twice is drawn again
+            assert len(set(route.sequence)) == len(route.sequence)
         for a, b in zip(route.sequence, route.sequence[1:], strict=False):
             assert b in town.lanes.successors(a)
 
