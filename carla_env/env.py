@@ -8,8 +8,9 @@ import gymnasium as gym
 
 from carla_env.backends import make_core, pin_backend
 from carla_env.config import Config, experiment_class, validate_config
-from carla_env.experiment import count_events, is_off_road, parse_transform
-from carla_env.metrics import DrivingMetrics, distance
+from carla_env.driving_state import DrivingStateTracker
+from carla_env.experiment import parse_transform
+from carla_env.metrics import DrivingMetrics
 from carla_env.sensors.factory import BirdviewSensor, make_sensor
 from carla_env.simulator import SimulatorRestarted
 
@@ -53,6 +54,8 @@ class CarlaEnv(gym.Env):
         self._spawn_points = [parse_transform(p) for p in exp_cfg.hero.spawn_points]
         self._steps = 0
         self.metrics = DrivingMetrics()
+        self.driving: DrivingStateTracker | None = None  # the episode's, from reset on
+        self._said: set[str] = set()  # kinds of unmet requests already logged
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -86,11 +89,16 @@ class CarlaEnv(gym.Env):
                 sensor.renderer.set_route(self.experiment.route.points)
         self._steps = 0
         self.metrics = DrivingMetrics(route_length=self.experiment.route.length)
-        self._last_location = hero.get_location()
+        self.driving = DrivingStateTracker(self.experiment.route, self.config.experiment.sensors, hero)
+        self.experiment.driving_state = None  # no step driven yet
         frame = self.core.tick(None)
         obs, info = self.experiment.get_observation(self._read(frame), self.core)
         self._last_obs = obs
-        return obs, {**info, "backend": self.core.backend}
+        info = {**info, "backend": self.core.backend}
+        unmet = self._unmet_requests()
+        if unmet:
+            info["not_honoured"] = unmet
+        return obs, info
 
     def step(self, action):
         control = self.experiment.compute_action(action)
@@ -102,22 +110,13 @@ class CarlaEnv(gym.Env):
             return self._last_obs, 0.0, False, True, info
         self._steps += 1
         data = self._read(frame)
+        # The step's facts, once: the experiment's hooks and the metrics all read this state.
+        state = self.experiment.driving_state = self.driving.step(self.core, data)
         obs, info = self.experiment.get_observation(data, self.core)
         terminated, truncated = self.experiment.get_done_status(obs, self.core)
         truncated = truncated or self._steps >= self.config.experiment.max_steps
         reward = float(self.experiment.compute_reward(obs, self.core))
-        hero = self.core.hero
-        location = hero.get_location()
-        sensors = self.config.experiment.sensors
-        self.metrics.update(
-            self.config.simulator.timestep,
-            distance(location, self._last_location),
-            self.experiment.route.progress((location.x, location.y)),
-            count_events(sensors, data, "sensor.other.collision"),
-            count_events(sensors, data, "sensor.other.lane_invasion"),
-            is_off_road(self.core),
-        )
-        self._last_location = location
+        self.metrics.update(self.config.simulator.timestep, state)
         info = {**info, **self.metrics.summary(), **self.core.stats()}
         self._last_obs = obs
         return obs, reward, bool(terminated), bool(truncated), info
@@ -136,6 +135,26 @@ class CarlaEnv(gym.Env):
             self.core = None
 
     # ------------------------------------------------------------------ internals
+    def _unmet_requests(self) -> list[str]:
+        """What this episode could not give of what the config asked for, each with its reason and fix;
+        every kind is logged once per env (the episode's info carries it every time)."""
+        notes = {}
+        if self.experiment.route.shortfall:
+            notes["route_length"] = self.experiment.route.shortfall
+        traffic = self.config.simulator.traffic
+        spawned = len(self.core.world.get_actors().filter("vehicle.*")) - 1  # less the hero
+        if spawned < traffic.vehicles:
+            notes["traffic"] = (
+                f"traffic.vehicles: {spawned} of the {traffic.vehicles} asked were spawned: "
+                f"{self.core.town.name} has no more free spawn slots {traffic.spawn_spacing:g} m apart; "
+                "ask for fewer, lower traffic.spawn_spacing or use a larger town"
+            )
+        for kind, note in notes.items():
+            if kind not in self._said:
+                self._said.add(kind)
+                log.warning(note)
+        return list(notes.values())
+
     def _read(self, frame: int) -> dict:
         return {name: sensor.read(frame) for name, sensor in self.sensors.items()}
 

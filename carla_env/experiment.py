@@ -13,7 +13,8 @@ import gymnasium as gym
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from carla_env.maps.route import Route, plan_route
+from carla_env.driving_state import DrivingState
+from carla_env.maps.route import Route, random_route
 
 
 class NoOptions(BaseModel):
@@ -29,6 +30,10 @@ class BaseExperiment:
         self.config = config  # the validated ExperimentConfig
         self.options = options
         self.route: Route | None = None
+        # This step's facts (route progress, off-road, events, speed), computed once by the env after
+        # each tick and set here before get_observation, get_done_status and compute_reward run, so the
+        # hooks keep their signatures and read one state instead of querying the core again.
+        self.driving_state: DrivingState | None = None
 
     # --- spaces
     def get_action_space(self) -> gym.Space:
@@ -40,7 +45,10 @@ class BaseExperiment:
     # --- episode
     def reset(self, core, rng: np.random.Generator) -> None:
         """Called after the hero is spawned: plan a route ahead of it."""
-        self.route = random_route(core, self.config.route_length, rng)
+        lanes = core.town.lanes
+        t = core.hero.get_transform()
+        lane, s, _ = lanes.locate((t.location.x, t.location.y, t.location.z), math.radians(t.rotation.yaw))
+        self.route = random_route(lanes, (lane, s), self.config.route_length, rng)
 
     def compute_action(self, action) -> carla.VehicleControl:
         raise NotImplementedError
@@ -54,35 +62,6 @@ class BaseExperiment:
 
     def compute_reward(self, observation, core) -> float:
         raise NotImplementedError
-
-
-def count_events(sensors: dict, sensor_data: dict, blueprint_id: str) -> int:
-    """Events this tick from the configured sensors of one type (e.g. 'sensor.other.collision')."""
-    return sum(len(sensor_data[name][1]) for name, cfg in sensors.items() if cfg.type == blueprint_id)
-
-
-def is_off_road(core) -> bool:
-    """Whether the hero is off every driving lane."""
-    return not core.on_driving_lane(core.hero)
-
-
-def random_route(core, length: float, rng: np.random.Generator) -> Route:
-    """A route of about `length` metres from the hero along random successors (planned on the lane graph)."""
-    lanes = core.town.lanes
-    t = core.hero.get_transform()
-    lane, s, _ = lanes.locate((t.location.x, t.location.y, t.location.z), math.radians(t.rotation.yaw))
-    start = (lane, s)
-    remaining = length - (lanes.lane_length[lane] - s)
-    while remaining > 0:
-        succ = [x for x in lanes.successors(lane) if lanes.lane_main[x]]
-        lane = int(rng.choice(succ))
-        remaining -= lanes.lane_length[lane]
-    goal_s = (
-        float(lanes.lane_length[lane] + remaining)
-        if lane != start[0]
-        else min(s + length, lanes.lane_length[lane])
-    )
-    return plan_route(lanes, start, (lane, max(goal_s, 0.0)))
 
 
 def parse_transform(text: str) -> carla.Transform:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from carla_env.driving_state import DrivingState
 
 COLLISION_PENALTY = 0.60  # CARLA leaderboard: each collision with a vehicle multiplies the score by 0.60
 OFF_ROAD_PENALTY = 0.65  # per off-road excursion (the leaderboard's "outside route lanes" analogue)
@@ -21,18 +22,16 @@ class DrivingMetrics:
     seconds: float = 0.0
     _was_off_road: bool = False
 
-    def update(
-        self, dt: float, moved: float, progress: float, collisions: int, invasions: int, off_road: bool
-    ):
+    def update(self, dt: float, state: DrivingState) -> None:
         self.seconds += dt
-        self.distance += moved
-        self.route_progress = max(self.route_progress, progress)
-        self.collisions += collisions
-        self.lane_invasions += invasions
-        if off_road:
+        self.distance += state.moved
+        self.route_progress = max(self.route_progress, state.progress)
+        self.collisions += state.collisions
+        self.lane_invasions += state.lane_invasions
+        if state.off_road:
             self.off_road_seconds += dt
             self.off_road_events += not self._was_off_road
-        self._was_off_road = off_road
+        self._was_off_road = state.off_road
 
     def summary(self) -> dict[str, float]:
         km = max(self.distance / 1000.0, 1e-3)
@@ -45,11 +44,8 @@ class DrivingMetrics:
             "off_road_seconds": self.off_road_seconds,
             "mean_speed": self.distance / self.seconds if self.seconds else 0.0,
             "distance_m": self.distance,
+            "route_length_m": self.route_length,  # short routes make completion easy: logged beside it
             "driving_score": completion * penalty,
             "collisions": float(self.collisions),
             "lane_invasions": float(self.lane_invasions),
         }
-
-
-def distance(a, b) -> float:
-    return math.hypot(a.x - b.x, a.y - b.y)

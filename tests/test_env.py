@@ -235,7 +235,7 @@ def test_leaving_the_route_ends_the_episode_when_a_deviation_limit_is_set():
         for _ in range(80):
             _, reward, terminated, truncated, _ = env.step(np.array([-1.0, 0.6], np.float32))
             rewards.append(reward)
-            k, offset = env.experiment._nearest_route_point(env.core)
+            offset = env.experiment.driving_state.route_deviation
             if terminated or truncated:
                 break
         env.close()

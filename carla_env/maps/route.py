@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
+from scipy.sparse.csgraph import breadth_first_order, dijkstra
 
 from carla_env.maps.lane_graph import LaneGraph
 
@@ -16,6 +18,7 @@ class Route:
 
     def __init__(self, lanes: LaneGraph, sequence: list[int], start_s: float, goal_s: float) -> None:
         self.sequence = sequence
+        self.shortfall = ""  # why the planner could not give the length asked for; empty when it could
         parts = []
         for k, lane in enumerate(sequence):
             a, c = lanes.lane_start[lane], lanes.lane_count[lane]
@@ -35,14 +38,18 @@ class Route:
     def length(self) -> float:
         return float(self.distance[-1]) if len(self.distance) else 0.0
 
-    def nearest(self, xy) -> tuple[int, float]:
-        """(index, distance in metres) of the route point nearest xy."""
-        d = np.hypot(self.points[:, 0] - xy[0], self.points[:, 1] - xy[1])
+    def nearest(self, xy, window: tuple[int, int] | None = None) -> tuple[int, float]:
+        """(index, distance in metres) of the route point nearest xy, among points [start, end) of
+        `window` (default: the whole route)."""
+        start, end = window or (0, len(self.points))
+        pts = self.points[start:end]
+        d = np.hypot(pts[:, 0] - xy[0], pts[:, 1] - xy[1])
         k = int(np.argmin(d))
-        return k, float(d[k])
+        return start + k, float(d[k])
 
-    def progress(self, xy, window: tuple[int, int] | None = None) -> float:
-        """Distance along the route of the point nearest xy (metres)."""
+    def progress(self, xy) -> float:
+        """Distance along the route of the point nearest xy (metres), searching the whole route: a
+        one-off query. Per step, carla_env.driving_state.RouteTracker follows the route forward."""
         return float(self.distance[self.nearest(xy)[0]])
 
 
@@ -67,3 +74,68 @@ def plan_route(lanes: LaneGraph, start: tuple[int, float], goal: tuple[int, floa
     while sequence[-1] != start_lane:
         sequence.append(int(pred[sequence[-1]]))
     return Route(lanes, sequence[::-1], start_s, goal_s)
+
+
+def random_route(
+    lanes: LaneGraph, start: tuple[int, float], length: float, rng: np.random.Generator
+) -> Route:
+    """A route of `length` metres from (lane, s), turning at random where lanes fork: the drive itself,
+    not a shortest path to where it ends (which can be a few metres away when the drive circles a
+    block). A turn that would drive a lane twice is drawn again among those that do not, so the
+    route overlaps itself only where the town is too small for the length asked; it keeps to lanes
+    from which the town's main network is reachable.
+    Shorter only where every way on ends (a dead end), and then `shortfall` says so."""
+    start_lane, start_s = start
+    usable = _reaches_main(lanes)
+    lane, sequence = start_lane, [start_lane]
+    remaining = length - (lanes.lane_length[lane] - start_s)
+    while remaining > 0:
+        succ = lanes.successors(lane)
+        choices = [x for x in succ if lanes.lane_main[x]] or [x for x in succ if usable[x]] or list(succ)
+        if not choices:
+            break
+        lane = int(rng.choice(choices))
+        if _leads_back(lanes, lane, sequence, remaining):  # draw again among the ways that do not
+            fresh = [x for x in choices if not _leads_back(lanes, x, sequence, remaining)]
+            lane = int(rng.choice(fresh)) if fresh else lane
+        sequence.append(lane)
+        remaining -= lanes.lane_length[lane]
+    if len(sequence) == 1:
+        goal_s = min(start_s + length, lanes.lane_length[lane])
+    else:
+        goal_s = lanes.lane_length[lane] + min(remaining, 0.0)
+    route = Route(lanes, sequence, start_s, max(float(goal_s), 0.0))
+    if route.length < 0.9 * length:
+        road, section, lane_id = (int(v) for v in lanes.lane_key[lane])
+        route.shortfall = (
+            f"route_length: {route.length:.0f} m of the {length:.0f} m asked: every way on from the hero's "
+            f"start ends at road {road} lane {lane_id} (a dead end); spawn elsewhere or ask for less"
+        )
+    return route
+
+
+def _leads_back(lanes: LaneGraph, lane: int, driven: list[int], budget: float) -> bool:
+    """Whether `lane`, or a lane that must follow it (no fork on the way), is one already driven
+    within `budget` metres."""
+    while budget > 0:
+        if lane in driven:
+            return True
+        budget -= lanes.lane_length[lane]
+        succ = lanes.successors(lane)
+        if len(succ) != 1:
+            return False
+        lane = int(succ[0])
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def _reaches_main(lanes: LaneGraph) -> np.ndarray:
+    """(L,) bool: lanes from which a lane of the main (largest strongly connected) network is reachable."""
+    n = lanes.num_lanes
+    rows = np.repeat(np.arange(n), np.diff(lanes.succ_ptr))
+    reverse = csr_matrix((np.ones(len(rows)), (lanes.succ_idx, rows)), shape=(n + 1, n + 1)).tolil()
+    reverse[n, np.flatnonzero(lanes.lane_main)] = 1  # a virtual node with an edge to every main lane
+    reached = breadth_first_order(reverse.tocsr(), n, return_predecessors=False)
+    usable = np.zeros(n + 1, bool)
+    usable[reached] = True
+    return usable[:n]
