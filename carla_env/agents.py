@@ -11,8 +11,8 @@ import math
 import carla
 import numpy as np
 
-from carla_env.embedded.dynamics import MAX_WHEEL_ANGLE
 from carla_env.maps.lane_graph import LaneGraph
+from carla_env.vehicle import MAX_WHEEL_ANGLE
 
 
 class LaneFollower:

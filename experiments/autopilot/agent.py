@@ -13,7 +13,8 @@ import math
 import carla
 import numpy as np
 
-MAX_WHEEL_ANGLE = math.radians(70.0)  # CARLA's default max_steer_angle for front wheels
+from carla_env.vehicle import MAX_WHEEL_ANGLE
+
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 
 
