@@ -187,9 +187,11 @@ class BirdviewRenderer:
         self._stop_lines = self._stop_line_segments(lanes)
         self.route: np.ndarray | None = None  # (M, 2) world points of the planned route
         self._route_next = 0  # index of the route point nearest the ego so far
+        self._ego: np.ndarray | None = None  # the newest rendered ego box, for colorize
 
     def reset(self) -> None:
         self._frames = []
+        self._ego = None
         self.set_route(None)
 
     def set_route(self, points: np.ndarray | None) -> None:
@@ -207,6 +209,7 @@ class BirdviewRenderer:
     def render(self, scene: Scene) -> np.ndarray:
         spec, size = self.spec, self.spec.size
         out = np.zeros((len(self.names), size, size), np.uint8)
+        self._ego = scene.ego
         to_bev = self._world_to_bev(scene.ego)
         static = cv2.warpAffine(
             self.raster.image,
@@ -320,25 +323,32 @@ class BirdviewRenderer:
         return lanes.lane_light[guarded], np.stack([p - half, p + half], axis=1)
 
     # ------------------------------------------------------------------ for people
+    EGO_COLOUR = (230, 230, 60)
+
     def colorize(self, obs: np.ndarray) -> np.ndarray:
-        """RGB rendering of an observation (newest history frame), for previews and videos."""
-        size = self.spec.size
+        """RGB rendering of an observation (newest history frame), for previews and videos. The ego is
+        drawn on top even when the spec has no "ego" channel (a policy may leave it implicit; a person's
+        picture shows it), from the newest rendered scene's box."""
+        size, newest = self.spec.size, self.spec.history[-1]
         img = np.zeros((size, size, 3), np.uint8)
         layers = [
             ("road", (70, 70, 70)),
             ("lane_broken", (200, 200, 200)),
             ("lane_solid", (255, 255, 255)),
             ("route", (40, 90, 160)),
-            (f"walkers@{self.spec.history[-1]:g}s", (255, 0, 255)),
-            (f"vehicles@{self.spec.history[-1]:g}s", (0, 160, 255)),
-            (f"lights_green@{self.spec.history[-1]:g}s", (0, 220, 0)),
-            (f"lights_yellow@{self.spec.history[-1]:g}s", (240, 220, 0)),
-            (f"lights_red@{self.spec.history[-1]:g}s", (230, 0, 0)),
-            ("ego", (230, 230, 60)),
+            (f"walkers@{newest:g}s", (255, 0, 255)),
+            (f"vehicles@{newest:g}s", (0, 160, 255)),
+            (f"lights_green@{newest:g}s", (0, 220, 0)),
+            (f"lights_yellow@{newest:g}s", (240, 220, 0)),
+            (f"lights_red@{newest:g}s", (230, 0, 0)),
+            ("ego", self.EGO_COLOUR),
         ]
         for name, color in layers:
             if name in self.index:
                 img[obs[self.index[name]] > 0] = color
+        if "ego" not in self.index and self._ego is not None:
+            corners = self._apply(self._world_to_bev(self._ego), box_corners(self._ego)[0])
+            cv2.fillPoly(img, [corners], self.EGO_COLOUR)
         return img
 
 
