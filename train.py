@@ -276,12 +276,15 @@ def main(argv=None) -> int:
     if args.restore:
         tuner = tune.Tuner.restore(
             str(run_dir) if run_dir else f"{storage}/{name}",
-            trainable=tr.algorithm,
+            trainable=algo_config.algo_class,
             resume_errored=True,
             param_space=algo_config,
         )
     else:
-        tuner = tune.Tuner(tr.algorithm, param_space=algo_config, run_config=run_config)
+        # The class, not its name: Tune resolves a name by importing every RLlib algorithm, and
+        # DreamerV3's debug module then makes and resets a CartPole whose float64 observation
+        # gymnasium reports as "not within the observation space" (not our env's).
+        tuner = tune.Tuner(algo_config.algo_class, param_space=algo_config, run_config=run_config)
     results = tuner.fit()
     best = results[0]
     if best.error:
