@@ -17,7 +17,7 @@ help:
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
 	@echo "make lint            ruff"
-	@echo "make preview         bev.png + bev_map.png: the bird's-eye view of TOWN"
+	@echo "make preview         runs/preview/bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
 	@echo "make carla-smoke     with CARLA_ROOT set: launch CARLA, 20 vehicles, 200 frames with BEV; FPS, restarts"
 	@echo "make ami             build the CARLA AMI with Packer (AWS); records its id for terraform"
@@ -64,7 +64,7 @@ demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)
 
 preview: $(STAMP)
-	$(PY) -m carla_env.preview --town $(TOWN) --out bev.png
+	$(PY) -m carla_env.preview --town $(TOWN)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"

@@ -292,12 +292,15 @@ def fit(args, config, backend, algo_config, name: str, storage: str, run_dir: Pa
     if args.restore:
         tuner = tune.Tuner.restore(
             str(run_dir) if run_dir else f"{storage}/{name}",
-            trainable=tr.algorithm,
+            trainable=algo_config.algo_class,
             resume_errored=True,
             param_space=algo_config,
         )
     else:
-        tuner = tune.Tuner(tr.algorithm, param_space=algo_config, run_config=run_config)
+        # The class, not its name: Tune resolves a name by importing every RLlib algorithm, and
+        # DreamerV3's debug module then makes and resets a CartPole whose float64 observation
+        # gymnasium reports as "not within the observation space" (not our env's).
+        tuner = tune.Tuner(algo_config.algo_class, param_space=algo_config, run_config=run_config)
     results = tuner.fit()
     best = results[0]
     if stop_requested.is_set() or (not best.error and not best.metrics.get("done", False)):

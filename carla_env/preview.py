@@ -1,6 +1,6 @@
 """Look at a town through the bird's-eye view: a whole-map image and a hero-centred frame.
 
-python -m carla_env.preview --town GridTown01 --out bev.png   # writes bev.png and bev_map.png
+python -m carla_env.preview --town GridTown01   # writes runs/preview/bev.png and bev_map.png
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from carla_env.maps import TownError, load_town
 from carla_env.maps.route import plan_route
 from carla_env.sensors import BirdviewRenderer
 
+DEFAULT_OUT = Path("runs/preview/bev.png")  # under runs/, which git ignores
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -26,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         "--town", default="GridTown01", help="generated town, grid:..., .xodr path or CARLA town"
     )
     parser.add_argument(
-        "--out", default="bev.png", help="hero frame PNG; the map goes beside it as *_map.png"
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="hero frame PNG; the map goes beside it as *_map.png (default: %(default)s, git-ignored)",
     )
     parser.add_argument("--vehicles", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=5.0, help="simulated before the snapshot")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.imwrite(str(out), frame[:, :, ::-1])
     map_path = out.with_name(out.stem + "_map.png")
     cv2.imwrite(str(map_path), town_image(renderer, world.birdview_scene(hero))[:, :, ::-1])
-    print(f"wrote {out} ({frame.shape[1]}x{frame.shape[0]}) and {map_path}")
+    print(f"wrote {out.resolve()} ({frame.shape[1]}x{frame.shape[0]}) and {map_path.resolve()}")
     return 0
 
 

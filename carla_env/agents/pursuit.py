@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-MAX_WHEEL_ANGLE = math.radians(70.0)  # CARLA's default max_steer_angle for front wheels
+from carla_env.vehicle import MAX_WHEEL_ANGLE
 
 
 def pure_pursuit_steer(transform, target_x: float, target_y: float, wheelbase: float) -> float:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-MAX_WHEEL_ANGLE = np.radians(70.0)  # CARLA's default max_steer_angle for front wheels
+from carla_env.vehicle import MAX_WHEEL_ANGLE
+
 MAX_LATERAL_ACCEL = 8.0  # m/s^2: tyre limit that caps the wheel angle at speed
 MAX_ACCEL = 4.5  # m/s^2 at standstill, full throttle
 TOP_SPEED = 50.0  # m/s: power limit -> acceleration falls to 0 here

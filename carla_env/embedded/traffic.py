@@ -6,22 +6,26 @@ State is struct-of-arrays; one compiled kernel call advances every vehicle.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 
-from carla_env.embedded.kernels import traffic_step
+from carla_env.embedded.kernels import DriverModel, Fleet, LaneNetwork, traffic_step_from_fields
 from carla_env.maps.lane_graph import LaneGraph
 
 PLAN = 4  # lanes of look-ahead per vehicle (current + 3)
-IDM = {
-    "accel": 1.5,  # m/s^2
-    "decel": 3.0,  # comfortable braking, m/s^2
-    "headway": 1.2,  # s
-    "min_gap": 2.5,  # m bumper to bumper at standstill
-    "max_decel": 9.0,  # physical limit
-    "request_distance": 12.0,  # m before a junction entry where a vehicle asks for right-of-way
-    "merge_horizon": 30.0,  # m before a merge where vehicles order themselves
-    "yellow_decel": 4.0,  # a vehicle that cannot stop at this deceleration drives through yellow
-}
+DRIVER = DriverModel(
+    accel=1.5,
+    decel=3.0,
+    headway=1.2,
+    min_gap=2.5,
+    max_decel=9.0,
+    request_distance=12.0,
+    merge_horizon=30.0,
+    yellow_decel=4.0,
+)
+_DRIVER_FIELDS = tuple(DRIVER)
+_fleet_fields = attrgetter(*Fleet._fields)  # a Traffic's arrays as Fleet's fields, in one C call
 LATERAL_COMFORT = 2.5  # m/s^2 in curves
 CONFLICT_DISTANCE = 3.0  # m: junction lanes whose centre lines come this close conflict
 
@@ -48,13 +52,23 @@ class LaneTables:
             curv[lane] = dyaw.max() / g.lane_ds[lane]
         self.curve_speed = np.sqrt(LATERAL_COMFORT / np.maximum(curv, 1e-4))
         self.speed_limit = g.lane_speed_limit.astype(np.float64)
-        self.conflict = self._conflicts(g)
-        self.idm = np.array(list(IDM.values()), np.float64)
-        # int64/bool copies in the layout the kernel takes, made once rather than every tick.
-        self.junction = g.is_junction.copy()
-        self.light = g.lane_light.astype(np.int64)
-        self.lane_start = g.lane_start.astype(np.int64)
-        self.lane_count = g.lane_count.astype(np.int64)
+        # In the layout the kernels take (int64/bool copies), made once rather than every tick.
+        self.network = LaneNetwork(
+            length=g.lane_length,
+            junction=g.is_junction.copy(),
+            light=g.lane_light.astype(np.int64),
+            succ_ptr=self.succ_ptr,
+            succ_idx=self.succ_idx,
+            curve_speed=self.curve_speed,
+            speed_limit=self.speed_limit,
+            conflict=self._conflicts(g),
+            lane_start=g.lane_start.astype(np.int64),
+            lane_count=g.lane_count.astype(np.int64),
+            lane_ds=g.lane_ds,
+            points=g.points,
+            yaw=g.yaw,
+        )
+        self.network_fields = tuple(self.network)
 
     @staticmethod
     def _conflicts(g: LaneGraph) -> np.ndarray:
@@ -78,7 +92,7 @@ class LaneTables:
 class Traffic:
     """NPC vehicles that follow lanes."""
 
-    _ROW_FIELDS = ("plan", "s", "v", "accel", "half_len", "speed_factor", "granted", "xyz", "yaw")
+    _ROW_FIELDS = Fleet._fields  # one array each, a row per vehicle
 
     def __init__(self, tables: LaneTables, rng: np.random.Generator) -> None:
         self.t = tables
@@ -134,36 +148,19 @@ class Traffic:
         """Advance all NPCs by dt. `other_*`: road users outside this model (heroes) located on lanes."""
         if self.count == 0:
             return
-        t, g = self.t, self.t.graph
-        traffic_step(
-            dt,
-            self.plan,
-            self.s,
-            self.v,
-            self.accel,
-            self.half_len,
-            self.speed_factor,
-            self.granted,
-            self.rng.random(self.count),
+        others = (
             other_lane.astype(np.int64),
             other_s.astype(np.float64),
             other_v.astype(np.float64),
             other_half_len.astype(np.float64),
+        )  # as OtherRoadUsers' fields
+        rand = self.rng.random(self.count)
+        traffic_step_from_fields(
+            dt,
+            _fleet_fields(self),
+            others,
+            self.t.network_fields,
+            _DRIVER_FIELDS,
             light_state.astype(np.int64),
-            g.lane_length,
-            t.junction,
-            t.light,
-            t.succ_ptr,
-            t.succ_idx,
-            t.curve_speed,
-            t.speed_limit,
-            t.conflict,
-            t.idm,
-            t.lane_start,
-            t.lane_count,
-            g.lane_ds,
-            g.points,
-            g.yaw,
-            self.xyz,
-            self.yaw,
+            rand,
         )

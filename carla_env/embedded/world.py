@@ -395,7 +395,7 @@ class EmbeddedWorld:
 
     def _locate_free(self) -> None:
         """Lane, distance along it, road height and on-lane flag of each hero (one or a few)."""
-        f, g, t = self._free, self.town.lanes, self._tables
+        f, g, t = self._free, self.town.lanes, self._tables.network
         for r in range(len(f.x)):
             p = (f.x[r], f.y[r], f.z[r])
             lane, s, _ = g.locate(p, f.yaw[r])

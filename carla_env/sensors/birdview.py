@@ -204,9 +204,11 @@ class BirdviewRenderer:
         self._stop_lines = self._stop_line_segments(lanes)
         self.route: np.ndarray | None = None  # (M, 2) world points of the planned route
         self._route_next = 0  # index of the route point nearest the ego so far
+        self._ego: np.ndarray | None = None  # the newest rendered ego box, for colorize
 
     def reset(self) -> None:
         self._frames = []
+        self._ego = None
         self.set_route(None)
 
     def set_route(self, points: np.ndarray | None) -> None:
@@ -224,6 +226,7 @@ class BirdviewRenderer:
     def render(self, scene: Scene) -> np.ndarray:
         spec, size = self.spec, self.spec.size
         out = np.zeros((len(self.names), size, size), np.uint8)
+        self._ego = scene.ego
         to_bev = self._world_to_bev(scene.ego)
         static = cv2.warpAffine(
             self.raster.image,
@@ -338,12 +341,21 @@ class BirdviewRenderer:
 
     # ------------------------------------------------------------------ for people
     def colorize(self, obs: np.ndarray) -> np.ndarray:
-        """RGB rendering of an observation (newest history frame), for previews and videos."""
-        return colorize(self.spec, obs)
+        """RGB rendering of an observation (newest history frame), for previews and videos. The ego is
+        drawn even when the spec has no "ego" channel (a policy may leave it implicit; a person's
+        picture shows it), from the newest rendered scene's box."""
+        corners = None
+        if self._ego is not None:
+            corners = self._apply(self._world_to_bev(self._ego), box_corners(self._ego)[0])
+        return colorize(self.spec, obs, corners)
 
 
-def colorize(spec: BirdviewSpec, obs: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB rendering of a (C, H, W) observation of `spec` (its newest history frame)."""
+EGO_COLOUR = (230, 230, 60)
+
+
+def colorize(spec: BirdviewSpec, obs: np.ndarray, ego_corners: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB rendering of a (C, H, W) observation of `spec` (its newest history frame);
+    `ego_corners` (4, 2) pixels fill the ego where the spec has no ego channel."""
     index = {n: i for i, n in enumerate(spec.channel_names())}
     img = np.zeros((spec.size, spec.size, 3), np.uint8)
     newest = f"{spec.history[-1]:g}s"
@@ -357,11 +369,13 @@ def colorize(spec: BirdviewSpec, obs: np.ndarray) -> np.ndarray:
         (f"lights_green@{newest}", (0, 220, 0)),
         (f"lights_yellow@{newest}", (240, 220, 0)),
         (f"lights_red@{newest}", (230, 0, 0)),
-        ("ego", (230, 230, 60)),
+        ("ego", EGO_COLOUR),
     ]
     for name, color in layers:
         if name in index:
             img[obs[index[name]] > 0] = color
+    if "ego" not in index and ego_corners is not None:
+        cv2.fillPoly(img, [np.asarray(ego_corners, np.int32)], EGO_COLOUR)
     return img
 
 
