@@ -422,3 +422,52 @@ def test_stream_sensors_are_mounted_configured_and_matched_by_frame():
     sensor.destroy()
     camera.stop.assert_called_once_with()
     camera.destroy.assert_called_once_with()
+
+
+def _event_sensor(blueprint_id="sensor.other.lane_invasion"):
+    from carla_env.sensors.factory import EventSensor
+
+    world = create_autospec(carla.World, instance=True)
+    sensor_actor = create_autospec(carla.Sensor, instance=True)
+    world.spawn_actor.return_value = sensor_actor
+    sensor = EventSensor("lanes", world, create_autospec(carla.Vehicle, instance=True), blueprint_id)
+    return sensor, sensor_actor.listen.call_args.args[0]
+
+
+def test_an_event_that_arrives_after_its_frame_was_read_comes_with_the_next_read():
+    """LibCarla computes lane invasions after world.tick() returns: frame 5's event lands after read(5)."""
+    import threading
+
+    sensor, deliver = _event_sensor()
+    deliver(SimpleNamespace(frame=4, kind="early"))
+    assert [e.kind for e in sensor.read(5)[1]] == ["early"]
+    late = threading.Thread(target=deliver, args=(SimpleNamespace(frame=5, kind="late"),))
+    late.start()
+    late.join()
+    deliver(SimpleNamespace(frame=7, kind="future"))  # a frame not yet read stays for its own read
+    deliver(SimpleNamespace(frame=6, kind="on time"))
+    assert [(e.frame, e.kind) for e in sensor.read(6)[1]] == [(5, "late"), (6, "on time")]
+    assert [e.kind for e in sensor.read(7)[1]] == ["future"]
+    assert sensor.read(8) == (8, [])
+
+
+def test_no_event_is_lost_while_the_callback_thread_appends_during_reads():
+    import threading
+
+    sensor, deliver = _event_sensor("sensor.other.collision")
+    total, frames = 20000, 200
+    got = []
+
+    def stream():  # LibCarla's thread: events of frames being read now, a little late, out of order
+        for k in range(total):
+            deliver(SimpleNamespace(frame=(k * frames) // total + (k % 3) - 1))
+
+    producer = threading.Thread(target=stream)
+    producer.start()
+    frame = 0
+    while producer.is_alive():
+        got += sensor.read(frame)[1]
+        frame += 1
+    producer.join()
+    got += sensor.read(frame + frames)[1]
+    assert len(got) == total

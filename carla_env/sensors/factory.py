@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import carla
@@ -18,19 +19,30 @@ POSE_KEYS = ("x", "y", "z", "roll", "pitch", "yaw")  # mounting on the hero, not
 
 
 class EventSensor:
-    """A CARLA event sensor (collision, lane invasion): the events of each frame, matched by frame id."""
+    """A CARLA event sensor (collision, lane invasion): every unread event up to the frame asked for.
+
+    Events come on LibCarla's threads and late: lane invasions are computed on the client after
+    `world.tick()` returns, collisions arrive on their own stream. An event of frame N that lands after
+    read(N) is returned by read(N+1), never dropped; a lock guards the list the callback appends to.
+    """
 
     def __init__(self, name: str, world, hero, blueprint_id: str) -> None:
         self.name = name
         bp = world.get_blueprint_library().find(blueprint_id)
         self.actor = world.spawn_actor(bp, carla.Transform(), attach_to=hero)
-        self._events: dict[int, list] = {}
-        self.actor.listen(lambda event: self._events.setdefault(event.frame, []).append(event))
+        self._lock = threading.Lock()
+        self._unread: list = []
+        self.actor.listen(self._on_event)
+
+    def _on_event(self, event) -> None:
+        with self._lock:
+            self._unread.append(event)
 
     def read(self, frame: int) -> tuple[int, list]:
-        events = self._events.pop(frame, [])
-        self._events = {f: e for f, e in self._events.items() if f > frame}  # drop stale frames
-        return frame, events
+        with self._lock:
+            due = [e for e in self._unread if e.frame <= frame]
+            self._unread = [e for e in self._unread if e.frame > frame]
+        return frame, sorted(due, key=lambda e: e.frame)
 
     def destroy(self) -> None:
         if self.actor.is_alive:
@@ -45,8 +57,6 @@ class StreamSensor:
     def __init__(
         self, name: str, world, hero, blueprint_id: str, attributes: dict, timeout: float = 10.0
     ) -> None:
-        import threading
-
         self.name, self.timeout = name, timeout
         bp = world.get_blueprint_library().find(blueprint_id)
         for key, value in attributes.items():
