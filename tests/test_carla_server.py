@@ -231,12 +231,22 @@ def test_core_goes_synchronous_before_the_first_tick_and_drives_npcs_on_its_tm_p
     core.reset(seed=5)
     client = clients[0]
     world = client.world
-    client.set_timeout.assert_called_once_with(10.0)
     client.generate_opendrive_world.assert_called_once()  # a generated town goes to the server as OpenDRIVE
+    # LibCarla bounds a map load by the client's time-out: 300 s around it, 10 s for every other call.
+    timeouts = [c for c in client.mock_calls if c[0] in ("set_timeout", "generate_opendrive_world")]
+    assert [(c[0], c.args[0] if c[0] == "set_timeout" else None) for c in timeouts] == [
+        ("set_timeout", 10.0),
+        ("set_timeout", 300.0),
+        ("generate_opendrive_world", None),
+        ("set_timeout", 10.0),
+    ]
+    params = client.generate_opendrive_world.call_args.args[1]
+    assert not params.enable_pedestrian_navigation  # no walkers asked for: no slow navigation mesh
     names = [c[0] for c in world.mock_calls]
     assert names.index("apply_settings") < names.index("tick")
     settings = world.apply_settings.call_args[0][0]
     assert settings.synchronous_mode and settings.fixed_delta_seconds == pytest.approx(0.05)
+    assert settings.substepping and settings.max_substeps * settings.max_substep_delta_time >= 0.05 - 1e-9
     assert settings.no_rendering_mode  # no camera
     client.get_trafficmanager.assert_called_with(BASE + 20)
     client.tm.set_synchronous_mode.assert_called_with(True)
@@ -471,3 +481,154 @@ def test_no_event_is_lost_while_the_callback_thread_appends_during_reads():
     producer.join()
     got += sensor.read(frame + frames)[1]
     assert len(got) == total
+
+
+@pytest.mark.parametrize("timestep", [0.01, 0.05, 0.1, 0.25, 0.5])
+def test_substep_settings_cover_the_timestep_within_carlas_limits(tmp_path, timestep):
+    """CARLA's physics needs fixed_delta_seconds <= max_substep_delta_time * max_substeps (<= 16)."""
+    clients = []
+    config = core_config(launch=False, port=BASE).model_copy(update={"timestep": timestep})
+    from carla_env.maps.town import load_town
+
+    CarlaCore(config, client_factory=mock_client_factory(load_town("GridTown03").map, clients)).reset(seed=0)
+    s = clients[0].world.apply_settings.call_args.args[0]
+    assert s.substepping and 1 <= s.max_substeps <= 16 and s.max_substep_delta_time <= 0.01 + timestep / 16
+    assert s.fixed_delta_seconds <= s.max_substep_delta_time * s.max_substeps + 1e-9
+
+
+def test_walkers_get_a_navigation_mesh_in_a_generated_town(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, walkers=2)
+    clients[0].world.get_random_location_from_navigation.return_value = None  # no sidewalk in the mock
+    core.reset(seed=0)
+    assert clients[0].generate_opendrive_world.call_args.args[1].enable_pedestrian_navigation
+
+
+def test_a_map_load_that_times_out_relaunches_and_retries_once(tmp_path):
+    from carla_env.maps.town import load_town
+
+    clients = []
+    factory = mock_client_factory(load_town("GridTown03").map, [])
+
+    def flaky(host, port):  # the first server's map load times out, the next one's works
+        client = factory(host, port)
+        clients.append(client)
+        if len(clients) == 1:
+            client.generate_opendrive_world.side_effect = RuntimeError(
+                "failed to connect to newly created map"
+            )
+        return client
+
+    core = CarlaCore(core_config(launch=False, port=BASE), client_factory=flaky)
+    core.reset(seed=0)
+    assert len(clients) == 2 and core.health["restarts"] == 1
+    clients[0].tm.shut_down.assert_not_called()  # no TM was made on the failed client
+    assert core.tick(carla.VehicleControl()) == 42 and core.hero is clients[1].hero
+
+
+def test_a_hung_walker_tick_in_reset_relaunches_and_a_second_failure_is_a_clear_error(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, walkers=2)
+    original = core._client_factory  # noqa: SLF001
+
+    def hung(host, port):  # every server hangs in the tick that starts the walkers' controllers
+        client = original(host, port)
+        client.world.get_random_location_from_navigation.return_value = carla.Location(1, 2, 0)
+        client.world.tick.side_effect = RuntimeError("time-out of 10000ms while waiting for the simulator")
+        return client
+
+    core._client_factory = hung  # noqa: SLF001
+    clients[0].world.get_random_location_from_navigation.return_value = carla.Location(1, 2, 0)
+    clients[0].world.tick.side_effect = RuntimeError("time-out of 10000ms while waiting for the simulator")
+    with pytest.raises(
+        ServerError, match=r"CARLA slot 0: reset failed again on a relaunched server: .*time-out"
+    ):
+        core.reset(seed=0)
+    assert core.health["restarts"] == 1  # relaunched once, not forever
+    clients[0].tm.shut_down.assert_called_once_with()  # the old TM went before its client
+
+
+def test_a_server_that_died_between_episodes_is_relaunched_by_reset(fake, tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, carla_root=str(FAKE_ROOT), port=BASE + 15, tm_port=BASE + 35)
+    core.reset(seed=1)
+    first = core.server.pid
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: not core.server.alive(), 5)
+    clients[0].apply_batch_sync.side_effect = RuntimeError(
+        "rpc::rpc_error during call in function apply_batch"
+    )
+    core.reset(seed=2)  # neither a plain RuntimeError nor SimulatorRestarted out of reset
+    assert core.server.alive() and core.server.pid != first and core.health["restarts"] == 1
+    assert len(clients) == 2 and core.hero is clients[1].hero
+    clients[0].tm.shut_down.assert_called_once_with()
+    core.close()
+    assert not any(alive(p) for p in fake())
+
+
+def test_a_relaunch_shuts_the_old_traffic_manager_down_before_its_new_client(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, tick_timeout=2.0)
+    core.reset(seed=1)
+    old_tm = clients[0].tm
+    old_tm.shut_down.side_effect = lambda: clients.append("tm shut down")
+    clients[0].world.tick.side_effect = RuntimeError("time-out")
+    with pytest.raises(SimulatorRestarted):
+        core.tick(carla.VehicleControl())
+    assert clients[1] == "tm shut down" and core.tm is clients[2].tm
+
+
+def test_traffic_keeps_clear_of_the_heros_spawn_transform_not_its_unticked_location(tmp_path):
+    """Right after spawn a CARLA actor's get_location() is (0, 0, 0) until the next tick."""
+    clients = []
+    config = core_config(launch=False, port=BASE).model_copy(
+        update={"traffic": core_config().traffic.model_copy(update={"vehicles": 500})}
+    )
+    from carla_env.maps.town import load_town
+
+    town = load_town("GridTown03")
+    core = CarlaCore(config, client_factory=mock_client_factory(town.map, clients))
+    clients[0].hero.get_location.return_value = carla.Location(0, 0, 0)
+    spawn_at = town.spawn_points(seed=1)[3]
+    core.reset(seed=0, hero_transform=spawn_at)
+    placed = [c.transform.location for c in clients[0].apply_batch_sync.call_args_list[0].args[0]]
+    assert placed and min(p.distance(spawn_at.location) for p in placed) > 10.0
+
+
+NVIDIA_SMI_L = """GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa-0000)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbb-1111)
+  MIG 3g.40gb     Device  0: (UUID: MIG-cccc-2222)
+  MIG 3g.40gb     Device  1: (UUID: MIG-dddd-3333)
+"""
+
+
+def test_gpu_and_mig_uuids_in_cuda_visible_devices_name_their_physical_gpu(tmp_path, monkeypatch):
+    from carla_env.carla_server.core import visible_gpus
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat <<'END'\n{NVIDIA_SMI_L}END\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-cccc-2222")
+    assert visible_gpus() == [1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb-1111,GPU-aaaa-0000")
+    assert visible_gpus() == [1, 0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    assert visible_gpus() == [2, 0]
+
+
+def test_an_unresolvable_gpu_uuid_launches_without_an_adapter_flag(fake, tmp_path, monkeypatch):
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # a driver that lists nothing
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-not-listed")
+    record = tmp_path / "argv"
+    monkeypatch.setenv("FAKE_CARLA_RECORD", str(record))
+    clients = []
+    core = make_core(tmp_path, clients, carla_root=str(FAKE_ROOT), port=BASE + 18, tm_port=BASE + 33)
+    try:
+        assert "-graphicsadapter" not in record.read_text()
+    finally:
+        core.close()
