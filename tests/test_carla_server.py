@@ -632,3 +632,19 @@ def test_an_unresolvable_gpu_uuid_launches_without_an_adapter_flag(fake, tmp_pat
         assert "-graphicsadapter" not in record.read_text()
     finally:
         core.close()
+
+
+def test_env_runner_restarts_are_bounded_and_only_for_the_carla_backend():
+    """The outer net for a LibCarla abort; an embedded env's error is deterministic and fails fast."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from carla_env.config import Config
+    from train import runner_fault_tolerance
+
+    carla_run = Config(simulator={"backend": "carla", "carla": {"runner_restarts": 3}})
+    algo = PPOConfig().fault_tolerance(**runner_fault_tolerance(carla_run))
+    assert algo.restart_failed_env_runners and algo.max_num_env_runner_restarts == 3
+    embedded = PPOConfig().fault_tolerance(
+        **runner_fault_tolerance(Config(simulator={"backend": "embedded"}))
+    )
+    assert not embedded.restart_failed_env_runners
