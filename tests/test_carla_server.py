@@ -16,7 +16,7 @@ import carla
 import pytest
 
 from carla_env.carla_server.core import CarlaCore
-from carla_env.carla_server.ports import PortError, is_free, pick_ports
+from carla_env.carla_server.ports import PortError, is_free, lease_ports, pick_ports
 from carla_env.carla_server.server import CarlaServer, ServerError, server_command
 from carla_env.config import SimulatorConfig
 from carla_env.simulator import SimulatorRestarted
@@ -648,3 +648,49 @@ def test_env_runner_restarts_are_bounded_and_only_for_the_carla_backend():
         **runner_fault_tolerance(Config(simulator={"backend": "embedded"}))
     )
     assert not embedded.restart_failed_env_runners
+
+
+def test_two_envs_of_one_runner_launching_at_once_get_their_own_servers(fake, tmp_path, monkeypatch):
+    """RLlib gives every env of a runner the same slot; both pick ports before either server binds."""
+    import threading
+
+    monkeypatch.setenv("FAKE_CARLA_MODE", "slow:1.0")
+    cores, errors = [], []
+
+    def launch():
+        try:
+            cores.append(make_core(tmp_path, [], carla_root=str(FAKE_ROOT), port=BASE + 3, tm_port=BASE + 23))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=launch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors
+        a, b = (c.server for c in cores)
+        assert a.ports.rpc != b.ports.rpc and a.ports.tm != b.ports.tm
+        assert a.alive() and b.alive()
+    finally:
+        for c in cores:
+            c.close()
+    # the leases went with the servers: the slot's own ports are free for the next launch
+    lease = lease_ports(BASE + 3, BASE + 23, 0)
+    assert lease.ports == pick_ports(BASE + 3, BASE + 23, 0)
+    lease.release()
+
+
+def test_attaching_several_envs_of_a_runner_to_one_server_is_refused_at_pin_time():
+    from carla_env.backends import pin_backend
+    from carla_env.config import Config, ConfigError
+
+    config = Config(
+        simulator={"backend": "carla", "carla": {"launch": False}}, training={"envs_per_runner": 2}
+    )
+    with pytest.raises(ConfigError, match=r"simulator\.carla\.launch: false .*training\.envs_per_runner: 2"):
+        pin_backend(config, "run.yaml")
+    pin_backend(
+        config.model_copy(update={"training": config.training.model_copy(update={"envs_per_runner": 1})})
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 import carla
 import numpy as np
 
-from carla_env.carla_server.ports import pick_ports
+from carla_env.carla_server.ports import lease_ports
 from carla_env.carla_server.server import CarlaServer, ServerError, carla_probe, server_command
 from carla_env.config import SimulatorConfig
 from carla_env.maps.town import load_town, resolve_town
@@ -113,11 +113,17 @@ class CarlaCore:
     def _connect(self) -> None:
         sc = self.server_config
         if sc.launch:
-            ports = pick_ports(sc.port, sc.tm_port, self.slot)
             gpus = sc.gpus or visible_gpus()
             gpu = gpus[self.slot % len(gpus)] if gpus else None  # None: the engine picks its adapter
-            cmd = server_command(self._root, ports, sc.quality, gpu, self.rendering, sc.extra_args)
-            self.server = CarlaServer(cmd, ports, self._log_dir / f"carla_{ports.rpc}.log", sc.host)
+            lease = lease_ports(sc.port, sc.tm_port, self.slot)
+            ports = lease.ports
+            try:
+                cmd = server_command(self._root, ports, sc.quality, gpu, self.rendering, sc.extra_args)
+            except ServerError:
+                lease.release()
+                raise
+            log_path = self._log_dir / f"carla_{ports.rpc}.log"
+            self.server = CarlaServer(cmd, ports, log_path, sc.host, lease=lease)
             self.server.start()
             self.server.wait_ready(sc.ready_timeout, self._probe)
             rpc, tm_port = ports.rpc, ports.tm

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from carla_env.carla_server.ports import Ports, is_free
+from carla_env.carla_server.ports import PortLease, Ports, is_free
 
 LAUNCHER = "CarlaUE4.sh"
 _LIVE: weakref.WeakSet[CarlaServer] = weakref.WeakSet()
@@ -66,8 +66,16 @@ def server_command(
 
 
 class CarlaServer:
-    def __init__(self, command: list[str], ports: Ports, log_path: Path, host: str = "localhost") -> None:
+    def __init__(
+        self,
+        command: list[str],
+        ports: Ports,
+        log_path: Path,
+        host: str = "localhost",
+        lease: PortLease | None = None,
+    ) -> None:
         self.command, self.ports, self.log_path, self.host = command, ports, Path(log_path), host
+        self.lease = lease  # the ports' lock files, released once the group is gone
         self.process: subprocess.Popen | None = None
         self._reaper: subprocess.Popen | None = None
 
@@ -169,6 +177,8 @@ class CarlaServer:
             self._reaper.kill()
             self._reaper.wait()
         self._reaper = None
+        if self.lease is not None:
+            self.lease.release()
 
 
 def _signal_group(pgid: int, sig: int) -> None:

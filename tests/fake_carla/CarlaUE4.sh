@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for CarlaUE4.sh: takes its flags, binds the RPC port like the server, and misbehaves on
 request (FAKE_CARLA_MODE): ok (serve), exit (exit 3 at start), hang (never answer), die:N (serve N s,
-then crash). Like the real launcher it runs a child (the "engine"), so a kill must take the group."""
+then crash), slow:N (a cold start: bind only after N s). Like the real launcher it runs a child (the "engine"), so a kill must take the group."""
 
 import os
 import socket
@@ -22,8 +22,12 @@ with open(os.environ.get("FAKE_CARLA_PIDS", os.devnull), "a") as f:
     f.write(f"{os.getpid()} {engine.pid}\n")
 if mode == "hang":
     time.sleep(3600)
+if mode.startswith("slow:"):
+    time.sleep(float(mode.split(":")[1]))
 srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as CARLA's asio acceptor: TIME_WAIT won't block a relaunch
+srv.setsockopt(
+    socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+)  # as CARLA's asio acceptor: TIME_WAIT won't block a relaunch
 srv.bind(("127.0.0.1", int(args["carla-rpc-port"])))
 srv.listen(16)
 srv.settimeout(0.1)
