@@ -91,6 +91,7 @@ def test_server_command_is_headless_with_its_ports_and_gpu():
     assert cmd[0].endswith("CarlaUE4.sh") and "-nullrhi" in cmd and "-opengl" not in cmd
     assert f"-carla-rpc-port={ports.rpc}" in cmd and f"-carla-streaming-port={ports.streaming}" in cmd
     assert {"-quality-level=Epic", "-nosound", "-graphicsadapter=2", "-benchmark"} <= set(cmd)
+    assert {"-stdout", "-FullStdOutLogOutput"} <= set(cmd)  # the engine's log into this server's own file
     assert "-RenderOffScreen" in server_command(str(FAKE_ROOT), ports, "Low", None, True, [])
     with pytest.raises(ServerError, match="no CarlaUE4.sh in /nowhere; set CARLA_ROOT"):
         server_command("/nowhere", ports, "Low", None, False, [])
@@ -111,6 +112,18 @@ def test_stop_kills_the_servers_whole_group_and_nothing_else(fake, tmp_path):
         assert bystander.poll() is None, "a process that is not ours was killed"
     finally:
         bystander.kill()
+
+
+def test_stop_gives_the_engine_behind_the_launcher_its_grace_period(fake, tmp_path, monkeypatch):
+    """CarlaUE4.sh exits at SIGTERM at once; the engine it started must still get time to shut down."""
+    clean_exit = tmp_path / "engine-exit"
+    monkeypatch.setenv("FAKE_CARLA_ENGINE_EXIT", str(clean_exit))
+    server = new_server(tmp_path)
+    server.start()
+    server.wait_ready(10, tcp_probe)
+    server.stop(grace=5.0)
+    assert clean_exit.read_text() == "clean"
+    assert not any(alive(p) for p in fake())
 
 
 def test_a_server_that_exits_at_start_is_a_one_line_error(fake, tmp_path, monkeypatch):
@@ -694,3 +707,39 @@ def test_attaching_several_envs_of_a_runner_to_one_server_is_refused_at_pin_time
     pin_backend(
         config.model_copy(update={"training": config.training.model_copy(update={"envs_per_runner": 1})})
     )
+
+
+def test_the_birdview_scene_puts_boxes_at_their_centre_and_skips_lights_without_a_numeric_id():
+    from carla_env.maps.town import load_town
+    from carla_env.sensors.scene import scene_from_world
+
+    lanes = load_town("GridTown03").lanes
+    known = int(lanes.light_id[0])
+
+    def actor(kind, yaw=0.0, box_at=(0.0, 0.0, 0.0)):
+        a = create_autospec(kind, instance=True)
+        a.id = id(a)
+        a.get_transform.return_value = carla.Transform(carla.Location(10, 20, 0), carla.Rotation(yaw=yaw))
+        a.get_velocity.return_value = carla.Vector3D(0, 0, 0)
+        a.bounding_box = carla.BoundingBox(carla.Location(*box_at), carla.Vector3D(2.0, 1.0, 0.7))
+        return a
+
+    hero = actor(carla.Vehicle)
+    other = actor(carla.Vehicle, yaw=90.0, box_at=(1.5, 0.0, 0.7))  # box ahead of its origin
+    lights = []
+    for opendrive_id, state in (("", carla.TrafficLightState.Green), ("sig-7", carla.TrafficLightState.Red)):
+        light = create_autospec(carla.TrafficLight, instance=True)
+        light.get_opendrive_id.return_value, light.get_state.return_value = opendrive_id, state
+        lights.append(light)
+    lights.append(create_autospec(carla.TrafficLight, instance=True))
+    lights[-1].get_opendrive_id.return_value, lights[-1].get_state.return_value = (
+        str(known),
+        carla.TrafficLightState.Yellow,
+    )
+    by_kind = {"vehicle.*": [hero, other], "walker.*": [], "traffic.traffic_light*": lights}
+    world = create_autospec(carla.World, instance=True)
+    world.get_actors.return_value.filter.side_effect = lambda pattern: by_kind[pattern]
+    scene = scene_from_world(world, hero, lanes)
+    assert scene.vehicles[0][:2] == pytest.approx((10.0, 21.5))  # yaw 90: 1.5 m ahead is +y
+    assert scene.light_states[0] == int(carla.TrafficLightState.Yellow)
+    assert (scene.light_states[1:] == -1).all()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carla_env.carla_server.ports import PortLease, Ports, is_free
+from carla_env.carla_server.reaper import group_alive
 
 LAUNCHER = "CarlaUE4.sh"
 _LIVE: weakref.WeakSet[CarlaServer] = weakref.WeakSet()
@@ -59,6 +60,10 @@ def server_command(
         f"-carla-secondary-port={ports.secondary}",
         f"-quality-level={quality}",
         "-nosound",
+        # The shipping binary logs to CarlaUE4/Saved/Logs, shared by every server: to stdout instead,
+        # which start() sends to this server's own log file.
+        "-stdout",
+        "-FullStdOutLogOutput",
     ]
     if gpu is not None:
         cmd.append(f"-graphicsadapter={gpu}")
@@ -159,15 +164,18 @@ class CarlaServer:
         return total
 
     def stop(self, grace: float = 10.0, port_wait: float = 10.0) -> None:
-        """TERM the group, KILL it after `grace`, then wait (bounded) for its ports to free."""
+        """TERM the group, KILL it after `grace`, then wait (bounded) for its ports to free.
+        The grace is the whole group's: the launcher script exits at once, the engine behind it not."""
         _LIVE.discard(self)
         if self.process is not None:
             pgid = self.process.pid
             _signal_group(pgid, signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the launcher, else the group never looks empty
+                if not group_alive(pgid):
+                    break
+                time.sleep(0.05)
             _signal_group(pgid, signal.SIGKILL)  # stragglers of the group too (the engine behind the script)
             self.process.wait()
             deadline = time.monotonic() + port_wait

@@ -17,7 +17,20 @@ if record:
         f.write(" ".join(sys.argv[1:]) + "\n")
 if mode == "exit":
     sys.exit(3)
-engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+# The engine: with FAKE_CARLA_ENGINE_EXIT=FILE it takes 0.5 s to shut down on SIGTERM, then writes FILE.
+ENGINE = """
+import os, signal, sys, time
+def on_term(*_):
+    time.sleep(0.5)
+    if os.environ.get("FAKE_CARLA_ENGINE_EXIT"):
+        open(os.environ["FAKE_CARLA_ENGINE_EXIT"], "w").write("clean")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("up", flush=True)
+time.sleep(3600)
+"""
+engine = subprocess.Popen([sys.executable, "-c", ENGINE], stdout=subprocess.PIPE)
+engine.stdout.readline()  # its SIGTERM handler is in place
 with open(os.environ.get("FAKE_CARLA_PIDS", os.devnull), "a") as f:
     f.write(f"{os.getpid()} {engine.pid}\n")
 if mode == "hang":
