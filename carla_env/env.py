@@ -96,12 +96,12 @@ class CarlaEnv(gym.Env):
         control = self.experiment.compute_action(action)
         try:
             frame = self.core.tick(control)
+            data = self._read(frame)  # a camera that stopped streaming replaces the server too
         except SimulatorRestarted as e:  # a crashed or hung server was replaced: this episode is over
             self.sensors = {}  # their actors went with the old server
             info = {**self.metrics.summary(), "simulator_restart": str(e), **self.core.stats()}
             return self._last_obs, 0.0, False, True, info
         self._steps += 1
-        data = self._read(frame)
         obs, info = self.experiment.get_observation(data, self.core)
         terminated, truncated = self.experiment.get_done_status(obs, self.core)
         truncated = truncated or self._steps >= self.config.experiment.max_steps

@@ -422,7 +422,9 @@ def test_stream_sensors_are_mounted_configured_and_matched_by_frame():
     from carla_env.config import SensorConfig
 
     attrs = {"image_size_x": 320, "fov": 90, "x": 1.5, "z": 2.4, "pitch": -10}
-    core = SimpleNamespace(backend="carla", sensor_types=CarlaCore.sensor_types, world=world, hero=hero)
+    core = SimpleNamespace(
+        backend="carla", sensor_types=CarlaCore.sensor_types, world=world, hero=hero, restart=None
+    )
     sensor = make_sensor("front", SensorConfig(type="sensor.camera.rgb", **attrs), core, 0.05)
     assert isinstance(sensor, StreamSensor)
     library.find.assert_called_once_with("sensor.camera.rgb")
@@ -743,3 +745,49 @@ def test_the_birdview_scene_puts_boxes_at_their_centre_and_skips_lights_without_
     assert scene.vehicles[0][:2] == pytest.approx((10.0, 21.5))  # yaw 90: 1.5 m ahead is +y
     assert scene.light_states[0] == int(carla.TrafficLightState.Yellow)
     assert (scene.light_states[1:] == -1).all()
+
+
+def test_a_camera_that_stops_streaming_truncates_the_episode_like_a_restart(monkeypatch):
+    """A stream read past its time-out replaces the server (core.restart) and step() truncates."""
+    from carla_env import env as env_module
+    from carla_env.config import load_config
+    from carla_env.embedded.core import EmbeddedCore
+    from carla_env.env import CarlaEnv
+    from carla_env.sensors.factory import StreamSensor
+
+    restarts = []
+
+    def restart(reason):
+        restarts.append(reason)
+        raise SimulatorRestarted(reason)
+
+    monkeypatch.setattr(
+        env_module, "make_core", lambda config, blueprint, **kw: EmbeddedCore(config, blueprint)
+    )
+    env = CarlaEnv(
+        load_config(ROOT / "experiments" / "dqn" / "config.yaml", {"simulator": {"backend": "embedded"}})
+    )
+    env.reset(seed=0)
+    world = create_autospec(carla.World, instance=True)
+    world.spawn_actor.return_value = create_autospec(carla.Sensor, instance=True)
+    env.sensors["front"] = StreamSensor(
+        "front", world, env.core.hero, "sensor.camera.rgb", {}, timeout=0.2, restart=restart
+    )
+    obs, reward, terminated, truncated, info = env.step(0)
+    assert truncated and not terminated and reward == 0.0
+    assert info["simulator_restart"].startswith("sensor 'front': no data for frame") and len(restarts) == 1
+    env.close()
+
+
+def test_a_carla_cores_camera_read_timeout_relaunches_its_server(tmp_path):
+    from carla_env.config import SensorConfig
+    from carla_env.sensors.factory import make_sensor
+
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE)
+    core.reset(seed=0)
+    camera = make_sensor("front", SensorConfig(type="sensor.camera.rgb"), core, 0.05)
+    camera.timeout = 0.1
+    with pytest.raises(SimulatorRestarted, match="sensor 'front': no data for frame 42"):
+        camera.read(core.tick(None))
+    assert core.health["restarts"] == 1 and len(clients) == 2

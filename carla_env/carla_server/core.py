@@ -17,6 +17,7 @@ import operator
 import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import carla
 import numpy as np
@@ -205,7 +206,9 @@ class CarlaCore:
             log.warning("CARLA slot %d: Traffic Manager shut-down: %s", self.slot, e)
         self.tm = None
 
-    def _restart(self, reason: str) -> None:
+    def restart(self, reason: str) -> NoReturn:
+        """Replace a crashed or hung server (a tick past its time-out, a camera that stopped streaming);
+        the running episode is over: raises SimulatorRestarted."""
         self._relaunch(reason)
         raise SimulatorRestarted(reason)
 
@@ -319,14 +322,14 @@ class CarlaCore:
 
     def tick(self, control: carla.VehicleControl | None) -> int:
         if self.server is not None and not self.server.alive():
-            self._restart(f"CARLA server (pid {self.server.pid}) died; log: {self.server.log_path}")
+            self.restart(f"CARLA server (pid {self.server.pid}) died; log: {self.server.log_path}")
         if control is not None:
             self.hero.apply_control(control)
         t0 = time.perf_counter()
         try:
             frame = self.world.tick(self.server_config.tick_timeout)
         except RuntimeError as e:  # the client's time-out: a hung server
-            self._restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
+            self.restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
         dt = time.perf_counter() - t0
         s = self.health
         s["ticks"] += 1

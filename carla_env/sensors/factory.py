@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import carla
 import numpy as np
@@ -52,12 +53,21 @@ class EventSensor:
 
 class StreamSensor:
     """A CARLA sensor with data every tick (camera, lidar, radar, GNSS, IMU), matched by frame id:
-    read(frame) waits (bounded) for that frame's measurement and drops older ones."""
+    read(frame) waits (bounded) for that frame's measurement and drops older ones. A frame that never
+    comes means a hung server or a broken stream: `restart(reason)` replaces the server and raises
+    SimulatorRestarted (the env truncates the episode); without it, a TimeoutError."""
 
     def __init__(
-        self, name: str, world, hero, blueprint_id: str, attributes: dict, timeout: float = 10.0
+        self,
+        name: str,
+        world,
+        hero,
+        blueprint_id: str,
+        attributes: dict,
+        timeout: float = 10.0,
+        restart: Callable[[str], NoReturn] | None = None,
     ) -> None:
-        self.name, self.timeout = name, timeout
+        self.name, self.timeout, self._restart = name, timeout, restart
         bp = world.get_blueprint_library().find(blueprint_id)
         for key, value in attributes.items():
             if key not in POSE_KEYS:
@@ -79,11 +89,16 @@ class StreamSensor:
 
     def read(self, frame: int) -> tuple[int, object]:
         with self._ready:
-            if not self._ready.wait_for(lambda: frame in self._data, self.timeout):
-                raise TimeoutError(f"sensor {self.name!r}: no data for frame {frame} within {self.timeout} s")
-            data = self._data.pop(frame)
-            self._data = {f: d for f, d in self._data.items() if f > frame}
-        return frame, data
+            arrived = self._ready.wait_for(lambda: frame in self._data, self.timeout)
+            if arrived:
+                data = self._data.pop(frame)
+                self._data = {f: d for f, d in self._data.items() if f > frame}
+        if arrived:
+            return frame, data
+        reason = f"sensor {self.name!r}: no data for frame {frame} within {self.timeout} s"
+        if self._restart is not None:
+            self._restart(reason)
+        raise TimeoutError(reason)
 
     def destroy(self) -> None:
         if self.actor.is_alive:
@@ -123,5 +138,5 @@ def make_sensor(name: str, config: SensorConfig, core: SimulatorCore, delta_seco
     if kind == BIRDVIEW:
         return BirdviewSensor(name, core, config, delta_seconds)
     if kind in STREAM_SENSORS:
-        return StreamSensor(name, core.world, core.hero, kind, config.model_extra or {})
+        return StreamSensor(name, core.world, core.hero, kind, config.model_extra or {}, restart=core.restart)
     return EventSensor(name, core.world, core.hero, kind)
