@@ -389,20 +389,45 @@ def test_servers_are_recycled_after_n_episodes(fake, tmp_path):
     assert not any(alive(p) for p in fake())
 
 
-def test_carla_smoke_without_carla_says_what_to_install(monkeypatch):
+@pytest.mark.parametrize(
+    ("args", "carla_root", "message"),
+    [
+        ([], None, "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder"),
+        (["--frames", "0"], str(FAKE_ROOT), "carla-smoke: --frames 0: give at least 1"),
+        (["--frames", "10", "--kill-at", "10"], str(FAKE_ROOT), "carla-smoke: --kill-at 10: must be below"),
+        (["--envs", "0"], str(FAKE_ROOT), "carla-smoke: --envs 0: give at least 1"),
+        (["--frames", "ten"], str(FAKE_ROOT), "carla-smoke: argument --frames: invalid int value: 'ten'"),
+        ([], "/nowhere", "carla-smoke: no CarlaUE4.sh in /nowhere; set CARLA_ROOT"),
+    ],
+)
+def test_carla_smoke_bad_arguments_exit_2_with_one_line(args, carla_root, message):
     env = {k: v for k, v in os.environ.items() if k != "CARLA_ROOT"}
+    if carla_root:
+        env["CARLA_ROOT"] = carla_root
     proc = subprocess.run(
-        [sys.executable, "-m", "carla_env.carla_server.smoke"],
+        [sys.executable, "-m", "carla_env.carla_server.smoke", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env=env,
     )
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        == "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder"
-    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(message)
+
+
+def test_carla_smoke_kills_the_engine_behind_the_launcher(fake, tmp_path):
+    """What `make carla-smoke` does mid-run: SIGKILL the engine, not the launcher script."""
+    from carla_env.carla_server.smoke import kill_engine
+
+    server = new_server(tmp_path)
+    server.start()
+    server.wait_ready(10, tcp_probe)
+    launcher, engine = fake()
+    try:
+        assert kill_engine(server) == [engine]
+        assert wait_until(lambda: not alive(engine), 5) and alive(launcher)
+    finally:
+        server.stop()
 
 
 def test_stream_sensors_are_mounted_configured_and_matched_by_frame():
