@@ -816,3 +816,19 @@ def test_a_carla_cores_camera_read_timeout_relaunches_its_server(tmp_path):
     with pytest.raises(SimulatorRestarted, match="sensor 'front': no data for frame 42"):
         camera.read(core.tick(None))
     assert core.health["restarts"] == 1 and len(clients) == 2
+
+
+def test_a_port_that_answers_from_another_program_is_not_taken_for_our_server(fake, tmp_path, monkeypatch):
+    """Another program took the RPC port before our server bound it: its answer must not pass as ours."""
+    monkeypatch.setenv("FAKE_CARLA_MODE", "hang")  # our server never binds
+    server = new_server(tmp_path, base=BASE + 6)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", server.ports.rpc))
+        squatter.listen(8)
+        server.start()
+        with pytest.raises(
+            ServerError, match=rf"port {server.ports.rpc} answers, but not from the CARLA server"
+        ):
+            server.wait_ready(5, tcp_probe)
+    assert not any(alive(p) for p in fake())
