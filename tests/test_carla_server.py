@@ -287,6 +287,7 @@ def test_core_close_destroys_actors_in_one_batch_and_turns_sync_off(tmp_path):
     assert len(batches) == 1 and all(isinstance(c, carla.command.DestroyActor) for c in batches[0].args[0])
     assert not client.world.apply_settings.call_args[0][0].synchronous_mode
     client.tm.set_synchronous_mode.assert_called_with(False)
+    client.tm.shut_down.assert_called_once_with()  # the process-wide TM registry keeps no stale TM
 
 
 def test_walkers_walk_on_the_navigation_mesh_and_their_controllers_stop_before_destroy(tmp_path):
@@ -832,3 +833,22 @@ def test_a_port_that_answers_from_another_program_is_not_taken_for_our_server(fa
         ):
             server.wait_ready(5, tcp_probe)
     assert not any(alive(p) for p in fake())
+
+
+def test_a_relaunch_whose_fresh_server_fails_too_is_a_clear_error(tmp_path):
+    clients = []
+    core = make_core(tmp_path, clients, launch=False, port=BASE, tick_timeout=2.0)
+    core.reset(seed=1)
+    original = core._client_factory  # noqa: SLF001
+
+    def cold(host, port):  # the relaunched server never finishes loading the map
+        client = original(host, port)
+        client.generate_opendrive_world.side_effect = RuntimeError("failed to connect to newly created map")
+        return client
+
+    core._client_factory = cold  # noqa: SLF001
+    clients[0].world.tick.side_effect = RuntimeError("time-out of 2000ms while waiting for the simulator")
+    with pytest.raises(
+        ServerError, match=r"CARLA slot 0: relaunch after 'tick exceeded 2 s.*' failed: failed to"
+    ):
+        core.tick(carla.VehicleControl())

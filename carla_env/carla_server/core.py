@@ -208,8 +208,14 @@ class CarlaCore:
 
     def restart(self, reason: str) -> NoReturn:
         """Replace a crashed or hung server (a tick past its time-out, a camera that stopped streaming);
-        the running episode is over: raises SimulatorRestarted."""
-        self._relaunch(reason)
+        the running episode is over: raises SimulatorRestarted. A relaunch that fails is a ServerError."""
+        try:
+            self._relaunch(reason)
+        except ServerError:
+            raise
+        except RuntimeError as e:  # the fresh server hung or died too (map load, settings)
+            where = f"; log: {self.server.log_path}" if self.server is not None else ""
+            raise ServerError(f"CARLA slot {self.slot}: relaunch after '{reason}' failed: {e}{where}") from e
         raise SimulatorRestarted(reason)
 
     def _recycle_due(self) -> str | None:
