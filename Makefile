@@ -19,7 +19,7 @@ help:
 	@echo "make lint            ruff"
 	@echo "make preview         runs/preview/bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
-	@echo "make carla-smoke     with CARLA_ROOT set: launch CARLA, 20 vehicles, 200 frames with BEV; FPS, restarts"
+	@echo "make carla-smoke     with CARLA_ROOT set: 2 servers of one slot, 200 frames with BEV, kill -9 mid-run; FPS, restarts, events"
 	@echo "make ami             build the CARLA AMI with Packer (AWS); records its id for terraform"
 	@echo "make cluster-up      checks (quota, plugin), cost and plan summary, then results bucket + private Ray cluster"
 	@echo "make cluster-down    destroy the cluster; the results bucket and its checkpoints stay"

@@ -71,6 +71,12 @@ def check_config_for_backend(config: Config, backend: str, source: str = "config
             f"config error in {source}: simulator.carla.carla_root: launching a CARLA server needs CARLA_ROOT "
             "(or this key); or set simulator.carla.launch: false to attach to a running server"
         )
+    if backend == "carla" and not server.launch and config.training.envs_per_runner > 1:
+        raise ConfigError(
+            f"config error in {source}: simulator.carla.launch: false attaches all "
+            f"training.envs_per_runner: {config.training.envs_per_runner} envs of a runner to one server; "
+            "set envs_per_runner: 1 or launch: true"
+        )
     offered = core_class(backend).sensor_types
     for name, sensor in config.experiment.sensors.items():
         if sensor.type not in offered:

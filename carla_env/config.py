@@ -68,7 +68,13 @@ class CarlaServerConfig(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     ready_timeout: float = Field(120.0, gt=0, description="seconds for a launched server to answer")
     client_timeout: float = Field(10.0, gt=0, description="seconds for one client call")
+    map_load_timeout: float = Field(
+        300.0, gt=0, description="seconds for a map load (a cold disk; the leaderboard allows 300)"
+    )
     tick_timeout: float = Field(10.0, gt=0, description="a tick longer than this restarts the server")
+    runner_restarts: int = Field(
+        5, ge=0, description="env-runner restarts RLlib allows a run (a crashing server can abort its client)"
+    )
     recycle_episodes: int = Field(0, ge=0, description="relaunch after this many episodes; 0: never")
     recycle_rss_gb: float = Field(0.0, ge=0, description="relaunch above this server RSS; 0: never")
     walkers: int = Field(0, ge=0, le=1000, description="background pedestrians on the navigation mesh")

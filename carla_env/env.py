@@ -104,12 +104,12 @@ class CarlaEnv(gym.Env):
         control = self.experiment.compute_action(action)
         try:
             frame = self.core.tick(control)
+            data = self._read(frame)  # a camera that stopped streaming replaces the server too
         except SimulatorRestarted as e:  # a crashed or hung server was replaced: this episode is over
             self.sensors = {}  # their actors went with the old server
             info = {**self.metrics.summary(), "simulator_restart": str(e), **self.core.stats()}
             return self._last_obs, 0.0, False, True, info
         self._steps += 1
-        data = self._read(frame)
         # The step's facts, once: the experiment's hooks and the metrics all read this state.
         state = self.experiment.driving_state = self.driving.step(self.core, data)
         obs, info = self.experiment.get_observation(data, self.core)

@@ -3,21 +3,26 @@ seeded Traffic Manager, the hero and background traffic; recovery from a dead or
 
 A crash or a tick past `tick_timeout` kills the server's group, relaunches it, rebuilds client,
 world and Traffic Manager, and raises SimulatorRestarted: the env ends that episode as truncated.
+A dead or hung server during reset (map load, spawn batches, the walkers' tick) is relaunched and the
+reset retried once; a second failure is a ServerError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import operator
 import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import carla
 import numpy as np
 
-from carla_env.carla_server.ports import pick_ports
+from carla_env.carla_server.ports import lease_ports
 from carla_env.carla_server.server import CarlaServer, ServerError, carla_probe, server_command
 from carla_env.config import SimulatorConfig
 from carla_env.maps.town import load_town, resolve_town
@@ -28,10 +33,47 @@ from carla_env.simulator import BIRDVIEW, EVENT_SENSORS, OBSTACLE_SENSOR, STREAM
 log = logging.getLogger(__name__)
 
 
+MAX_SUBSTEPS = 16  # CARLA's upper bound on physics substeps per tick
+SUBSTEP_SECONDS = 0.01  # CARLA's default max_substep_delta_time
+
+
+def substep_settings(timestep: float) -> tuple[float, int]:
+    """(max_substep_delta_time, max_substeps) with timestep <= their product, as CARLA's physics needs."""
+    substeps = max(1, math.ceil(timestep / SUBSTEP_SECONDS - 1e-9))
+    if substeps <= MAX_SUBSTEPS:
+        return SUBSTEP_SECONDS, substeps
+    return timestep / MAX_SUBSTEPS, MAX_SUBSTEPS
+
+
+def nvidia_gpu_indices() -> dict[str, int]:
+    """GPU and MIG UUIDs -> the index of their physical GPU, from `nvidia-smi -L` ({} without it)."""
+    import re
+    import subprocess
+
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    index, out = None, {}
+    for line in listing.splitlines():
+        gpu = re.match(r"\s*GPU (\d+):", line)
+        if gpu:
+            index = int(gpu.group(1))
+        uuid = re.search(r"UUID: ((?:GPU|MIG)-[^)\s]+)", line)
+        if uuid and index is not None:
+            out[uuid.group(1)] = index
+    return out
+
+
 def visible_gpus() -> list[int]:
-    ids = os.environ.get("CUDA_VISIBLE_DEVICES")
+    """Graphics adapters this process may use: CUDA_VISIBLE_DEVICES by index or by GPU/MIG UUID
+    (a MIG slice runs the server on its physical GPU); [] when none can be named."""
+    ids = [i.strip() for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip()]
     if ids:
-        return [int(i) for i in ids.split(",") if i.strip().isdigit()]
+        if all(i.isdigit() for i in ids):
+            return [int(i) for i in ids]
+        by_uuid = nvidia_gpu_indices()
+        return list(dict.fromkeys(by_uuid[i] for i in ids if i in by_uuid))
     return [int(p.name[len("card") :]) for p in Path("/dev/dri").glob("card[0-9]*")] or [0]
 
 
@@ -72,12 +114,17 @@ class CarlaCore:
     def _connect(self) -> None:
         sc = self.server_config
         if sc.launch:
-            ports = pick_ports(sc.port, sc.tm_port, self.slot)
             gpus = sc.gpus or visible_gpus()
-            cmd = server_command(
-                self._root, ports, sc.quality, gpus[self.slot % len(gpus)], self.rendering, sc.extra_args
-            )
-            self.server = CarlaServer(cmd, ports, self._log_dir / f"carla_{ports.rpc}.log", sc.host)
+            gpu = gpus[self.slot % len(gpus)] if gpus else None  # None: the engine picks its adapter
+            lease = lease_ports(sc.port, sc.tm_port, self.slot)
+            ports = lease.ports
+            try:
+                cmd = server_command(self._root, ports, sc.quality, gpu, self.rendering, sc.extra_args)
+            except ServerError:
+                lease.release()
+                raise
+            log_path = self._log_dir / f"carla_{ports.rpc}.log"
+            self.server = CarlaServer(cmd, ports, log_path, sc.host, lease=lease)
             self.server.start()
             self.server.wait_ready(sc.ready_timeout, self._probe)
             rpc, tm_port = ports.rpc, ports.tm
@@ -89,22 +136,38 @@ class CarlaCore:
         self._loaded_town = None
         self._episodes_since_launch = 0
 
+    @contextlib.contextmanager
+    def _client_timeout(self, seconds: float):
+        """LibCarla bounds a map load by the client's time-out: a long one around it, then the usual."""
+        self.client.set_timeout(seconds)
+        try:
+            yield
+        finally:
+            self.client.set_timeout(self.server_config.client_timeout)
+
     def _load_world(self) -> None:
         """Load the town only when it changes (reloading leaks server memory); sync mode on world and TM."""
         if self._loaded_town != self.config.town:
-            if self._source.kind == "carla":
-                self.world = self.client.load_world(self._source.name, True, self._map_layers())
-            else:  # our generated towns and .xodr files
-                self.world = self.client.generate_opendrive_world(
-                    self.town.xodr,
-                    carla.OpendriveGenerationParameters(wall_height=0.0, smooth_junctions=True),
-                )
+            with self._client_timeout(self.server_config.map_load_timeout):
+                if self._source.kind == "carla":
+                    self.world = self.client.load_world(self._source.name, True, self._map_layers())
+                else:  # our generated towns and .xodr files; a navigation mesh only for walkers (slow)
+                    self.world = self.client.generate_opendrive_world(
+                        self.town.xodr,
+                        carla.OpendriveGenerationParameters(
+                            wall_height=0.0,
+                            smooth_junctions=True,
+                            enable_pedestrian_navigation=self.server_config.walkers > 0,
+                        ),
+                    )
             self._loaded_town = self.config.town
         elif self.world is None:
             self.world = self.client.get_world()
         settings = self.world.get_settings()
         settings.synchronous_mode = True
         settings.fixed_delta_seconds = self.config.timestep
+        settings.substepping = True
+        settings.max_substep_delta_time, settings.max_substeps = substep_settings(self.config.timestep)
         settings.no_rendering_mode = not self.rendering
         self.world.apply_settings(settings)
         self.map = self.world.get_map()
@@ -123,6 +186,7 @@ class CarlaCore:
         """Kill the server's group, start a fresh one and rebuild client, world and Traffic Manager."""
         log.warning("CARLA slot %d: %s; relaunching", self.slot, reason)
         self.health["restarts"] += 1
+        self._shut_down_tm()
         if self.server is not None:
             self.server.stop()
         self.server = None
@@ -131,8 +195,27 @@ class CarlaCore:
         self._connect()
         self._load_world()
 
-    def _restart(self, reason: str) -> None:
-        self._relaunch(reason)
+    def _shut_down_tm(self) -> None:
+        """LibCarla keeps one TM registry per process: a TM left behind would be ticked by the next
+        client, reset on its next map change and keep its port, so it goes before its client."""
+        if self.tm is None:
+            return
+        try:
+            self.tm.shut_down()
+        except RuntimeError as e:  # a dead server's TM: its threads are stopped all the same
+            log.warning("CARLA slot %d: Traffic Manager shut-down: %s", self.slot, e)
+        self.tm = None
+
+    def restart(self, reason: str) -> NoReturn:
+        """Replace a crashed or hung server (a tick past its time-out, a camera that stopped streaming);
+        the running episode is over: raises SimulatorRestarted. A relaunch that fails is a ServerError."""
+        try:
+            self._relaunch(reason)
+        except ServerError:
+            raise
+        except RuntimeError as e:  # the fresh server hung or died too (map load, settings)
+            where = f"; log: {self.server.log_path}" if self.server is not None else ""
+            raise ServerError(f"CARLA slot {self.slot}: relaunch after '{reason}' failed: {e}{where}") from e
         raise SimulatorRestarted(reason)
 
     def _recycle_due(self) -> str | None:
@@ -147,9 +230,31 @@ class CarlaCore:
 
     # ------------------------------------------------------------------------------------ episodes
     def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
-        reason = self._recycle_due()
-        if reason is not None:
-            self._relaunch(reason)
+        """A new episode; a dead or hung server on the way is relaunched and the reset tried once more."""
+        pending = self._recycle_due()
+        if pending is None and self.server is not None and not self.server.alive():
+            pending = f"CARLA server (pid {self.server.pid}) died between episodes"
+        failure = ""
+        for _ in range(2):
+            try:
+                if pending is not None:
+                    self._relaunch(pending)
+                    pending = None
+                self._start_episode(seed, hero_transform)
+                return
+            except ServerError:  # a launch that failed, no free spawn point: another try won't help
+                raise
+            except SimulatorRestarted as e:  # the episode's first tick already relaunched the server
+                failure = str(e)
+            except RuntimeError as e:  # LibCarla's time-out or lost connection: a hung or dead server
+                failure = f"{e}"
+                pending = f"reset failed ({failure})"
+        where = f"; log: {self.server.log_path}" if self.server is not None else ""
+        raise ServerError(
+            f"CARLA slot {self.slot}: reset failed again on a relaunched server: {failure}{where}"
+        )
+
+    def _start_episode(self, seed: int | None, hero_transform: carla.Transform | None) -> None:
         if self.world is None or self._loaded_town != self.config.town:
             self._load_world()
         self._destroy_actors()
@@ -163,18 +268,19 @@ class CarlaCore:
         points = self.town.spawn_points(
             seed=int(rng.integers(2**31)), spacing=self.config.traffic.spawn_spacing
         )
-        for at in [hero_transform] if hero_transform is not None else points:
-            self.hero = self.world.try_spawn_actor(hero_bp, at)
+        for hero_at in [hero_transform] if hero_transform is not None else points:
+            self.hero = self.world.try_spawn_actor(hero_bp, hero_at)
             if self.hero is not None:
                 break
         if self.hero is None:
             raise ServerError(f"no free spawn point for the hero in {self.config.town}")
-        self._spawn_traffic(library, points, rng)
+        # Around the spawn transform: the hero's get_location() is (0, 0, 0) until the next tick.
+        self._spawn_traffic(library, points, rng, hero_at.location)
         self._spawn_walkers(library, seed, rng)
         self._episodes_since_launch += 1
         self.tick(None)
 
-    def _spawn_traffic(self, library, points, rng) -> None:
+    def _spawn_traffic(self, library, points, rng, hero_at: carla.Location) -> None:
         """Background vehicles in one synchronous batch, then autopilot on this core's TM port."""
         count = self.config.traffic.vehicles
         if not count:
@@ -182,7 +288,6 @@ class CarlaCore:
         vehicles = [
             bp for bp in library.filter("vehicle.*") if bp.get_attribute("number_of_wheels").as_int() == 4
         ]
-        hero_at = self.hero.get_location()
         free = [p for p in points if p.location.distance(hero_at) > 10.0]
         picks = rng.permutation(len(free))[:count]
         spawn = [
@@ -223,14 +328,14 @@ class CarlaCore:
 
     def tick(self, control: carla.VehicleControl | None) -> int:
         if self.server is not None and not self.server.alive():
-            self._restart(f"CARLA server (pid {self.server.pid}) died; log: {self.server.log_path}")
+            self.restart(f"CARLA server (pid {self.server.pid}) died; log: {self.server.log_path}")
         if control is not None:
             self.hero.apply_control(control)
         t0 = time.perf_counter()
         try:
             frame = self.world.tick(self.server_config.tick_timeout)
         except RuntimeError as e:  # the client's time-out: a hung server
-            self._restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
+            self.restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
         dt = time.perf_counter() - t0
         s = self.health
         s["ticks"] += 1
@@ -274,6 +379,7 @@ class CarlaCore:
                 self._destroy_actors()
                 if self.tm is not None:
                     self.tm.set_synchronous_mode(False)
+                    self._shut_down_tm()
                 settings = self.world.get_settings()
                 settings.synchronous_mode = False
                 settings.fixed_delta_seconds = None

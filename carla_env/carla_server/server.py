@@ -17,7 +17,8 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from carla_env.carla_server.ports import Ports, is_free
+from carla_env.carla_server.ports import PortLease, Ports, is_free
+from carla_env.carla_server.reaper import group_alive
 
 LAUNCHER = "CarlaUE4.sh"
 _LIVE: weakref.WeakSet[CarlaServer] = weakref.WeakSet()
@@ -59,6 +60,10 @@ def server_command(
         f"-carla-secondary-port={ports.secondary}",
         f"-quality-level={quality}",
         "-nosound",
+        # The shipping binary logs to CarlaUE4/Saved/Logs, shared by every server: to stdout instead,
+        # which start() sends to this server's own log file.
+        "-stdout",
+        "-FullStdOutLogOutput",
     ]
     if gpu is not None:
         cmd.append(f"-graphicsadapter={gpu}")
@@ -66,8 +71,16 @@ def server_command(
 
 
 class CarlaServer:
-    def __init__(self, command: list[str], ports: Ports, log_path: Path, host: str = "localhost") -> None:
+    def __init__(
+        self,
+        command: list[str],
+        ports: Ports,
+        log_path: Path,
+        host: str = "localhost",
+        lease: PortLease | None = None,
+    ) -> None:
         self.command, self.ports, self.log_path, self.host = command, ports, Path(log_path), host
+        self.lease = lease  # the ports' lock files, released once the group is gone
         self.process: subprocess.Popen | None = None
         self._reaper: subprocess.Popen | None = None
 
@@ -114,8 +127,9 @@ class CarlaServer:
                 probe(
                     self.host, self.ports.rpc, min(probe_timeout, max(timeout - (time.monotonic() - t0), 0.1))
                 )
+                self._check_listener_is_ours()
                 return time.monotonic() - t0
-            except VersionMismatch:
+            except ServerError:  # a version mismatch, another program's listener: final
                 self.stop()
                 raise
             except Exception as e:  # not up yet: connection refused, client time-out
@@ -126,6 +140,16 @@ class CarlaServer:
             f"CARLA server on port {self.ports.rpc} did not answer within {timeout:.0f} s "
             f"(last: {type(last).__name__ if last else 'none'}); raise simulator.carla.ready_timeout or see {self.log_path}"
         )
+
+    def _check_listener_is_ours(self) -> None:
+        """The RPC port answered; it must be our group's socket, not another program's that took the
+        port before our server bound it (our server would then be unreachable and the env drive theirs)."""
+        inodes = listening_inodes(self.ports.rpc)
+        if inodes and self.host in ("localhost", "127.0.0.1") and not group_holds(self.process.pid, inodes):
+            raise ServerError(
+                f"port {self.ports.rpc} answers, but not from the CARLA server we launched (pid {self.pid}): "
+                f"another program took it; see {self.log_path} or set simulator.carla.port to a free range"
+            )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -151,15 +175,18 @@ class CarlaServer:
         return total
 
     def stop(self, grace: float = 10.0, port_wait: float = 10.0) -> None:
-        """TERM the group, KILL it after `grace`, then wait (bounded) for its ports to free."""
+        """TERM the group, KILL it after `grace`, then wait (bounded) for its ports to free.
+        The grace is the whole group's: the launcher script exits at once, the engine behind it not."""
         _LIVE.discard(self)
         if self.process is not None:
             pgid = self.process.pid
             _signal_group(pgid, signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the launcher, else the group never looks empty
+                if not group_alive(pgid):
+                    break
+                time.sleep(0.05)
             _signal_group(pgid, signal.SIGKILL)  # stragglers of the group too (the engine behind the script)
             self.process.wait()
             deadline = time.monotonic() + port_wait
@@ -169,6 +196,39 @@ class CarlaServer:
             self._reaper.kill()
             self._reaper.wait()
         self._reaper = None
+        if self.lease is not None:
+            self.lease.release()
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Socket inodes listening on a TCP port, from /proc/net/tcp{,6} (empty where there is no /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def group_holds(pgid: int, inodes: set[int]) -> bool:
+    """Whether a process of the group has one of these sockets open."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            if any(os.readlink(fd) in wanted for fd in (entry / "fd").iterdir()):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -1,7 +1,12 @@
-"""Smoke test for a machine with CARLA: launch a server, load a town, spawn the hero and 20 vehicles,
-tick 200 frames with the BEV, close; prints FPS, tick latency and restarts.
+"""Smoke test for a machine with CARLA, through the fault paths a mock cannot show.
 
     python -m carla_env.carla_server.smoke [--town Town01] [--vehicles 20] [--frames 200]   # make carla-smoke
+
+Launches two envs' servers at once on one slot (as RLlib builds the envs of one runner: they must get
+their own ports), loads the town, spawns the hero and traffic on each, and drives both with the BEV,
+a collision and a lane-invasion sensor. Halfway (--kill-at) the first server's engine is killed with
+SIGKILL: the run must go on, on a relaunched server. Prints one JSON line (FPS, tick latency, restarts,
+collision and lane-invasion counts per env); exits 1 with a one-line reason if a check fails.
 """
 
 from __future__ import annotations
@@ -9,63 +14,199 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
+
+EVENT_SENSORS = {"collisions": "sensor.other.collision", "lane_invasions": "sensor.other.lane_invasion"}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"carla-smoke: {message}\n")
+
+
+def parse_args(argv):
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--town", default="Town01")
     p.add_argument("--vehicles", type=int, default=20)
     p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--envs", type=int, default=2, help="envs of one runner (one slot), launched at once")
+    p.add_argument(
+        "--kill-at",
+        type=int,
+        help="frame at which the first engine gets SIGKILL (default frames/2; -1: never)",
+    )
     p.add_argument("--carla-root", default=os.environ.get("CARLA_ROOT"))
     args = p.parse_args(argv)
+    if args.frames < 1:
+        p.error(f"--frames {args.frames}: give at least 1")
+    if args.vehicles < 0:
+        p.error(f"--vehicles {args.vehicles}: give 0 or more")
+    if args.envs < 1:
+        p.error(f"--envs {args.envs}: give at least 1")
+    args.kill_at = args.frames // 2 if args.kill_at is None else args.kill_at
+    if args.kill_at >= args.frames:
+        p.error(f"--kill-at {args.kill_at}: must be below --frames {args.frames} (or -1: never)")
     if not args.carla_root:
-        print(
-            "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder",
-            file=sys.stderr,
+        p.exit(2, "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder\n")
+    if not (Path(args.carla_root) / "CarlaUE4.sh").is_file():
+        p.exit(
+            2,
+            f"carla-smoke: no CarlaUE4.sh in {args.carla_root}; set CARLA_ROOT to the CARLA release folder\n",
         )
-        return 2
+    return args
+
+
+def kill_engine(server) -> list[int]:
+    """SIGKILL the engine behind the launcher script (every process of the server's group but the
+    script; the script itself when it exec'd the engine)."""
+    group = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == server.pid:
+                    group.append(int(entry.name))
+            except OSError:
+                continue
+    engine = [pid for pid in group if pid != server.pid] or [server.pid]
+    for pid in engine:
+        os.kill(pid, signal.SIGKILL)
+    return engine
+
+
+class SmokeEnv:
+    """One env's core with the BEV and the two event sensors, remounted after a relaunch."""
+
+    def __init__(self, config, slot: int) -> None:
+        from carla_env.carla_server.core import CarlaCore
+
+        self.core = CarlaCore(config, slot=slot)
+        self.sensors: dict = {}
+        self.counts = dict.fromkeys(EVENT_SENSORS, 0)
+        self.frames = 0
+        self.restarted_at: list[int] = []
+
+    def reset(self, seed: int) -> None:
+        from carla_env.config import BirdviewConfig, SensorConfig
+        from carla_env.sensors.factory import make_sensor
+
+        for sensor in self.sensors.values():
+            sensor.destroy()
+        self.core.reset(seed=seed)
+        self.sensors = {"birdview": make_sensor("birdview", BirdviewConfig(), self.core, 0.05)}
+        for key, kind in EVENT_SENSORS.items():
+            self.sensors[key] = make_sensor(key, SensorConfig(type=kind), self.core, 0.05)
+
+    def step(self, k: int, control) -> None:
+        from carla_env.simulator import SimulatorRestarted
+
+        try:
+            frame = self.core.tick(control)
+            data = {name: sensor.read(frame) for name, sensor in self.sensors.items()}
+        except SimulatorRestarted:  # what the env does: end the episode, reset on the new server
+            self.restarted_at.append(k)
+            self.sensors = {}
+            self.reset(seed=k)
+            return
+        self.frames += 1
+        for key in EVENT_SENSORS:
+            self.counts[key] += len(data[key][1])
+
+
+def run(args) -> tuple[dict, list[str]]:
     import carla
 
-    from carla_env.carla_server.core import CarlaCore
-    from carla_env.config import BirdviewConfig, ConfigError, SimulatorConfig
-    from carla_env.sensors.factory import make_sensor
+    from carla_env.config import SimulatorConfig
 
-    try:
-        config = SimulatorConfig(
-            backend="carla",
-            town=args.town,
-            timestep=0.05,
-            traffic={"vehicles": args.vehicles},
-            carla={"carla_root": args.carla_root},
-        )
-    except (ValueError, ConfigError) as e:
-        print(f"carla-smoke: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    config = SimulatorConfig(
+        backend="carla",
+        town=args.town,
+        timestep=0.05,
+        traffic={"vehicles": args.vehicles},
+        carla={"carla_root": args.carla_root},
+    )
+    envs: list[SmokeEnv] = []
+    errors: list[BaseException] = []
+
+    def launch():  # RLlib gives every env of a runner the same slot
+        try:
+            env = SmokeEnv(config, slot=0)
+            envs.append(env)
+            env.reset(seed=len(envs))
+        except BaseException as e:  # noqa: BLE001 - reported as the smoke's failure
+            errors.append(e)
+
     t0 = time.perf_counter()
-    core = CarlaCore(config)
+    threads = [threading.Thread(target=launch) for _ in range(args.envs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    launched = time.perf_counter() - t0
     try:
-        launched = time.perf_counter() - t0
-        core.reset(seed=0)
-        bev = make_sensor("birdview", BirdviewConfig(), core, 0.05)
+        if errors:
+            return {}, [f"launching {args.envs} envs of one slot at once: {errors[0]}"]
+        # A slight steer: the hero crosses lane markings and, in time, hits something.
+        control = carla.VehicleControl(throttle=0.5, steer=0.03)
+        killed: list[int] = []
         t1 = time.perf_counter()
-        for _ in range(args.frames):
-            frame = core.tick(carla.VehicleControl(throttle=0.3))
-            bev.read(frame)
+        for k in range(args.frames):
+            if k == args.kill_at:
+                killed = kill_engine(envs[0].core.server)
+            for env in envs:
+                env.step(k, control)
         seconds = time.perf_counter() - t1
         out = {
             "town": args.town,
-            "server_version": core.client.get_server_version(),
+            "server_version": envs[0].core.client.get_server_version(),
             "launch_and_load_s": round(launched, 1),
             "frames": args.frames,
-            "fps_with_bev": round(args.frames / seconds, 1),
-            "vehicles": len(core.world.get_actors().filter("vehicle.*")),
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in core.health.items()},
+            "fps_with_bev_per_env": round(sum(e.frames for e in envs) / len(envs) / seconds, 1),
+            "vehicles": len(envs[0].core.world.get_actors().filter("vehicle.*")),
+            "rpc_ports": [e.core.server.ports.rpc for e in envs],
+            "killed_engine_pids": killed,
+            "envs": [
+                {
+                    "frames_driven": e.frames,
+                    "restarted_at_frame": e.restarted_at,
+                    **e.counts,
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in e.core.health.items()},
+                }
+                for e in envs
+            ],
         }
-        print(json.dumps(out))
+        failures = []
+        if len(set(out["rpc_ports"])) != len(envs):
+            failures.append(f"envs of one slot share a server port: {out['rpc_ports']}")
+        if killed and not envs[0].restarted_at:
+            failures.append(f"engine {killed} killed at frame {args.kill_at} but no restart was seen")
+        if killed and envs[0].frames <= args.kill_at:
+            failures.append("no frame was driven after the relaunch")
+        return out, failures
     finally:
-        core.close()
+        for env in envs:
+            for sensor in env.sensors.values():
+                sensor.destroy()
+            env.core.close()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from carla_env.config import ConfigError
+
+    try:
+        out, failures = run(args)
+    except (ValueError, ConfigError) as e:
+        print(f"carla-smoke: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if out:
+        print(json.dumps(out))
+    if failures:
+        print(f"carla-smoke FAILED: {'; '.join(failures)}", file=sys.stderr)
+        return 1
     return 0
 
 

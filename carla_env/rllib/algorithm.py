@@ -54,14 +54,26 @@ def build_algo_config(config):
             raise ConfigError(
                 f"config error: training.{key}: {e}; see {algo_class.__name__}.{section}() for valid keys"
             ) from None
-    # Deterministic env errors must fail the run, not restart runners forever.
-    algo = algo.fault_tolerance(restart_failed_env_runners=False)
+    algo = algo.fault_tolerance(**runner_fault_tolerance(config))
     algo = algo.callbacks(DrivingMetricsCallback)
     if not gpu:
         return algo.resources(num_gpus=0)
     return algo.learners(
         num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1
     )
+
+
+def runner_fault_tolerance(config) -> dict:
+    """AlgorithmConfig.fault_tolerance(): a CARLA server's crash can abort its client's process, so a
+    bounded number of env-runner restarts (the reaper kills the orphaned server); the embedded
+    backend's errors are deterministic and must fail the run, not restart runners forever."""
+    if config.simulator.backend != "carla":
+        return {"restart_failed_env_runners": False}
+    return {
+        "restart_failed_env_runners": True,
+        "max_num_env_runner_restarts": config.simulator.carla.runner_restarts,
+        "delay_between_env_runner_restarts_s": 10.0,
+    }
 
 
 def has_gpu() -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import carla
 import numpy as np
@@ -18,19 +20,30 @@ POSE_KEYS = ("x", "y", "z", "roll", "pitch", "yaw")  # mounting on the hero, not
 
 
 class EventSensor:
-    """A CARLA event sensor (collision, lane invasion): the events of each frame, matched by frame id."""
+    """A CARLA event sensor (collision, lane invasion): every unread event up to the frame asked for.
+
+    Events come on LibCarla's threads and late: lane invasions are computed on the client after
+    `world.tick()` returns, collisions arrive on their own stream. An event of frame N that lands after
+    read(N) is returned by read(N+1), never dropped; a lock guards the list the callback appends to.
+    """
 
     def __init__(self, name: str, world, hero, blueprint_id: str) -> None:
         self.name = name
         bp = world.get_blueprint_library().find(blueprint_id)
         self.actor = world.spawn_actor(bp, carla.Transform(), attach_to=hero)
-        self._events: dict[int, list] = {}
-        self.actor.listen(lambda event: self._events.setdefault(event.frame, []).append(event))
+        self._lock = threading.Lock()
+        self._unread: list = []
+        self.actor.listen(self._on_event)
+
+    def _on_event(self, event) -> None:
+        with self._lock:
+            self._unread.append(event)
 
     def read(self, frame: int) -> tuple[int, list]:
-        events = self._events.pop(frame, [])
-        self._events = {f: e for f, e in self._events.items() if f > frame}  # drop stale frames
-        return frame, events
+        with self._lock:
+            due = [e for e in self._unread if e.frame <= frame]
+            self._unread = [e for e in self._unread if e.frame > frame]
+        return frame, sorted(due, key=lambda e: e.frame)
 
     def destroy(self) -> None:
         if self.actor.is_alive:
@@ -40,14 +53,21 @@ class EventSensor:
 
 class StreamSensor:
     """A CARLA sensor with data every tick (camera, lidar, radar, GNSS, IMU), matched by frame id:
-    read(frame) waits (bounded) for that frame's measurement and drops older ones."""
+    read(frame) waits (bounded) for that frame's measurement and drops older ones. A frame that never
+    comes means a hung server or a broken stream: `restart(reason)` replaces the server and raises
+    SimulatorRestarted (the env truncates the episode); without it, a TimeoutError."""
 
     def __init__(
-        self, name: str, world, hero, blueprint_id: str, attributes: dict, timeout: float = 10.0
+        self,
+        name: str,
+        world,
+        hero,
+        blueprint_id: str,
+        attributes: dict,
+        timeout: float = 10.0,
+        restart: Callable[[str], NoReturn] | None = None,
     ) -> None:
-        import threading
-
-        self.name, self.timeout = name, timeout
+        self.name, self.timeout, self._restart = name, timeout, restart
         bp = world.get_blueprint_library().find(blueprint_id)
         for key, value in attributes.items():
             if key not in POSE_KEYS:
@@ -69,11 +89,16 @@ class StreamSensor:
 
     def read(self, frame: int) -> tuple[int, object]:
         with self._ready:
-            if not self._ready.wait_for(lambda: frame in self._data, self.timeout):
-                raise TimeoutError(f"sensor {self.name!r}: no data for frame {frame} within {self.timeout} s")
-            data = self._data.pop(frame)
-            self._data = {f: d for f, d in self._data.items() if f > frame}
-        return frame, data
+            arrived = self._ready.wait_for(lambda: frame in self._data, self.timeout)
+            if arrived:
+                data = self._data.pop(frame)
+                self._data = {f: d for f, d in self._data.items() if f > frame}
+        if arrived:
+            return frame, data
+        reason = f"sensor {self.name!r}: no data for frame {frame} within {self.timeout} s"
+        if self._restart is not None:
+            self._restart(reason)
+        raise TimeoutError(reason)
 
     def destroy(self) -> None:
         if self.actor.is_alive:
@@ -113,5 +138,5 @@ def make_sensor(name: str, config: SensorConfig, core: SimulatorCore, delta_seco
     if kind == BIRDVIEW:
         return BirdviewSensor(name, core, config, delta_seconds)
     if kind in STREAM_SENSORS:
-        return StreamSensor(name, core.world, core.hero, kind, config.model_extra or {})
+        return StreamSensor(name, core.world, core.hero, kind, config.model_extra or {}, restart=core.restart)
     return EventSensor(name, core.world, core.hero, kind)

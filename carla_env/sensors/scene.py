@@ -11,9 +11,23 @@ from carla_env.sensors.birdview import Scene
 
 
 def _box(actor) -> tuple[float, float, float, float, float]:
+    """(x, y, yaw, half length, half width) of the actor's box; the box's centre sits at
+    `bounding_box.location` in the actor's frame (most CARLA vehicles: ahead of the origin)."""
     t = actor.get_transform()
-    e = actor.bounding_box.extent
-    return (t.location.x, t.location.y, math.radians(t.rotation.yaw), e.x, e.y)
+    box = actor.bounding_box
+    yaw = math.radians(t.rotation.yaw)
+    c, s = math.cos(yaw), math.sin(yaw)
+    x = t.location.x + c * box.location.x - s * box.location.y
+    y = t.location.y + s * box.location.x + c * box.location.y
+    return (x, y, yaw, box.extent.x, box.extent.y)
+
+
+def _signal_id(light) -> int | None:
+    """A light's OpenDRIVE signal id as the lane graph keys it; None for an empty or non-numeric id."""
+    try:
+        return int(light.get_opendrive_id())
+    except ValueError:
+        return None
 
 
 def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
@@ -24,7 +38,7 @@ def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
     states = np.full(len(lanes.light_id), -1, np.int64)
     index = {int(i): k for k, i in enumerate(lanes.light_id)}
     for light in actors.filter("traffic.traffic_light*"):
-        k = index.get(int(light.get_opendrive_id()))
+        k = index.get(_signal_id(light))
         if k is not None:
             states[k] = int(light.get_state())
     v = hero.get_velocity()
