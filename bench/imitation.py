@@ -171,7 +171,12 @@ def main() -> int:
         type=Path,
         help="continue from this checkpoint's module (e.g. an earlier run's, split across time-limited calls)",
     )
-    p.add_argument("--eval-episodes", type=int, default=50)
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=50,
+        help="held-out episodes; 0 skips the evaluation (a run continued later)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "imitation")
     args = p.parse_args()
@@ -179,6 +184,8 @@ def main() -> int:
         p.error(f"--samples: at least {args.batch * len(TRAIN_TOWNS)} (one batch per training town)")
     if args.dagger_rounds < 0 or (args.dagger_rounds and args.dagger_samples < 1):
         p.error("--dagger-rounds must be >= 0 and --dagger-samples >= 1")
+    if args.eval_episodes < 0:
+        p.error("--eval-episodes must be >= 0")
     if not 0.0 <= args.beta <= 1.0:
         p.error("--beta: a probability in [0, 1]")
     birdview = {"ego_history": args.ego_history}
@@ -230,7 +237,9 @@ def main() -> int:
         print(json.dumps({"dagger_round": round_ + 1, **rounds[-1]}), flush=True)
         obs, actions = np.concatenate([obs, more_obs]), np.concatenate([actions, more_actions])
     module.save_to_path(str(module_dir(checkpoint)))  # where ModulePolicy and --init-module look
-    scores = evaluate({tag: str(checkpoint)}, args.eval_episodes, workers, birdview)
+    scores = (
+        evaluate({tag: str(checkpoint)}, args.eval_episodes, workers, birdview) if args.eval_episodes else {}
+    )
     print(
         json.dumps(
             {
@@ -246,7 +255,7 @@ def main() -> int:
                 "loss_per_epoch": rounds[-1]["loss_per_epoch"],
                 "rounds": rounds,
                 "held_out_town": HELD_OUT_TOWN,
-                **scores[tag],
+                **scores.get(tag, {"episodes": 0}),
                 "checkpoint": str(checkpoint),
             }
         ),
