@@ -16,7 +16,7 @@ help:
 	@echo "make demo            a lane-following hero among traffic, no learning"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
-	@echo "make lint            ruff"
+	@echo "make lint            ruff, format check, import-layering contracts"
 	@echo "make preview         runs/preview/bev.png + bev_map.png: the bird's-eye view of TOWN"
 	@echo "make bench           simulator and BEV throughput (figures in JSON)"
 	@echo "make carla-smoke     with CARLA_ROOT set: 2 servers of one slot, 200 frames with BEV, kill -9 mid-run; FPS, restarts, events"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -38,7 +39,8 @@ def load_run_config(path, overrides: dict, restoring: Path | None):
 
     saved = restoring / CONFIG_NAME if restoring is not None else None
     if saved is not None and saved.is_file():
-        return pin_backend(load_config(saved, overrides), str(saved))
+        config, choice = pin_backend(load_config(saved, overrides), str(saved))
+        return config, dataclasses.replace(choice, reason="saved with the run")
     config, backend, original_layout = load_any_config(
         path, overrides
     )  # this project's layout or the original's

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gymnasium as gym
 
 from carla_env.backends import make_core, pin_backend
-from carla_env.config import Config, experiment_class, validate_config
+from carla_env.config import Config, experiment_class, load_config, validate_config
 from carla_env.driving_state import DrivingStateTracker
 from carla_env.experiment import parse_transform
 from carla_env.metrics import DrivingMetrics
@@ -29,6 +30,8 @@ class CarlaEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, config: Config | dict, render_mode: str | None = None) -> None:
+        if isinstance(config, (str, Path)):  # gymnasium.make(ENV_ID, config="experiments/dqn/config.yaml")
+            config = load_config(config)
         self.config = config if isinstance(config, Config) else validate_config(dict(config), "env config")
         auto = self.config.simulator.backend == "auto"  # a run pins it once (train.py); a bare env here
         self.config, choice = pin_backend(self.config, "env config")
@@ -49,6 +52,7 @@ class CarlaEnv(gym.Env):
         self.action_space = self.experiment.get_action_space()
         self.observation_space = self.experiment.get_observation_space()
         self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.config.simulator.timestep)}
         self.core = None
         self.sensors: dict = {}
         self._spawn_points = [parse_transform(p) for p in exp_cfg.hero.spawn_points]

@@ -72,6 +72,8 @@ def _dispatch(args) -> int:
     if args.command == "down":
         cluster.down(args.region, args.project)
         return 0
+    if args.command == "submit":
+        jobs.check_experiment(args.exp)
     # No cluster state is the first thing to say, before credentials or the network.
     outputs = terraform_outputs(cluster.CLUSTER, cluster.CLUSTER_OUTPUTS)
     if args.command == "forward":

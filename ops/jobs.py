@@ -72,10 +72,17 @@ def job_client(port: int, token: str, timeout: float = 60.0):
             time.sleep(1.0)
 
 
+def check_experiment(exp: str) -> None:
+    """A typo in EXP is said here, before any cluster is needed (or paid for)."""
+    if not (ROOT / "experiments" / exp / "config.yaml").is_file():
+        found = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/config.yaml"))
+        raise OpsError(
+            f"no experiment {exp!r}: the experiments are {', '.join(found)} (make submit EXP=NAME)"
+        )
+
+
 def submit(client, exp: str, bucket: str, extra_args: str = "") -> str:
-    config = ROOT / "experiments" / exp / "config.yaml"
-    if not config.is_file():
-        raise OpsError(f"no experiment {exp!r}: {config} does not exist")
+    check_experiment(exp)
     entrypoint = (
         f"python train.py experiments/{exp}/config.yaml --address auto --dir s3://{bucket}/runs {extra_args}"
     )

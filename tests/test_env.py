@@ -257,6 +257,10 @@ def test_leaving_the_route_ends_the_episode_when_a_deviation_limit_is_set():
 def test_gymnasium_make_builds_the_registered_env():
     import carla_env
 
+    e = gym.make(carla_env.ENV_ID, config=DQN)  # a config path, or a loaded Config, or its dict
+    assert e.unwrapped.config.simulator.backend in ("embedded", "carla")
+    assert e.metadata["render_fps"] == 10  # experiments/dqn: 0.1 s a step
+    e.close()
     e = gym.make(carla_env.ENV_ID, config=load_config(DQN, {"simulator": {"backend": "embedded"}}))
     obs, info = e.reset(seed=0)
     assert e.observation_space.contains(obs) and info["backend"] == "embedded"

@@ -357,3 +357,13 @@ def test_cluster_down_destroys_a_half_applied_cluster_that_has_no_outputs(record
     destroy = recorded[-1]
     assert destroy[1:3] == [f"-chdir={cluster.CLUSTER}", "destroy"]
     assert {"bucket_name=b", "flow_log_group_arn=f", "ami_id=ami-0123456789abcdef0"} <= set(destroy)
+
+
+def test_submit_names_a_mistyped_experiment_before_it_needs_a_cluster():
+    """`make submit EXP=dqm` says so at once, with no cluster, state or credentials needed."""
+    proc = subprocess.run([sys.executable, "-m", "ops", "submit", "dqm"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == "ops: no experiment 'dqm': the experiments are dqn, ppo (make submit EXP=NAME)"
+    )

@@ -121,7 +121,7 @@ def test_train_checkpoint_kill_resume(tmp_path):
     assert again.returncode == 2 and "--restore" in again.stderr
     resumed = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.startswith("train e2e: DQN on the embedded backend (set in the config); ")
+    assert resumed.stdout.startswith("train e2e: DQN on the embedded backend (saved with the run); ")
     assert iterations(run)[-1] == 4
     assert iterations(run)[:2] == [1, 2]  # the history before the kill is kept, not overwritten
     # It continued from the last checkpoint, not from scratch.
@@ -182,7 +182,7 @@ def test_auto_is_pinned_once_and_a_resumed_run_keeps_its_backend(tmp_path, monke
     monkeypatch.setenv("CARLA_ROOT", str(tmp_path))  # CARLA installed later
     assert load_run_config(auto, {}, None)[0].simulator.backend == "carla"  # a new run would take it
     resumed, choice = load_run_config(auto, {}, run)
-    assert resumed.simulator.backend == "embedded" and str(choice) == "backend: embedded (set in the config)"
+    assert resumed.simulator.backend == "embedded" and str(choice) == "backend: embedded (saved with the run)"
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):

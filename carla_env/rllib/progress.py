@@ -207,17 +207,20 @@ class ProgressReporter(tune.Callback):
         return (c1 - c0) / (t1 - t0) if t1 - t0 >= 5.0 and c1 > c0 else 0.0
 
     def _eta(self, steps: int, now: float) -> str:
-        parts = []
+        """The ETA to whichever stop comes first (steps or iterations), once it can be estimated."""
+        etas = []
         if self.stop_timesteps:
             rate = self._rate()
-            left = max(self.stop_timesteps - steps, 0)
-            when = _duration(left / rate) if rate > 0 else "(no rate yet)"
-            parts.append(f"{when} to {self.stop_timesteps} steps")
+            if rate > 0:
+                etas.append((max(self.stop_timesteps - steps, 0) / rate, f"{self.stop_timesteps} steps"))
         if self.stop_iterations and self._session_iterations:
             per_iter = (now - self._start) / self._session_iterations
             left = max(self.stop_iterations - self._iteration, 0)
-            parts.append(f"{_duration(left * per_iter)} to iteration {self.stop_iterations}")
-        return f"  ETA {', '.join(parts)}" if parts else ""
+            etas.append((left * per_iter, f"iteration {self.stop_iterations}"))
+        if not etas:
+            return "  ETA (no rate yet)" if self.stop_timesteps or self.stop_iterations else ""
+        seconds, stop = min(etas)
+        return f"  ETA {_duration(seconds)} to {stop}"
 
     def _print(self, line: str) -> None:
         print(line, flush=True)
