@@ -218,7 +218,9 @@ class ProgressReporter(tune.Callback):
             left = max(self.stop_iterations - self._iteration, 0)
             etas.append((left * per_iter, f"iteration {self.stop_iterations}"))
         if not etas:
-            return "  ETA (no rate yet)" if self.stop_timesteps or self.stop_iterations else ""
+            stops = [f"{self.stop_timesteps} steps"] if self.stop_timesteps else []
+            stops += [f"iteration {self.stop_iterations}"] if self.stop_iterations else []
+            return f"  ETA (no rate yet) to {' or '.join(stops)}" if stops else ""
         seconds, stop = min(etas)
         return f"  ETA {_duration(seconds)} to {stop}"
 
