@@ -62,17 +62,7 @@ class BirdviewSpec(BaseModel):
     speed_range: float = Field(20.0, gt=0, description="m/s at which the speed bar spans the full width")
     # 24 channels by default = 3 bytes a pixel packed.
     channels: tuple[ChannelName, ...] = Field(
-        (
-            "road",
-            "route",
-            "lane_solid",
-            "lane_broken",
-            "vehicles",
-            "walkers",
-            "lights_green",
-            "lights_yellow",
-            "lights_red",
-        ),
+        tuple(c for c in CHANNELS if c not in ("ego", "speed")),  # Roach's
         min_length=1,
     )
     # Bit-pack the masks, 8 channels a byte: 1/8 of the bytes through runners and replay buffers.
