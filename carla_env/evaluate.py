@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
 from carla_env.config import Config, ConfigError, deep_merge, load_config, validate_config
@@ -82,34 +81,17 @@ class RandomPolicy:
         return self.rng.uniform(self.space.low, self.space.high).astype(np.float32)
 
 
-def _describe_actions(space) -> str:
-    if isinstance(space, gym.spaces.Discrete):
-        return f"{space.n} discrete actions (e.g. DQN)"
-    if isinstance(space, gym.spaces.Box):
-        return f"a continuous {space.shape} {space.dtype} box (e.g. PPO)"
-    return str(space)
-
-
 class CheckpointPolicy:
     """A trained RLModule's greedy action (torch only: no Ray runtime is started)."""
 
     def __init__(self, env, checkpoint: Path, module=None) -> None:
-        from carla_env.rllib.checkpoint import load_policy
+        from carla_env.rllib.checkpoint import load_policy, space_mismatch
 
         self.checkpoint = checkpoint
         self.module = module or load_policy(checkpoint)
-        mine, theirs = env.observation_space, self.module.module.observation_space
-        if mine != theirs:
-            raise EvaluationError(
-                f"checkpoint {checkpoint} takes observations {theirs}, the config gives {mine}; "
-                "pass the --config it was trained with"
-            )
-        mine, theirs = env.action_space, self.module.module.action_space
-        if mine != theirs:  # e.g. a DQN config with a PPO checkpoint of the same BEV
-            raise EvaluationError(
-                f"checkpoint {checkpoint} gives {_describe_actions(theirs)}, the config's experiment takes "
-                f"{_describe_actions(mine)}; pass the --config it was trained with"
-            )
+        mismatch = space_mismatch(checkpoint, self.module.module, env)
+        if mismatch:
+            raise EvaluationError(f"{mismatch}; pass the --config it was trained with")
 
     def reset(self, env, seed: int) -> None:
         pass

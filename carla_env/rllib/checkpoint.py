@@ -81,14 +81,33 @@ def check_init_module(checkpoint: Path, config):
         module = ModulePolicy.from_checkpoint(checkpoint).module
     except Exception as e:  # a truncated or foreign checkpoint
         raise ConfigError(f"--init-module: cannot load {checkpoint}: {type(e).__name__}: {e}") from None
-    env = CarlaEnv(config)  # spaces only: no world is built before reset
-    for what, mine, theirs in (
-        ("observations", env.observation_space, module.observation_space),
-        ("actions", env.action_space, module.action_space),
-    ):
-        if mine != theirs:
-            raise ConfigError(
-                f"--init-module: {checkpoint} takes {what} {theirs}, this config gives {mine}; "
-                "use a checkpoint of the same experiment"
-            )
+    mismatch = space_mismatch(checkpoint, module, CarlaEnv(config))  # spaces only: no world is built
+    if mismatch:
+        raise ConfigError(f"--init-module: {mismatch}; use a checkpoint of the same experiment")
     return module
+
+
+def _describe_actions(space) -> str:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        return f"{space.n} discrete actions (e.g. DQN)"
+    if isinstance(space, gym.spaces.Box):
+        return f"a continuous {space.shape} {space.dtype} box (e.g. PPO)"
+    return str(space)
+
+
+def space_mismatch(checkpoint: Path, module, env) -> str | None:
+    """How a checkpoint's module does not fit an env's spaces (e.g. a DQN config with a PPO checkpoint
+    of the same BEV), or None; callers add the fix that fits their command."""
+    if env.observation_space != module.observation_space:
+        return (
+            f"checkpoint {checkpoint} takes observations {module.observation_space}, "
+            f"the config gives {env.observation_space}"
+        )
+    if env.action_space != module.action_space:
+        return (
+            f"checkpoint {checkpoint} gives {_describe_actions(module.action_space)}, "
+            f"the config's experiment takes {_describe_actions(env.action_space)}"
+        )
+    return None

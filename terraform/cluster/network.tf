@@ -13,6 +13,8 @@ data "aws_availability_zones" "available" {
 locals {
   azs  = slice(data.aws_availability_zones.available.names, 0, var.az_count)
   tags = { Project = var.project, ManagedBy = "terraform", Component = "cluster" }
+  # The interface endpoints SSM Session Manager needs in a VPC without internet access.
+  ssm_endpoint_services = toset(["ssm", "ssmmessages", "ec2messages"])
 }
 
 resource "aws_vpc" "this" {
@@ -77,7 +79,7 @@ data "aws_iam_policy_document" "s3_endpoint" {
 }
 
 resource "aws_vpc_endpoint" "interface" {
-  for_each            = toset(["ssm", "ssmmessages", "ec2messages"])
+  for_each            = local.ssm_endpoint_services
   vpc_id              = aws_vpc.this.id
   service_name        = "com.amazonaws.${var.region}.${each.key}"
   vpc_endpoint_type   = "Interface"
@@ -88,7 +90,7 @@ resource "aws_vpc_endpoint" "interface" {
 }
 
 data "aws_iam_policy_document" "ssm_endpoint" {
-  for_each = toset(["ssm", "ssmmessages", "ec2messages"])
+  for_each = local.ssm_endpoint_services
   statement {
     sid       = "ThisServiceThisAccountOnly"
     actions   = ["${each.key}:*"]
