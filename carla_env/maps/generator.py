@@ -36,6 +36,7 @@ class TownSpec:
     signalized_fraction: float = 1.0  # junctions with traffic lights
     speed_kmh: float = 40.0
     corner_radius: float = 18.0
+    sidewalk_width: float = 2.5  # each side of every street; crosswalks on each junction arm
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class _Lane:
     mark: str  # roadMark type of the lane's outer edge
     pred: int | None = None
     succ: int | None = None
+    type: str = "driving"
 
 
 @dataclass
@@ -75,6 +77,7 @@ class _Road:
     pred: tuple | None = None  # (elementType, id, contactPoint|None)
     succ: tuple | None = None
     signals: list[dict] = field(default_factory=list)
+    crosswalks: list[dict] = field(default_factory=list)
 
     @property
     def length(self) -> float:
@@ -142,7 +145,7 @@ def generate_town(spec: TownSpec, name: str = "GeneratedTown") -> str:
         start = pa + u * node_radius(a)
         end = pb - u * node_radius(b)
         n = lanes_of(a, b)
-        road = _straight_road(ids.road(), start, end, n, spec.lane_width)
+        road = _straight_road(ids.road(), start, end, n, spec.lane_width, spec.sidewalk_width)
         roads.append(road)
         d_ab = "E" if a[1] == b[1] else "N"
         d_ba = "W" if a[1] == b[1] else "S"
@@ -156,7 +159,11 @@ def generate_town(spec: TownSpec, name: str = "GeneratedTown") -> str:
         centre = np.array([xs[node[0]], ys[node[1]]])
         node_arms = sorted(arms[node], key=lambda arm: "ENWS".index(arm.direction))
         if len(node_arms) == 2:
-            roads.append(_corner_road(ids.road(), centre, node_radius(node), node_arms, spec.lane_width))
+            roads.append(
+                _corner_road(
+                    ids.road(), centre, node_radius(node), node_arms, spec.lane_width, spec.sidewalk_width
+                )
+            )
         else:
             signalized = signal_rng.random() < spec.signalized_fraction
             junction, conn_roads, ctrls = _junction(
@@ -221,6 +228,7 @@ class _Ids:
         self._junction = 1000
         self._signal = 5000
         self._controller = 9000
+        self._crosswalk = 20000
 
     def road(self) -> int:
         self._road += 1
@@ -234,23 +242,33 @@ class _Ids:
         self._signal += 1
         return self._signal
 
+    def crosswalk(self) -> int:
+        self._crosswalk += 1
+        return self._crosswalk
+
     def controller(self) -> int:
         self._controller += 1
         return self._controller
 
 
-def _lane_sides(n: int, width: float) -> tuple[list[_Lane], list[_Lane], str]:
-    """Lanes of a two-way road with n lanes per direction: outer edges solid, lane dividers broken."""
+def _lane_sides(n: int, width: float, sidewalk: float) -> tuple[list[_Lane], list[_Lane], str]:
+    """Lanes of a two-way road with n lanes per direction: outer edges solid, lane dividers broken;
+    a sidewalk (lane n + 1) beyond each outer edge."""
     left = [_Lane(k, width, "solid" if k == n else "broken") for k in range(n, 0, -1)]
     right = [_Lane(-k, width, "solid" if k == n else "broken") for k in range(1, n + 1)]
+    if sidewalk > 0:
+        left.insert(0, _Lane(n + 1, sidewalk, "none", type="sidewalk"))
+        right.append(_Lane(-(n + 1), sidewalk, "none", type="sidewalk"))
     center = "solid solid" if n > 1 else "solid"
     return left, right, center
 
 
-def _straight_road(rid: int, start: np.ndarray, end: np.ndarray, n: int, width: float) -> _Road:
+def _straight_road(
+    rid: int, start: np.ndarray, end: np.ndarray, n: int, width: float, sidewalk: float
+) -> _Road:
     d = end - start
     hdg = math.atan2(d[1], d[0])
-    left, right, center = _lane_sides(n, width)
+    left, right, center = _lane_sides(n, width, sidewalk)
     return _Road(rid, [("line", start[0], start[1], hdg, float(np.linalg.norm(d)), 0.0)], left, right, center)
 
 
@@ -298,7 +316,7 @@ def _lane_point(centre, radius, arm: _Arm, k: int, width: float, incoming: bool)
     return p, math.atan2(h[1], h[0])
 
 
-def _corner_road(rid: int, centre, radius: float, arms: list[_Arm], width: float) -> _Road:
+def _corner_road(rid: int, centre, radius: float, arms: list[_Arm], width: float, sidewalk: float) -> _Road:
     a1, a2 = arms
     n = min(a1.lanes, a2.lanes)
     u1, _ = _arm_vectors(a1)
@@ -306,7 +324,7 @@ def _corner_road(rid: int, centre, radius: float, arms: list[_Arm], width: float
     p0 = centre + u1 * radius
     p1 = centre + u2 * radius
     geom = _turn_geometry(p0, math.atan2(-u1[1], -u1[0]), p1, math.atan2(u2[1], u2[0]))
-    left, right, center = _lane_sides(n, width)
+    left, right, center = _lane_sides(n, width, sidewalk)
     road = _Road(rid, geom, left, right, center)
     road.pred = ("road", a1.road.id, a1.contact)
     road.succ = ("road", a2.road.id, a2.contact)
@@ -324,7 +342,7 @@ def _corner_road(rid: int, centre, radius: float, arms: list[_Arm], width: float
             arm.road.succ = link
         flip = 1 if (arm.contact == "end") == (contact_here == "start") else -1
         for lane in arm.road.left + arm.road.right:
-            other = lane.id * flip if abs(lane.id) <= n else None
+            other = lane.id * flip if abs(lane.id) <= n + (sidewalk > 0) else None
             if arm.contact == "start":
                 lane.pred = other
             else:
@@ -363,6 +381,11 @@ def _junction(ids: _Ids, centre, radius: float, arms: list[_Arm], spec: TownSpec
                 p0, h0 = _lane_point(centre, radius, a_in, k_in, w, incoming=True)
                 p1, h1 = _lane_point(centre, radius, a_out, k_out, w, incoming=False)
                 road = _Road(ids.road(), _turn_geometry(p0, h0, p1, h1), [], [_Lane(-1, w, "none")], "none")
+                # The curb of the junction's corner (or of its side across from a missing arm) is the
+                # outer edge of the turn into the next arm anticlockwise: its sidewalk rides that road.
+                next_arm = arms[(arms.index(a_in) + 1) % len(arms)]
+                if spec.sidewalk_width > 0 and a_out is next_arm and k_in == a_in.lanes:
+                    road.right.append(_Lane(-2, spec.sidewalk_width, "none", type="sidewalk"))
                 road.junction = jid
                 lane_in = a_in.incoming_ids()[k_in - 1]
                 lane_out = a_out.outgoing_ids()[k_out - 1]
@@ -387,7 +410,24 @@ def _junction(ids: _Ids, centre, radius: float, arms: list[_Arm], spec: TownSpec
             cid = ids.controller()
             controllers.append({"id": cid, "signals": [sid], "sequence": seq})
             junction["controllers"].append((cid, seq))
+    if spec.sidewalk_width > 0:
+        for arm in arms:  # across the arm, 1.2 m from the junction: clear of cars at the stop line
+            s = 1.2 if arm.contact == "start" else arm.road.length - 1.2
+            arm.road.crosswalks.append(
+                {"id": ids.crosswalk(), "s": s, "half_length": arm.lanes * w, "half_width": 1.0}
+            )
     return junction, conn_roads, controllers
+
+
+def _crosswalk_xml(c: dict) -> str:
+    hl, hw = c["half_length"], c["half_width"]
+    corners = [(hl, hw), (hl, -hw), (-hl, -hw), (-hl, hw), (hl, hw)]
+    outline = "".join(f'<cornerLocal u="{_f(u)}" v="{_f(v)}" z="0"/>' for u, v in corners)
+    return (
+        f'      <object id="{c["id"]}" name="Crosswalk" type="crosswalk" s="{_f(c["s"])}" t="0" zOffset="0" '
+        f'hdg="1.570796327" pitch="0" roll="0" orientation="none" length="{_f(2 * hl)}" width="{_f(2 * hw)}">'
+        f"<outline>{outline}</outline></object>\n"
+    )
 
 
 def _f(x: float) -> str:
@@ -409,7 +449,7 @@ def _lane_xml(lane: _Lane) -> str:
     if lane.succ is not None:
         links += f'<successor id="{lane.succ}"/>'
     return (
-        f'          <lane id="{lane.id}" type="driving" level="false">\n'
+        f'          <lane id="{lane.id}" type="{lane.type}" level="false">\n'
         f"            <link>{links}</link>\n"
         f'            <width sOffset="0" a="{_f(lane.width)}" b="0" c="0" d="0"/>\n'
         f'            <roadMark sOffset="0" type="{lane.mark}" weight="standard" color="white" width="0.15" laneChange="none"/>\n'
@@ -456,6 +496,10 @@ def _to_xml(
         )
         out.append("        <right>\n" + "".join(_lane_xml(lane) for lane in r.right) + "        </right>\n")
         out.append("      </laneSection>\n    </lanes>\n")
+        if r.crosswalks:
+            out.append(
+                "    <objects>\n" + "".join(_crosswalk_xml(c) for c in r.crosswalks) + "    </objects>\n"
+            )
         if r.signals:
             out.append("    <signals>\n")
             for sig in r.signals:
