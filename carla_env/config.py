@@ -77,7 +77,13 @@ class CarlaServerConfig(_Strict):
     )
     recycle_episodes: int = Field(0, ge=0, description="relaunch after this many episodes; 0: never")
     recycle_rss_gb: float = Field(0.0, ge=0, description="relaunch above this server RSS; 0: never")
-    walkers: int = Field(0, ge=0, le=1000, description="background pedestrians on the navigation mesh")
+    walkers: int = Field(0, ge=0, le=1000, description="background pedestrians (both backends)")
+    walker_cross_factor: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of walker routes that may cross roads anywhere (CARLA's default 0)",
+    )
     map_layers: list[MapLayerName] = Field(
         default_factory=lambda: ["All"],
         description="layers loaded in an _Opt town (e.g. [Ground, StreetLights] for a bare town)",

@@ -303,6 +303,7 @@ class CarlaCore:
         if not count:
             return
         self.world.set_pedestrians_seed(seed)
+        self.world.set_pedestrians_cross_factor(self.server_config.walker_cross_factor)
         spots = [self.world.get_random_location_from_navigation() for _ in range(count)]
         spots = [s for s in spots if s is not None]  # a town without sidewalks has no mesh
         people = list(library.filter("walker.pedestrian.*"))

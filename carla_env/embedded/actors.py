@@ -127,6 +127,66 @@ class Vehicle(Actor):
             )
 
 
+class Walker(Actor):
+    """A pedestrian: the world's walker arrays at row `_row`. Its location is the body's centre (as in
+    CARLA, about a metre above the ground) and its bounding box is centred there."""
+
+    def __init__(self, world, actor_id, type_id, attributes, extent: tuple[float, float, float]) -> None:
+        super().__init__(world, actor_id, type_id, attributes)
+        self.bounding_box = carla.BoundingBox(carla.Location(), carla.Vector3D(*extent))
+        self._control = carla.WalkerControl()
+        self._controller: WalkerAIController | None = None
+
+    def _pose(self):
+        return self._world._walker_pose(self)
+
+    def get_velocity(self) -> carla.Vector3D:
+        v, yaw = self._world._walker_speed(self), self._pose()[1]
+        return carla.Vector3D(float(v * np.cos(yaw)), float(v * np.sin(yaw)), 0.0)
+
+    def apply_control(self, control: carla.WalkerControl) -> None:
+        if not isinstance(control, carla.WalkerControl):
+            raise TypeError(
+                f"a walker's apply_control needs a carla.WalkerControl, got {type(control).__name__}"
+            )
+        self._control = control
+        if self._controller is None or not self._controller._running:  # a running AI overrides it
+            self._world._walker_steer(self, control)
+
+    def get_control(self) -> carla.WalkerControl:
+        return self._control
+
+
+class WalkerAIController(Actor):
+    """`controller.ai.walker`, attached to its walker: start, go_to_location, set_max_speed, stop."""
+
+    def __init__(self, world, actor_id, type_id, attributes, parent: Walker) -> None:
+        super().__init__(world, actor_id, type_id, attributes)
+        self.parent = parent
+        parent._controller = self
+        self._running = False
+
+    def _pose(self):
+        return self.parent._pose()
+
+    def start(self) -> None:
+        self._running = True
+        self._world._walker_start(self.parent)
+
+    def stop(self) -> None:
+        self._running = False
+        if self.parent.is_alive:
+            self._world._walker_stop(self.parent)
+
+    def go_to_location(self, destination: carla.Location) -> None:
+        if not self._running:
+            return  # as in CARLA: a controller not started has no navigation agent
+        self._world._walker_go_to(self.parent, destination)
+
+    def set_max_speed(self, speed: float = 1.4) -> None:
+        self._world._walker_max_speed(self.parent, float(speed))
+
+
 class TrafficLight(Actor):
     def __init__(self, world, actor_id, index: int, location: np.ndarray) -> None:
         super().__init__(world, actor_id, "traffic.traffic_light", {"role_name": "traffic_light"})

@@ -16,6 +16,12 @@ VEHICLES: dict[str, tuple[float, float, float, float]] = {
     "vehicle.dodge.charger_2020": (2.502, 1.035, 0.776, 3.05),
     "vehicle.ford.mustang": (2.359, 0.947, 0.650, 2.72),
 }
+# Pedestrians: half-extents (x, y, z) of a standing adult (CARLA's walkers are ~0.5 m across, ~1.9 m tall).
+WALKERS: dict[str, tuple[float, float, float]] = {
+    f"walker.pedestrian.{k:04d}": (0.25, 0.25, 0.93) for k in range(1, 9)
+}
+WALKER_SPEEDS = ("0.0", "1.4", "2.8")  # the 'speed' attribute's recommended values: still, walk, run
+WALKER_CONTROLLER = "controller.ai.walker"
 SENSORS = (
     "sensor.other.collision",
     "sensor.other.lane_invasion",
@@ -27,6 +33,7 @@ SENSORS = (
 class ActorAttribute:
     id: str
     value: str
+    recommended_values: list[str] = field(default_factory=list)
 
     def as_str(self) -> str:
         return self.value
@@ -47,7 +54,8 @@ class ActorBlueprint:
     def get_attribute(self, key: str) -> ActorAttribute:
         if key not in self._attributes:
             raise IndexError(f"blueprint {self.id!r} has no attribute {key!r}")
-        return ActorAttribute(key, self._attributes[key])
+        recommended = list(WALKER_SPEEDS) if key == "speed" else []
+        return ActorAttribute(key, self._attributes[key], recommended)
 
     def set_attribute(self, key: str, value) -> None:
         self._attributes[key] = str(value)
@@ -70,6 +78,20 @@ class BlueprintLibrary:
             self._bps[bp_id] = ActorBlueprint(
                 bp_id, ["vehicle", make, model], {"role_name": "autopilot", "number_of_wheels": "4"}
             )
+        for bp_id in WALKERS:
+            self._bps[bp_id] = ActorBlueprint(
+                bp_id,
+                ["walker", "pedestrian", bp_id.rsplit(".", 1)[1]],
+                {
+                    "role_name": "pedestrian",
+                    "is_invincible": "false",
+                    "speed": WALKER_SPEEDS[1],
+                    "age": "adult",
+                },
+            )
+        self._bps[WALKER_CONTROLLER] = ActorBlueprint(
+            WALKER_CONTROLLER, ["controller", "ai", "walker"], {"role_name": "controller"}
+        )
         for bp_id in SENSORS:
             self._bps[bp_id] = ActorBlueprint(bp_id, bp_id.split("."), {"role_name": "front"})
 

@@ -16,6 +16,31 @@ from carla_env.maps.geometry import lane_pose
 INF = np.inf
 
 
+@njit(cache=True, inline="always")
+def _boxes_overlap(dx, dy, dz, ci, si, hi, ri0, cj, sj, hj, rj0):
+    """Oriented boxes i and j (centre offset dx, dy, dz from i to j; cos/sin of yaw; half extents;
+    planar reach) overlap: bounding circles, then height, then the four separating axes."""
+    if dx * dx + dy * dy >= (ri0 + rj0) ** 2:
+        return False
+    if abs(dz) >= hi[2] + hj[2]:
+        return False
+    for a in range(4):
+        if a == 0:
+            ax, ay = ci, si
+        elif a == 1:
+            ax, ay = -si, ci
+        elif a == 2:
+            ax, ay = cj, sj
+        else:
+            ax, ay = -sj, cj
+        dist = abs(dx * ax + dy * ay)
+        ri = hi[0] * abs(ci * ax + si * ay) + hi[1] * abs(-si * ax + ci * ay)
+        rj = hj[0] * abs(cj * ax + sj * ay) + hj[1] * abs(-sj * ax + cj * ay)
+        if dist > ri + rj:
+            return False
+    return True
+
+
 @njit(cache=True)
 def overlapping_pairs(xyz, yaw, half):
     """Pairs (i < j) of oriented boxes that overlap: a bounding-circle broad phase, then separating axes."""
@@ -28,29 +53,60 @@ def overlapping_pairs(xyz, yaw, half):
     reach = np.sqrt(half[:, 0] ** 2 + half[:, 1] ** 2)
     for i in range(n):
         for j in range(i + 1, n):
-            dx = xyz[j, 0] - xyz[i, 0]
-            dy = xyz[j, 1] - xyz[i, 1]
-            if dx * dx + dy * dy >= (reach[i] + reach[j]) ** 2:
-                continue
-            if abs(xyz[j, 2] - xyz[i, 2]) >= half[i, 2] + half[j, 2]:
-                continue
-            separated = False
-            for a in range(4):
-                if a == 0:
-                    ax, ay = c[i], s[i]
-                elif a == 1:
-                    ax, ay = -s[i], c[i]
-                elif a == 2:
-                    ax, ay = c[j], s[j]
-                else:
-                    ax, ay = -s[j], c[j]
-                dist = abs(dx * ax + dy * ay)
-                ri = half[i, 0] * abs(c[i] * ax + s[i] * ay) + half[i, 1] * abs(-s[i] * ax + c[i] * ay)
-                rj = half[j, 0] * abs(c[j] * ax + s[j] * ay) + half[j, 1] * abs(-s[j] * ax + c[j] * ay)
-                if dist > ri + rj:
-                    separated = True
-                    break
-            if not separated:
+            if _boxes_overlap(
+                xyz[j, 0] - xyz[i, 0],
+                xyz[j, 1] - xyz[i, 1],
+                xyz[j, 2] - xyz[i, 2],
+                c[i],
+                s[i],
+                half[i],
+                reach[i],
+                c[j],
+                s[j],
+                half[j],
+                reach[j],
+            ):
+                out_i[count] = i
+                out_j[count] = j
+                count += 1
+    return out_i[:count], out_j[:count]
+
+
+@njit(cache=True)
+def overlapping_pairs_between(xyz_a, yaw_a, half_a, xyz_b, yaw_b, half_b):
+    """Pairs (i in a, j in b) of oriented boxes that overlap (e.g. vehicles and walkers); b is swept
+    in x order, so each box of a meets only the boxes of b within reach along x."""
+    na, nb = xyz_a.shape[0], xyz_b.shape[0]
+    out_i = np.empty(na * nb, np.int64)
+    out_j = np.empty(na * nb, np.int64)
+    count = 0
+    if nb == 0:
+        return out_i[:0], out_j[:0]
+    ca, sa = np.cos(yaw_a), np.sin(yaw_a)
+    cb, sb = np.cos(yaw_b), np.sin(yaw_b)
+    ra = np.sqrt(half_a[:, 0] ** 2 + half_a[:, 1] ** 2)
+    rb = np.sqrt(half_b[:, 0] ** 2 + half_b[:, 1] ** 2)
+    order = np.argsort(xyz_b[:, 0], kind="mergesort")
+    xs = xyz_b[order, 0]
+    rb_max = rb.max()
+    for i in range(na):
+        k = np.searchsorted(xs, xyz_a[i, 0] - ra[i] - rb_max)
+        while k < nb and xs[k] <= xyz_a[i, 0] + ra[i] + rb_max:
+            j = order[k]
+            k += 1
+            if _boxes_overlap(
+                xyz_b[j, 0] - xyz_a[i, 0],
+                xyz_b[j, 1] - xyz_a[i, 1],
+                xyz_b[j, 2] - xyz_a[i, 2],
+                ca[i],
+                sa[i],
+                half_a[i],
+                ra[i],
+                cb[j],
+                sb[j],
+                half_b[j],
+                rb[j],
+            ):
                 out_i[count] = i
                 out_j[count] = j
                 count += 1
@@ -366,4 +422,160 @@ def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand)
         DriverModel(*model),
         light_state,
         rand,
+    )
+
+
+# ---------------------------------------------------------------- walkers
+# A walker follows its route's nodes along the walk graph (carla_env.maps.sidewalks); before a crossing
+# it stops and checks for vehicles, as CARLA's walker manager does (WalkerEventStopAndCheck).
+IDLE, WALKING, CHECKING, STEERED = 0, 1, 2, 3  # walker modes; STEERED: by carla.WalkerControl
+CHECK_TIMEOUT = 5.0  # s waiting at a crossing before the walker takes a new route (CARLA's timeout)
+CHECK_RADIUS = 15.0  # m: a vehicle moving towards the crossing this near its middle keeps it waiting
+CHECK_MARGIN = 0.6  # m: a vehicle whose box comes this near the crossing line keeps it waiting
+NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
+
+
+class WalkerState(NamedTuple):
+    """The walkers, one row each; the kernel updates them in place."""
+
+    xyz: np.ndarray  # (W, 3) ground point under the walker
+    yaw: np.ndarray  # (W,) rad
+    v: np.ndarray  # (W,) m/s over the last tick
+    max_speed: np.ndarray  # (W,) m/s
+    node_from: np.ndarray  # (W,) int64: the walk-graph node it left (or stands at)
+    node_to: np.ndarray  # (W,) int64: the node it walks to
+    edge: np.ndarray  # (W,) int64: the edge between them, -1 none
+    goal: np.ndarray  # (W,) int64: its route's last node, -1 none
+    mode: np.ndarray  # (W,) int64: IDLE, WALKING, CHECKING or STEERED
+    wait: np.ndarray  # (W,) s spent checking at the current crossing
+    steer_dir: np.ndarray  # (W, 3) carla.WalkerControl direction (unit)
+    steer_speed: np.ndarray  # (W,) its speed
+    reroute: np.ndarray  # (W,) bool out: reached its goal, or timed out at a crossing
+
+
+class WalkNetwork(NamedTuple):
+    node_xyz: np.ndarray
+    adj_ptr: np.ndarray
+    adj_node: np.ndarray
+    adj_edge: np.ndarray
+    edge_kind: np.ndarray
+    cross_ptr: np.ndarray
+    cross_lane: np.ndarray
+    cross_s: np.ndarray
+
+
+@njit(cache=True, inline="always")
+def _crossing_clear(a, b, veh_xyz, veh_yaw, veh_v, veh_half_len):
+    """No vehicle on the crossing a-b or moving towards it within CHECK_RADIUS of its middle."""
+    ux, uy = b[0] - a[0], b[1] - a[1]
+    length2 = max(ux * ux + uy * uy, 1e-9)
+    mx, my = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    for j in range(veh_xyz.shape[0]):
+        px, py = veh_xyz[j, 0] - a[0], veh_xyz[j, 1] - a[1]
+        t = min(max((px * ux + py * uy) / length2, 0.0), 1.0)
+        dx, dy = px - t * ux, py - t * uy
+        if dx * dx + dy * dy < (veh_half_len[j] + CHECK_MARGIN) ** 2:
+            return False
+        ox, oy = mx - veh_xyz[j, 0], my - veh_xyz[j, 1]
+        if veh_v[j] > 0.5 and ox * ox + oy * oy < CHECK_RADIUS**2:
+            if ox * np.cos(veh_yaw[j]) + oy * np.sin(veh_yaw[j]) > 0.0:
+                return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _edge_between(net, a, b):
+    for k in range(net.adj_ptr[a], net.adj_ptr[a + 1]):
+        if net.adj_node[k] == b:
+            return net.adj_edge[k]
+    return -1
+
+
+@njit(cache=True)
+def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out_lane, out_s):
+    """Advance every walker one tick. A walker on a crossing is written to (out_lane, out_s) once for each
+    driving lane the crossing spans, for traffic to yield to; returns how many were written."""
+    count = 0
+    for i in range(w.xyz.shape[0]):
+        w.reroute[i] = False
+        mode = w.mode[i]
+        if mode == STEERED:
+            sp = w.steer_speed[i]
+            w.xyz[i, 0] += w.steer_dir[i, 0] * sp * dt
+            w.xyz[i, 1] += w.steer_dir[i, 1] * sp * dt
+            w.v[i] = sp
+            if sp > 0.0 and (w.steer_dir[i, 0] != 0.0 or w.steer_dir[i, 1] != 0.0):
+                w.yaw[i] = np.arctan2(w.steer_dir[i, 1], w.steer_dir[i, 0])
+            continue
+        if mode == IDLE:
+            w.v[i] = 0.0
+            continue
+        if mode == CHECKING:
+            w.v[i] = 0.0
+            a, b = net.node_xyz[w.node_from[i]], net.node_xyz[w.node_to[i]]
+            if _crossing_clear(a, b, veh_xyz, veh_yaw, veh_v, veh_half_len):
+                w.mode[i] = WALKING
+            else:
+                w.wait[i] += dt
+                if w.wait[i] > CHECK_TIMEOUT:
+                    w.reroute[i] = True
+                continue
+        budget = w.max_speed[i] * dt
+        moved = 0.0
+        while budget > 1e-9:
+            t = net.node_xyz[w.node_to[i]]
+            dx, dy, dz = t[0] - w.xyz[i, 0], t[1] - w.xyz[i, 1], t[2] - w.xyz[i, 2]
+            d = np.sqrt(dx * dx + dy * dy)
+            if d > budget:
+                f = budget / d
+                w.xyz[i, 0] += dx * f
+                w.xyz[i, 1] += dy * f
+                w.xyz[i, 2] += dz * f
+                w.yaw[i] = np.arctan2(dy, dx)
+                moved += budget
+                break
+            w.xyz[i, 0], w.xyz[i, 1], w.xyz[i, 2] = t[0], t[1], t[2]
+            if d > 1e-9:
+                w.yaw[i] = np.arctan2(dy, dx)
+            budget -= d
+            moved += d
+            node = w.node_to[i]
+            w.node_from[i] = node
+            nxt = next_hop[i, node] if node != w.goal[i] else -1
+            if nxt < 0:  # at its goal (or cut off from it): a new route, as CARLA's walkers take
+                w.reroute[i] = True
+                w.edge[i] = -1
+                break
+            e = _edge_between(net, node, nxt)
+            w.node_to[i] = nxt
+            w.edge[i] = e
+            if net.edge_kind[e] != NON_SIDEWALK:
+                w.mode[i] = CHECKING
+                w.wait[i] = 0.0
+                break
+        w.v[i] = moved / dt
+        e = w.edge[i]
+        if w.mode[i] == WALKING and e >= 0 and net.edge_kind[e] != NON_SIDEWALK:
+            for k in range(net.cross_ptr[e], net.cross_ptr[e + 1]):
+                if count < out_lane.shape[0]:
+                    out_lane[count] = net.cross_lane[k]
+                    out_s[count] = net.cross_s[k]
+                    count += 1
+    return count
+
+
+@njit(cache=True)
+def walker_step_from_fields(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out_lane, out_s):
+    """walker_step with its containers passed as plain tuples of their fields (see traffic_step_from_fields)."""
+    return walker_step(
+        dt,
+        WalkerState(*w),
+        WalkNetwork(*net),
+        veh_xyz,
+        veh_yaw,
+        veh_v,
+        veh_half_len,
+        next_hop,
+        out_lane,
+        out_s,
     )

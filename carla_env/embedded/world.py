@@ -17,13 +17,23 @@ from carla_env.embedded.actors import (
     Sensor,
     TrafficLight,
     Vehicle,
+    Walker,
+    WalkerAIController,
     WorldSnapshot,
 )
-from carla_env.embedded.blueprints import VEHICLES, ActorBlueprint, BlueprintLibrary
+from carla_env.embedded.blueprints import (
+    VEHICLES,
+    WALKER_CONTROLLER,
+    WALKERS,
+    ActorBlueprint,
+    BlueprintLibrary,
+)
 from carla_env.embedded.dynamics import step_bicycle
-from carla_env.embedded.kernels import overlapping_pairs
+from carla_env.embedded.kernels import overlapping_pairs, overlapping_pairs_between
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
+from carla_env.embedded.walkers import WalkerCrowd
 from carla_env.maps.geometry import lane_pose
+from carla_env.maps.sidewalks import NoSidewalks, WalkGraph, build_walk_graph
 from carla_env.maps.town import Town
 from carla_env.sensors.birdview import Scene, box_corners
 
@@ -31,6 +41,8 @@ DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
+_WALKS: dict[str, WalkGraph | None] = {}
+WALKER_SEED_SALT = 0x57414C4B  # walkers draw from their own stream: walkers: 0 leaves the world as it was
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class EmbeddedWorld:
         self._settings.fixed_delta_seconds = delta_seconds
         self._weather = carla.WeatherParameters.ClearNoon
         self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._crowd: WalkerCrowd | None = None  # built with the first walker (the walk graph costs ~0.5 s)
+        self._walker_actors: list[Walker] = []
         self._next_id = 100
         self._blueprints = BlueprintLibrary()
 
@@ -160,6 +175,22 @@ class EmbeddedWorld:
     def get_snapshot(self) -> WorldSnapshot:
         return WorldSnapshot(self)
 
+    def get_random_location_from_navigation(self) -> carla.Location | None:
+        """A random point on a sidewalk (CARLA: on the navigation mesh), from the pedestrians' seed;
+        None in a town without sidewalks (CARLA: without a mesh)."""
+        if self._walk_graph() is None:
+            return None
+        crowd = self._walkers()
+        x, y, z = crowd.graph.node_xyz[crowd.random_node()]
+        return carla.Location(float(x), float(y), float(z))
+
+    def set_pedestrians_seed(self, seed: int) -> None:
+        self._walkers().rng = np.random.default_rng([int(seed), WALKER_SEED_SALT])
+
+    def set_pedestrians_cross_factor(self, percentage: float) -> None:
+        """Share of walker routes allowed to cross roads anywhere, not only at crossings."""
+        self._walkers().cross_factor = float(percentage)
+
     def get_actors(self, actor_ids: list[int] | None = None) -> ActorList:
         actors = list(self._actors.values())
         if actor_ids is not None:
@@ -188,6 +219,14 @@ class EmbeddedWorld:
             sensor = Sensor(self, self._new_id(), blueprint.id, attributes, attach_to)
             self._sensors.append(sensor)
             return self._register(sensor)
+        if blueprint.id == WALKER_CONTROLLER:
+            if not isinstance(attach_to, Walker):
+                raise ValueError(f"{WALKER_CONTROLLER} must be attached to a walker (attach_to=walker)")
+            return self._register(
+                WalkerAIController(self, self._new_id(), blueprint.id, attributes, attach_to)
+            )
+        if blueprint.id in WALKERS:
+            return self._spawn_walker(blueprint.id, attributes, transform)
         if blueprint.id not in VEHICLES:
             raise ValueError(f"the embedded world cannot spawn {blueprint.id!r}")
         ex, ey, ez, wheelbase = VEHICLES[blueprint.id]
@@ -208,6 +247,10 @@ class EmbeddedWorld:
         self._update_lights()
         f = self._free
         hero_lane, hero_s, hero_v, hero_half = self._free_on_lanes()
+        if self._crowd is not None and self._crowd.count:
+            hero_lane, hero_s, hero_v, hero_half = self._step_walkers(
+                dt, hero_lane, hero_s, hero_v, hero_half
+            )
         self.traffic.step(dt, self._light_state, hero_lane, hero_s, hero_v, hero_half)
         if len(f.x):
             step_bicycle(
@@ -288,9 +331,14 @@ class EmbeddedWorld:
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
         v = hero.get_velocity()  # as scene_from_world reads it
+        walkers = np.zeros((0, 5))
+        if self._crowd is not None:
+            c = self._crowd
+            walkers = boxes(c.state.xyz[:, :2], c.state.yaw, c.half[:, :2])
         return Scene(
             ego=all_boxes[hero_row],
             vehicles=all_boxes[others],
+            walkers=walkers,
             light_states=self._light_state.copy(),
             ego_speed=math.hypot(v.x, v.y),
         )
@@ -318,6 +366,16 @@ class EmbeddedWorld:
         self._actors.pop(actor.id, None)
         if isinstance(actor, Sensor):
             self._sensors.remove(actor)
+        elif isinstance(actor, WalkerAIController):
+            actor.stop()
+            actor.parent._controller = None
+        elif isinstance(actor, Walker):
+            if actor._controller is not None:
+                actor._controller.destroy()
+            self._crowd.remove(actor._row)
+            self._walker_actors.pop(actor._row)
+            for row, other in enumerate(self._walker_actors):
+                other._row = row
         elif isinstance(actor, Vehicle):
             for sensor in [s for s in self._sensors if s.parent is actor]:
                 sensor.destroy()
@@ -368,6 +426,82 @@ class EmbeddedWorld:
         f, r = self._free, v._row
         f.throttle[r], f.steer[r], f.brake[r] = c.throttle, c.steer, c.brake
         f.reverse[r], f.hand_brake[r] = float(c.reverse), float(c.hand_brake)
+
+    # ------------------------------------------------------------------ walkers
+    def _walk_graph(self) -> WalkGraph | None:
+        """The town's sidewalks and crossings (built once per town), None if it has no sidewalk."""
+        g = self.town.lanes
+        if g.xodr_hash not in _WALKS:
+            try:
+                _WALKS[g.xodr_hash] = build_walk_graph(self.town.map, self.town.xodr, g)
+            except NoSidewalks:
+                _WALKS[g.xodr_hash] = None
+        return _WALKS[g.xodr_hash]
+
+    def _walkers(self) -> WalkerCrowd:
+        if self._crowd is None:
+            graph = self._walk_graph()
+            if graph is None:
+                raise RuntimeError(
+                    f"town {self.town.name!r} has no sidewalk lanes: nowhere for walkers to walk"
+                )
+            self._crowd = WalkerCrowd(graph, np.random.default_rng([self._seed, WALKER_SEED_SALT]))
+        return self._crowd
+
+    def _spawn_walker(self, bp_id: str, attributes: dict, transform: carla.Transform):
+        crowd = self._walkers()
+        loc = transform.location
+        node = crowd.nearest_node((loc.x, loc.y, loc.z))
+        half = np.array(WALKERS[bp_id])
+        pos, yaws, halves = self._all_boxes()
+        at = crowd.graph.node_xyz[node][None]
+        if len(pos) and len(overlapping_pairs_between(pos, yaws, halves, at, np.zeros(1), half[None])[0]):
+            return None  # as CARLA: no spawn into a vehicle
+        row = crowd.add(crowd.graph.node_xyz[node], half)
+        walker = Walker(self, self._new_id(), bp_id, attributes, tuple(half))
+        walker._row = row
+        self._walker_actors.append(walker)
+        return self._register(walker)
+
+    def _walker_pose(self, w: Walker):
+        s = self._crowd.state
+        p = s.xyz[w._row].copy()
+        p[2] += self._crowd.half[w._row, 2]  # the body's centre, as CARLA reports a walker's location
+        return p, float(s.yaw[w._row])
+
+    def _walker_speed(self, w: Walker) -> float:
+        return float(self._crowd.state.v[w._row])
+
+    def _walker_steer(self, w: Walker, control: carla.WalkerControl) -> None:
+        self._crowd.steer(w._row, control.direction, control.speed)
+
+    def _walker_start(self, w: Walker) -> None:
+        self._crowd.start(w._row)
+
+    def _walker_stop(self, w: Walker) -> None:
+        self._crowd.stop(w._row)
+
+    def _walker_go_to(self, w: Walker, destination: carla.Location) -> None:
+        self._crowd.go_to(w._row, (destination.x, destination.y, destination.z))
+
+    def _walker_max_speed(self, w: Walker, speed: float) -> None:
+        self._crowd.state.max_speed[w._row] = speed
+
+    def _step_walkers(self, dt, lanes, s, v, half_len):
+        """Walkers move (checking for the vehicles where they are now); those on a crossing join the
+        road users traffic yields to, standing (v = 0)."""
+        pos, yaws, halves = self._all_boxes()
+        speeds = np.concatenate([np.abs(self._free.v), self.traffic.v])
+        on_lane, at_s = self._crowd.step(dt, pos, yaws, speeds, halves[:, 0])
+        if not len(on_lane):
+            return lanes, s, v, half_len
+        n = len(on_lane)
+        return (
+            np.concatenate([lanes, on_lane]),
+            np.concatenate([s, at_s]),
+            np.concatenate([v, np.zeros(n)]),
+            np.concatenate([half_len, np.full(n, WALKERS["walker.pedestrian.0001"][0])]),
+        )
 
     def _update_lights(self) -> None:
         """Light states from the clock; recomputed only when some light is due to change."""
@@ -432,6 +566,8 @@ class EmbeddedWorld:
         i, j = overlapping_pairs(pos, yaws, halves)
         actors = self._free_actors + self._npc_actors
         self.collisions = [(actors[a].id, actors[b].id) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+        if self._crowd is not None and self._crowd.count:
+            self._detect_walker_collisions(pos, yaws, halves, actors)
         if not self.collisions or not self._sensors:
             return
         speeds = np.concatenate([self._free.v, self.traffic.v])
@@ -452,6 +588,30 @@ class EmbeddedWorld:
                                 actors[me].get_transform(),
                             )
                         )
+
+    def _detect_walker_collisions(self, pos, yaws, halves, vehicles) -> None:
+        """Vehicle-walker contacts: in self.collisions (vehicle id, walker id); a vehicle's collision
+        sensor gets an event whose other_actor is the walker."""
+        c = self._crowd
+        i, j = overlapping_pairs_between(pos, yaws, halves, c.state.xyz, c.state.yaw, c.half)
+        speeds = np.concatenate([self._free.v, self.traffic.v])
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            vehicle, walker = vehicles[a], self._walker_actors[b]
+            self.collisions.append((vehicle.id, walker.id))
+            for sensor in self._sensors:
+                if sensor.type_id == "sensor.other.collision" and sensor.parent is vehicle:
+                    d = pos[a] - c.state.xyz[b]
+                    n = d / max(np.linalg.norm(d), 1e-6) * abs(speeds[a]) * 80.0  # impulse ~ m * dv
+                    sensor._emit(
+                        CollisionEvent(
+                            self.frame,
+                            self.elapsed_seconds,
+                            vehicle,
+                            walker,
+                            carla.Vector3D(*map(float, n)),
+                            vehicle.get_transform(),
+                        )
+                    )
 
     def _detect_lane_invasions(self) -> None:
         """A bounding-box corner over a painted line of the lane under the car's centre, as CARLA's
@@ -485,4 +645,7 @@ class EmbeddedWorld:
             f.marking_overlap[r] = overlapping
 
     def __repr__(self) -> str:
-        return f"EmbeddedWorld(town={self.town.name}, frame={self.frame}, vehicles={len(self._free_actors) + len(self._npc_actors)})"
+        return (
+            f"EmbeddedWorld(town={self.town.name}, frame={self.frame}, "
+            f"vehicles={len(self._free_actors) + len(self._npc_actors)}, walkers={len(self._walker_actors)})"
+        )

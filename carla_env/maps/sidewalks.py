@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import carla
 import numpy as np
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
 from carla_env.maps.lane_graph import LaneGraph
@@ -26,9 +26,14 @@ SAMPLE = 2.0  # m between nodes along a sidewalk
 JOIN = 1.5  # m: sidewalk ends this close continue into each other
 CORNER = 12.0  # m: a dangling sidewalk end joins the nearest sidewalk within this, off the road
 CROSSWALK_REACH = 4.0  # m from a crosswalk's end to the sidewalk node it lands on
+MAX_DESTINATIONS = 512  # nodes random walker routes lead to (their routing tables are cached)
 MID_BLOCK_SPACING = 40.0  # m between mid-block road crossings along a road
 MID_BLOCK_MARGIN = 15.0  # m from a road's ends (junction crossings are there)
 WALKER_HALF_WIDTH = 0.35  # m: clearance from a lane's edge for a link to count as off the road
+
+
+class NoSidewalks(ValueError):
+    """The map has no sidewalk lane."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +65,27 @@ class WalkGraph:
         ).tocsr()
 
     def components(self, roads: bool) -> np.ndarray:
-        return connected_components(self.csgraph(roads), directed=False)[1]
+        key = ("components", roads)
+        if key not in self.__dict__:
+            self.__dict__[key] = connected_components(self.csgraph(roads), directed=False)[1]
+        return self.__dict__[key]
+
+    def destinations(self) -> np.ndarray:
+        """Nodes random routes lead to: up to MAX_DESTINATIONS spread along the sidewalks, so that each
+        one's routing table is computed once per town and reused."""
+        return np.arange(0, self.num_nodes, max(1, self.num_nodes // MAX_DESTINATIONS))
+
+    def next_hops(self, goal: int, roads: bool) -> np.ndarray:
+        """(N,) int32: from each node, the next node on a shortest walk to `goal` (-1: none); cached."""
+        cache = self.__dict__.setdefault("_next_hops", {})
+        hops = cache.get((goal, roads))
+        if hops is None:
+            key = ("csgraph", roads)
+            if key not in self.__dict__:
+                self.__dict__[key] = self.csgraph(roads)
+            _, pred = dijkstra(self.__dict__[key], directed=False, indices=goal, return_predecessors=True)
+            hops = cache[(goal, roads)] = np.where(pred < 0, -1, pred).astype(np.int32)
+        return hops
 
 
 def _sidewalk_lanes(root: ET.Element):
@@ -148,7 +173,7 @@ def build_walk_graph(cmap: carla.Map, xodr: str, lanes: LaneGraph) -> WalkGraph:
         edges += [(a, b, SIDEWALK) for a, b in zip(nodes[:-1], nodes[1:], strict=True)]
         lines.append((nodes[0], nodes[-1], rid, lane_id, s0, s1))
     if not xyz:
-        raise ValueError("the map has no sidewalk lanes: nowhere for walkers to walk")
+        raise NoSidewalks("the map has no sidewalk lanes: nowhere for walkers to walk")
     xyz_arr = np.array(xyz, float)
     line_of = np.full(len(xyz_arr), -1)
     for k, (first, last, *_rest) in enumerate(lines):

@@ -1,0 +1,192 @@
+"""Pedestrians of the embedded world, after CARLA's walker AI (LibCarla/source/carla/nav):
+
+- a started controller walks its walker to the location given by `go_to_location`, along sidewalks and
+  crossings (the walk graph of carla_env.maps.sidewalks, standing in for CARLA's navigation mesh);
+- at its destination it takes a new route to a random location (WalkerManager::SetWalkerNextPoint);
+- before a crossing it stops and checks for vehicles, and after 5 s of waiting takes a new route
+  (WalkerEventStopAndCheck(5));
+- a route may cross roads anywhere (mid-block) with the probability set by
+  `world.set_pedestrians_cross_factor` (Navigation::SetPedestriansCrossFactor; CARLA's default 0);
+- traffic lights are not part of a walker's decision (CARLA's walker AI reads none).
+
+State is struct-of-arrays; one compiled kernel call a tick moves every walker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from carla_env.embedded.kernels import (
+    CHECKING,
+    IDLE,
+    STEERED,
+    WALKING,
+    WalkerState,
+    WalkNetwork,
+    walker_step_from_fields,
+)
+from carla_env.maps.sidewalks import WalkGraph
+
+DEFAULT_MAX_SPEED = 1.4  # m/s until set_max_speed (a brisk walk)
+MAX_CROSSING_ROWS = 8  # driving lanes one crossing can span, per walker, for traffic to yield to
+
+
+class WalkerCrowd:
+    """The world's walkers: rows of WalkerState, their routes, and the walk graph they use."""
+
+    def __init__(self, graph: WalkGraph, rng: np.random.Generator) -> None:
+        self.graph = graph
+        self.rng = rng
+        self.cross_factor = 0.0
+        self.net = WalkNetwork(
+            graph.node_xyz,
+            graph.adj_ptr,
+            graph.adj_node,
+            graph.adj_edge,
+            graph.edge_kind,
+            graph.cross_ptr,
+            graph.cross_lane,
+            graph.cross_s,
+        )
+        self._components = {roads: graph.components(roads) for roads in (False, True)}
+        self._destinations = graph.destinations()
+        n = 0
+        self.state = WalkerState(
+            xyz=np.zeros((n, 3)),
+            yaw=np.zeros(n),
+            v=np.zeros(n),
+            max_speed=np.zeros(n),
+            node_from=np.zeros(n, np.int64),
+            node_to=np.zeros(n, np.int64),
+            edge=np.zeros(n, np.int64),
+            goal=np.zeros(n, np.int64),
+            mode=np.zeros(n, np.int64),
+            wait=np.zeros(n),
+            steer_dir=np.zeros((n, 3)),
+            steer_speed=np.zeros(n),
+            reroute=np.zeros(n, bool),
+        )
+        self.half = np.zeros((0, 3))
+        self.next_hop = np.zeros((0, graph.num_nodes), np.int32)
+        self._out_lane = np.zeros(0, np.int64)
+        self._out_s = np.zeros(0)
+
+    @property
+    def count(self) -> int:
+        return len(self.state.v)
+
+    # ------------------------------------------------------------------ rows
+    def nearest_node(self, xyz) -> int:
+        d = np.linalg.norm(self.graph.node_xyz - np.asarray(xyz, float), axis=1)
+        return int(d.argmin())
+
+    def add(self, xyz, half) -> int:
+        node = self.nearest_node(xyz)
+        row = {
+            "xyz": self.graph.node_xyz[node][None],
+            "yaw": [0.0],
+            "v": [0.0],
+            "max_speed": [DEFAULT_MAX_SPEED],
+            "node_from": [node],
+            "node_to": [node],
+            "edge": [-1],
+            "goal": [-1],
+            "mode": [IDLE],
+            "wait": [0.0],
+            "steer_dir": np.zeros((1, 3)),
+            "steer_speed": [0.0],
+            "reroute": [False],
+        }
+        self.state = WalkerState(
+            *(
+                np.concatenate([old, np.asarray(row[name], old.dtype)])
+                for name, old in zip(WalkerState._fields, self.state, strict=True)
+            )
+        )
+        self.half = np.vstack([self.half, half])
+        self.next_hop = np.vstack([self.next_hop, np.full((1, self.graph.num_nodes), -1, np.int32)])
+        self._out_lane = np.zeros(MAX_CROSSING_ROWS * self.count, np.int64)
+        self._out_s = np.zeros(MAX_CROSSING_ROWS * self.count)
+        return self.count - 1
+
+    def remove(self, row: int) -> None:
+        self.state = WalkerState(*(np.delete(a, row, axis=0) for a in self.state))
+        self.half = np.delete(self.half, row, axis=0)
+        self.next_hop = np.delete(self.next_hop, row, axis=0)
+
+    # ------------------------------------------------------------------ the controller's verbs
+    def start(self, row: int) -> None:
+        s = self.state
+        if s.mode[row] == STEERED:
+            node = self.nearest_node(s.xyz[row])
+            s.node_from[row] = s.node_to[row] = node
+            s.xyz[row] = self.graph.node_xyz[node]
+        s.mode[row] = WALKING if s.goal[row] >= 0 else IDLE
+
+    def stop(self, row: int) -> None:
+        s = self.state
+        s.mode[row], s.goal[row], s.v[row] = IDLE, -1, 0.0
+
+    def go_to(self, row: int, xyz) -> None:
+        """Route to the node nearest `xyz` that the walker can reach."""
+        roads = bool(self.rng.random() < self.cross_factor)
+        here = self.state.node_to[row]
+        reachable = np.flatnonzero(self._components[roads] == self._components[roads][here])
+        d = np.linalg.norm(self.graph.node_xyz[reachable] - np.asarray(xyz, float), axis=1)
+        self._route(row, int(reachable[d.argmin()]), roads)
+
+    def random_node(self) -> int:
+        return int(self.rng.integers(self.graph.num_nodes))
+
+    def steer(self, row: int, direction, speed: float) -> None:
+        """carla.WalkerControl on a walker no controller drives."""
+        s = self.state
+        d = np.array([direction.x, direction.y, 0.0])
+        norm = np.linalg.norm(d)
+        s.steer_dir[row] = d / norm if norm > 0 else 0.0
+        s.steer_speed[row] = max(float(speed), 0.0)
+        s.mode[row] = STEERED
+
+    def _route(self, row: int, goal: int, roads: bool) -> None:
+        s = self.state
+        self.next_hop[row] = self.graph.next_hops(goal, roads)
+        s.goal[row] = goal
+        s.node_to[row] = s.node_from[row]  # from where it stands (a node): re-planned next tick
+        s.edge[row] = -1
+        s.wait[row] = 0.0
+        s.mode[row] = WALKING
+
+    def _new_random_route(self, row: int) -> None:
+        roads = bool(self.rng.random() < self.cross_factor)
+        comp = self._components[roads]
+        here = self.state.node_from[row]
+        choices = self._destinations[comp[self._destinations] == comp[here]]
+        if not len(choices):  # an island with no destination: anywhere on it
+            choices = np.flatnonzero(comp == comp[here])
+        goal = int(choices[self.rng.integers(len(choices))])
+        if goal == here and len(choices) > 1:
+            goal = int(choices[(np.searchsorted(choices, here) + 1) % len(choices)])
+        self._route(row, goal, roads)
+
+    # ------------------------------------------------------------------ the tick
+    def step(self, dt: float, veh_xyz, veh_yaw, veh_v, veh_half_len) -> tuple[np.ndarray, np.ndarray]:
+        """Move every walker; returns (lane, s) of walkers on crossings, for traffic to yield to."""
+        if not self.count:
+            return self._out_lane[:0], self._out_s[:0]
+        n = walker_step_from_fields(
+            dt,
+            tuple(self.state),
+            tuple(self.net),
+            veh_xyz,
+            veh_yaw,
+            veh_v,
+            veh_half_len,
+            self.next_hop,
+            self._out_lane,
+            self._out_s,
+        )
+        for row in np.flatnonzero(self.state.reroute):
+            if self.state.mode[row] == CHECKING:  # timed out: it stands at the node it came from
+                self.state.node_to[row] = self.state.node_from[row]
+            self._new_random_route(int(row))
+        return self._out_lane[:n], self._out_s[:n]
