@@ -4,6 +4,7 @@ lane-invasion events, speed and distance moved."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class DrivingState:
     lane_invasions: int  # lane-invasion events this step
     speed: float  # m/s, planar
     moved: float  # metres driven this step
+    pedestrian_collisions: int = 0  # of this step's collision events, those with a walker
 
 
 class RouteTracker:
@@ -85,12 +87,19 @@ class DrivingStateTracker:
             lane_invasions=count_events(self.sensors, sensor_data, "sensor.other.lane_invasion"),
             speed=math.hypot(v.x, v.y),
             moved=moved,
+            pedestrian_collisions=count_events(
+                self.sensors, sensor_data, "sensor.other.collision", other_actor="walker.*"
+            ),
         )
 
 
-def count_events(sensors: dict, sensor_data: dict, blueprint_id: str) -> int:
-    """Events this tick from the configured sensors of one type (e.g. 'sensor.other.collision')."""
-    return sum(len(sensor_data[name][1]) for name, cfg in sensors.items() if cfg.type == blueprint_id)
+def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:
+    """Events this tick from the configured sensors of one type (e.g. 'sensor.other.collision');
+    with `other_actor`, only those whose other actor's type id matches it (e.g. 'walker.*')."""
+    events = [e for name, cfg in sensors.items() if cfg.type == blueprint_id for e in sensor_data[name][1]]
+    if other_actor is not None:
+        events = [e for e in events if fnmatch.fnmatch(e.other_actor.type_id, other_actor)]
+    return len(events)
 
 
 def is_off_road(core) -> bool:

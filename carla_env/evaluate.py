@@ -32,6 +32,7 @@ SUMMARY_KEYS = (
     "episodes",
     "route_completion",
     "collisions_per_km",
+    "pedestrian_collisions_per_km",
     "lane_invasions_per_km",
     "mean_speed",
     "driving_score",
@@ -140,6 +141,8 @@ def summarise(rows: Sequence[dict]) -> dict:
         "episodes": len(rows),
         "route_completion": sum(r["route_completion"] for r in rows) / len(rows),
         "collisions_per_km": sum(r["collisions"] for r in rows) / max(km, 1e-9),
+        "pedestrian_collisions_per_km": sum(r.get("pedestrian_collisions", 0.0) for r in rows)
+        / max(km, 1e-9),
         "lane_invasions_per_km": sum(r["lane_invasions"] for r in rows) / max(km, 1e-9),
         "driving_score": sum(r["driving_score"] for r in rows) / len(rows),
         "km_driven": km,
@@ -243,7 +246,7 @@ def evaluate(
 
 def table(result: dict) -> str:
     """The summary per town and overall, one line each."""
-    head = ("town", "episodes", "route", "coll/km", "inv/km", "speed m/s", "score", "km")
+    head = ("town", "episodes", "route", "coll/km", "ped/km", "inv/km", "speed m/s", "score", "km")
     width = max(len(t) for t in [*result["towns"], "overall", "town"])
     lines = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in head[1:])]
     for town, s in [*result["towns"].items(), ("overall", result["overall"])]:

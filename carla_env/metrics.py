@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from carla_env.driving_state import DrivingState
 
 COLLISION_PENALTY = 0.60  # CARLA leaderboard: each collision with a vehicle multiplies the score by 0.60
+PEDESTRIAN_PENALTY = 0.50  # and each collision with a pedestrian by 0.50
 OFF_ROAD_PENALTY = 0.65  # per off-road excursion (the leaderboard's "outside route lanes" analogue)
 
 
@@ -15,7 +16,8 @@ class DrivingMetrics:
     route_length: float = 0.0
     route_progress: float = 0.0
     distance: float = 0.0
-    collisions: int = 0
+    collisions: int = 0  # every collision, pedestrians included
+    pedestrian_collisions: int = 0
     lane_invasions: int = 0
     off_road_seconds: float = 0.0
     off_road_events: int = 0
@@ -27,6 +29,7 @@ class DrivingMetrics:
         self.distance += state.moved
         self.route_progress = max(self.route_progress, state.progress)
         self.collisions += state.collisions
+        self.pedestrian_collisions += state.pedestrian_collisions
         self.lane_invasions += state.lane_invasions
         if state.off_road:
             self.off_road_seconds += dt
@@ -36,10 +39,16 @@ class DrivingMetrics:
     def summary(self) -> dict[str, float]:
         km = max(self.distance / 1000.0, 1e-3)
         completion = min(self.route_progress / self.route_length, 1.0) if self.route_length else 0.0
-        penalty = COLLISION_PENALTY**self.collisions * OFF_ROAD_PENALTY**self.off_road_events
+        others = self.collisions - self.pedestrian_collisions
+        penalty = (
+            COLLISION_PENALTY**others
+            * PEDESTRIAN_PENALTY**self.pedestrian_collisions
+            * OFF_ROAD_PENALTY**self.off_road_events
+        )
         return {
             "route_completion": completion,
             "collisions_per_km": self.collisions / km,
+            "pedestrian_collisions_per_km": self.pedestrian_collisions / km,
             "lane_invasions_per_km": self.lane_invasions / km,
             "off_road_seconds": self.off_road_seconds,
             "mean_speed": self.distance / self.seconds if self.seconds else 0.0,
@@ -47,5 +56,6 @@ class DrivingMetrics:
             "route_length_m": self.route_length,  # short routes make completion easy: logged beside it
             "driving_score": completion * penalty,
             "collisions": float(self.collisions),
+            "pedestrian_collisions": float(self.pedestrian_collisions),
             "lane_invasions": float(self.lane_invasions),
         }

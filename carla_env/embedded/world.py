@@ -29,7 +29,7 @@ from carla_env.embedded.blueprints import (
     BlueprintLibrary,
 )
 from carla_env.embedded.dynamics import step_bicycle
-from carla_env.embedded.kernels import overlapping_pairs, overlapping_pairs_between
+from carla_env.embedded.kernels import STEERED, overlapping_pairs, overlapping_pairs_between
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.embedded.walkers import WalkerCrowd
 from carla_env.maps.geometry import lane_pose
@@ -493,6 +493,16 @@ class EmbeddedWorld:
         pos, yaws, halves = self._all_boxes()
         speeds = np.concatenate([np.abs(self._free.v), self.traffic.v])
         on_lane, at_s = self._crowd.step(dt, pos, yaws, speeds, halves[:, 0])
+        steered = np.flatnonzero(self._crowd.state.mode == STEERED)
+        if len(steered):  # walkers driven by WalkerControl, wherever they are: on a lane, in the way
+            g, extra = self.town.lanes, []
+            for row in steered.tolist():
+                lane, at, dist = g.locate(self._crowd.state.xyz[row])
+                if dist <= g.lane_width[lane] / 2 + self._crowd.half[row, 1]:
+                    extra.append((lane, at))
+            if extra:
+                on_lane = np.concatenate([on_lane, np.array([e[0] for e in extra], np.int64)])
+                at_s = np.concatenate([at_s, np.array([e[1] for e in extra])])
         if not len(on_lane):
             return lanes, s, v, half_len
         n = len(on_lane)

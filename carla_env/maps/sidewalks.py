@@ -140,7 +140,11 @@ def _lanes_crossed(lanes: LaneGraph, tree: cKDTree, a: np.ndarray, b: np.ndarray
             d = float(np.hypot(*(lanes.points[idx, :2] - p)))
             if d <= lanes.lane_width[lane] / 2 + WALKER_HALF_WIDTH and d < best.get(lane, (np.inf, 0))[0]:
                 best[lane] = (d, float((idx - lanes.lane_start[lane]) * lanes.lane_ds[lane]))
-    return sorted((lane, s) for lane, (_, s) in best.items())
+    crossed = sorted((lane, s) for lane, (_, s) in best.items())
+    # Junction lanes only where the crossing spans no other: traffic inside a junction sees a walker on
+    # its exit lane, and a walker holding junction lanes would stall right of way for the whole junction.
+    outside = [(lane, s) for lane, s in crossed if lanes.lane_junction[lane] < 0]
+    return outside or crossed
 
 
 def _off_road(lanes: LaneGraph, tree: cKDTree, a: np.ndarray, b: np.ndarray) -> bool:

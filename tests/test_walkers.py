@@ -1,0 +1,289 @@
+"""Pedestrians: where they walk (sidewalks and crossings of real and generated towns), how they walk
+(CARLA's walker AI), the CARLA API they answer to, traffic yielding to them, collisions, the BEV."""
+
+import dataclasses
+
+import carla
+import numpy as np
+import pytest
+
+from carla_env.config import SimulatorConfig
+from carla_env.driving_state import DrivingStateTracker
+from carla_env.embedded import EmbeddedWorld
+from carla_env.embedded.core import EmbeddedCore
+from carla_env.maps import BUILTIN_TOWNS, build_lane_graph, generate_town, load_town
+from carla_env.maps.route import plan_route
+from carla_env.maps.sidewalks import CROSSING, ROAD, SIDEWALK, build_walk_graph
+from carla_env.metrics import DrivingMetrics
+from carla_env.sensors import BirdviewRenderer, BirdviewSpec, scene_from_world
+from tests.conftest import real_town_path
+
+TOWN = "GridTown03"
+
+
+def core_with(walkers: int, seed_town: str = TOWN, vehicles: int = 10, cross: float = 0.0) -> EmbeddedCore:
+    return EmbeddedCore(
+        SimulatorConfig(
+            backend="embedded",
+            town=seed_town,
+            traffic={"vehicles": vehicles},
+            carla={"walkers": walkers, "walker_cross_factor": cross},
+        )
+    )
+
+
+def spawn_walker(world, location: carla.Location, controller: bool = True):
+    lib = world.get_blueprint_library()
+    walker = world.spawn_actor(lib.find("walker.pedestrian.0001"), carla.Transform(location))
+    brain = world.spawn_actor(lib.find("controller.ai.walker"), carla.Transform(), attach_to=walker)
+    return walker, brain
+
+
+# ------------------------------------------------------------------------------- where they walk
+@pytest.mark.parametrize("name", ["Town01", "Town02", "Town04", "Town10HD"])
+def test_real_towns_give_connected_sidewalks_and_crossings(name):
+    town = load_town(real_town_path(name))
+    graph = build_walk_graph(town.map, town.xodr, town.lanes)
+    kinds = np.bincount(graph.edge_kind, minlength=3)
+    assert kinds[SIDEWALK] > 500 and kinds[CROSSING] >= 10 and kinds[ROAD] >= 10
+    comp = graph.components(roads=False)
+    assert np.bincount(comp).max() >= 0.8 * graph.num_nodes  # one town-wide network, not islands
+    crosswalks = len(town.map.get_crosswalks())
+    if name in ("Town04", "Town10HD"):  # crossings from the map's crosswalk objects
+        assert crosswalks and kinds[CROSSING] >= 0.5 * crosswalks / 5
+    for node in np.linspace(0, graph.num_nodes - 1, 50).astype(int):
+        x, y, z = graph.node_xyz[node]
+        wp = town.map.get_waypoint(
+            carla.Location(x, y, z), project_to_road=False, lane_type=carla.LaneType.Sidewalk
+        )
+        assert wp is not None  # every node is on an OpenDRIVE sidewalk lane
+    # Each crossing spans driving lanes, and traffic knows which.
+    spans = np.diff(graph.cross_ptr)
+    assert (spans[graph.edge_kind != SIDEWALK] > 0).all() and (spans[graph.edge_kind == SIDEWALK] == 0).all()
+
+
+def test_generated_towns_carry_sidewalks_and_crosswalks_in_their_opendrive_and_the_same_driving_lanes():
+    spec = BUILTIN_TOWNS["GridTown01"]
+    xodr = generate_town(spec, "GridTown01")
+    bare = generate_town(dataclasses.replace(spec, sidewalk_width=0.0), "GridTown01")
+    assert 'type="sidewalk"' in xodr and 'type="crosswalk"' in xodr and 'type="sidewalk"' not in bare
+    cmap = carla.Map("GridTown01", xodr)  # what a CARLA server gets through generate_opendrive_world
+    polygons = len(cmap.get_crosswalks()) // 5  # closed quads
+    assert polygons == xodr.count('type="crosswalk"') > 20
+    ours, before = (
+        build_lane_graph(cmap, xodr, use_cache=False),
+        build_lane_graph(carla.Map("GridTown01", bare), bare, use_cache=False),
+    )
+    for field in dataclasses.fields(ours):
+        if field.name != "xodr_hash":
+            assert np.array_equal(getattr(ours, field.name), getattr(before, field.name)), field.name
+    graph = build_walk_graph(cmap, xodr, ours)
+    assert np.bincount(graph.edge_kind, minlength=3)[CROSSING] == polygons  # every crosswalk is walkable
+    assert graph.components(roads=False).max() == 0  # corners join the arms' sidewalks: one network
+    # A crosswalk lies clear of where cars wait at the stop line (>= 2.5 m before the junction).
+    town = load_town("GridTown01")
+    g = town.lanes
+    for e in np.flatnonzero(graph.edge_kind == CROSSING):
+        for k in range(graph.cross_ptr[e], graph.cross_ptr[e + 1]):
+            lane, s = graph.cross_lane[k], graph.cross_s[k]
+            assert min(s, g.lane_length[lane] - s) <= 2.5
+
+
+# ------------------------------------------------------------------------------- the CARLA API
+def test_walkers_config_key_spawns_walkers_with_ai_controllers_through_the_carla_api():
+    core = core_with(12)
+    core.reset(seed=3)
+    world = core.world
+    walkers = world.get_actors().filter("walker.*")
+    assert len(walkers) == 12 and all(w.type_id.startswith("walker.pedestrian.") for w in walkers)
+    assert len(world.get_actors().filter("controller.ai.walker")) == 12
+    assert (
+        world.get_blueprint_library().find("walker.pedestrian.0001").get_attribute("speed").recommended_values
+    )
+    for _ in range(40):
+        core.tick(None)
+    speeds = [np.hypot(w.get_velocity().x, w.get_velocity().y) for w in walkers]
+    assert sum(s > 0.9 for s in speeds) >= 8 and max(speeds) <= 1.6 + 1e-6  # 1.0-1.6 m/s, or waiting
+    w = walkers[0]
+    box = w.bounding_box
+    assert 0.1 < box.extent.x < 0.5 and 0.6 < box.extent.z < 1.2
+    assert isinstance(w.get_transform(), carla.Transform) and w.get_location().z > 0.5  # the body's centre
+    core.close()
+
+
+def test_walkers_zero_leaves_the_world_as_it_was():
+    a, b = (
+        core_with(0),
+        EmbeddedCore(SimulatorConfig(backend="embedded", town=TOWN, traffic={"vehicles": 10})),
+    )
+    for core in (a, b):
+        core.reset(seed=4)
+        for _ in range(100):
+            core.tick(carla.VehicleControl(throttle=0.5))
+    assert not len(a.world.get_actors().filter("walker.*"))
+    assert np.array_equal(a.world.traffic.xyz, b.world.traffic.xyz)
+
+
+def test_same_seed_same_walks_and_another_seed_other_walks():
+    def walk(seed):
+        core = core_with(20, cross=0.5)
+        core.reset(seed=seed)
+        for _ in range(300):
+            core.tick(None)
+        return np.array(
+            [[w.get_location().x, w.get_location().y] for w in core.world.get_actors().filter("walker.*")]
+        )
+
+    a, b, c = walk(1), walk(1), walk(2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_go_to_location_walks_along_sidewalks_to_the_destination_then_stop_stands_still():
+    town = load_town(TOWN)
+    world = EmbeddedWorld(town, seed=0)
+    start, goal = world.get_random_location_from_navigation(), world.get_random_location_from_navigation()
+    walker, brain = spawn_walker(world, start)
+    brain.start()
+    brain.set_max_speed(1.5)
+    brain.go_to_location(goal)
+    closest = np.inf
+    for _ in range(int(2 * start.distance(goal) / 1.5 / 0.05) + 4000):
+        world.tick()
+        loc = walker.get_location()
+        closest = min(closest, np.hypot(loc.x - goal.x, loc.y - goal.y))
+        speed = np.hypot(walker.get_velocity().x, walker.get_velocity().y)
+        assert speed <= 1.5 + 1e-9
+        if closest < 0.5:
+            break
+    assert closest < 0.5  # it got there (and, as CARLA's, then walks on to a new random destination)
+    brain.stop()
+    before = walker.get_location()
+    for _ in range(20):
+        world.tick()
+    assert walker.get_location().distance(before) == 0.0
+
+
+def test_walker_control_moves_a_walker_without_a_controller():
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    lib = world.get_blueprint_library()
+    walker = world.spawn_actor(
+        lib.find("walker.pedestrian.0002"), carla.Transform(world.get_random_location_from_navigation())
+    )
+    before = walker.get_location()
+    walker.apply_control(carla.WalkerControl(direction=carla.Vector3D(0.0, 1.0, 0.0), speed=2.0))
+    for _ in range(20):  # 1 s
+        world.tick()
+    after = walker.get_location()
+    assert after.y - before.y == pytest.approx(2.0) and after.x == pytest.approx(before.x)
+    assert walker.get_transform().rotation.yaw == pytest.approx(90.0)
+    with pytest.raises(TypeError, match="WalkerControl"):
+        walker.apply_control(carla.VehicleControl())
+
+
+# ------------------------------------------------------------------------------- traffic and collisions
+def test_traffic_stops_for_a_walker_in_its_lane():
+    town = load_town(TOWN)
+    g = town.lanes
+    lane = int(np.flatnonzero(~g.is_junction & g.lane_main & (g.lane_length > 50))[0])
+    world = EmbeddedWorld(town, seed=0)
+    (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([2.0]), ["vehicle.tesla.model3"])
+    pos, _ = g.interpolate(np.array([lane]), np.array([40.0]))
+    walker = world.spawn_actor(
+        world.get_blueprint_library().find("walker.pedestrian.0003"),
+        carla.Transform(carla.Location(*map(float, pos[0]))),
+    )
+    walker.apply_control(carla.WalkerControl(direction=carla.Vector3D(1.0, 0.0, 0.0), speed=0.0))
+    world._crowd.state.xyz[0] = pos[0]  # stand in the lane, 38 m ahead of the car
+    for _ in range(400):
+        world.tick()
+        assert (npc.id, walker.id) not in world.collisions
+    assert world.traffic.v[0] < 0.1 and npc.get_location().distance(walker.get_location()) < 10.0
+
+
+def test_the_hero_hitting_a_walker_is_a_collision_with_the_walker_counted_apart():
+    town = load_town(TOWN)
+    world = EmbeddedWorld(town, seed=0)
+    lib = world.get_blueprint_library()
+    spot = town.spawn_points(seed=0)[0]
+    hero = world.spawn_actor(lib.find("vehicle.tesla.model3"), spot)
+    sensor = world.spawn_actor(lib.find("sensor.other.collision"), carla.Transform(), attach_to=hero)
+    events = []
+    sensor.listen(events.append)
+    walker = world.spawn_actor(lib.find("walker.pedestrian.0004"), carla.Transform())
+    walker.apply_control(carla.WalkerControl(speed=0.0))
+    yaw = np.radians(spot.rotation.yaw)
+    world._crowd.state.xyz[0] = (spot.location.x + 15 * np.cos(yaw), spot.location.y + 15 * np.sin(yaw), 0.0)
+    for _ in range(120):
+        hero.apply_control(carla.VehicleControl(throttle=0.7))
+        world.tick()
+        if events:
+            break
+    assert events and events[0].other_actor is walker and events[0].actor is hero
+    assert events[0].other_actor.type_id.startswith("walker.pedestrian")
+
+    class Core:  # what DrivingStateTracker reads of a core
+        pass
+
+    core = Core()
+    core.hero, core.on_driving_lane = hero, lambda actor: True
+    lane, s, _ = town.lanes.locate((spot.location.x, spot.location.y, 0.0), yaw)
+    route = plan_route(town.lanes, (lane, s), (lane, min(s + 30, town.lanes.lane_length[lane] - 1)))
+    sensors = {"collision": type("C", (), {"type": "sensor.other.collision"})()}
+    tracker = DrivingStateTracker(route, sensors, hero)
+    state = tracker.step(core, {"collision": (world.frame, events[:1])})
+    metrics = DrivingMetrics(route_length=30.0)
+    metrics.update(0.05, state)
+    summary = metrics.summary()
+    assert state.pedestrian_collisions == 1 and summary["pedestrian_collisions"] == 1.0
+    assert summary["collisions"] == 1.0 and summary["pedestrian_collisions_per_km"] > 0
+
+
+# ------------------------------------------------------------------------------- the BEV
+def test_same_walker_pixels_from_the_carla_api_and_from_the_embedded_arrays():
+    core = core_with(60, vehicles=30)
+    core.reset(seed=2)
+    world, hero = core.world, core.hero
+    spec = BirdviewSpec(channels=(*BirdviewSpec().channels, "speed"))
+    via_api, via_arrays = BirdviewRenderer(core.town.lanes, spec), BirdviewRenderer(core.town.lanes, spec)
+    walker_px = 0
+    for _ in range(200):
+        core.tick(carla.VehicleControl(throttle=0.3))
+        a = via_api(scene_from_world(world, hero, core.town.lanes))
+        b = via_arrays(world.birdview_scene(hero))
+        assert np.array_equal(a, b)
+        walker_px += int(sum(a[k].sum() for name, k in via_api.index.items() if name.startswith("walkers")))
+    assert walker_px > 0  # walkers were in view
+
+
+# ------------------------------------------------------------------------------- the soak
+@pytest.mark.slow
+def test_soak_100_walkers_50_vehicles_10000_ticks_walkers_stay_on_sidewalks_and_crossings_unhit():
+    core = core_with(100, seed_town="GridTown01", vehicles=50, cross=0.3)
+    core.reset(seed=0)
+    world, cmap = core.world, core.town.map
+    crowd, graph = world._crowd, world._crowd.graph
+    walkers = {w.id for w in world.get_actors().filter("walker.*")}
+    npcs = {v.id for v in world.get_actors().filter("vehicle.*")} - {core.hero.id}
+    assert len(walkers) == 100 and len(npcs) == 50
+    crossed = off = 0
+    for tick in range(10_000):
+        core.tick(None)  # the hero stands; NPCs and walkers live around it
+        assert not [(a, b) for a, b in world.collisions if a in npcs and b in walkers], tick
+        if tick % 10:
+            continue
+        for row in range(crowd.count):
+            e = crowd.state.edge[row]
+            x, y, z = crowd.state.xyz[row]
+            if e >= 0 and graph.edge_kind[e] != SIDEWALK:
+                crossed += 1
+                a, b = graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+                u = (b - a)[:2]
+                t = np.clip(np.dot((x - a[0], y - a[1]), u) / np.dot(u, u), 0, 1)
+                off += np.hypot(*(a[:2] + t * u - (x, y))) > 1e-6  # on the crossing's line
+            else:
+                loc = carla.Location(float(x), float(y), float(z))
+                off += (
+                    cmap.get_waypoint(loc, project_to_road=False, lane_type=carla.LaneType.Sidewalk) is None
+                )
+    assert off == 0 and crossed > 1000
+    assert world.traffic.v.mean() > 0.5  # traffic still flows
