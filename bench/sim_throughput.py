@@ -1,10 +1,11 @@
 """Embedded simulator throughput vs highway-env, measured in the same run on one core.
 
     python bench/sim_throughput.py --town GridTown01 --vehicles 50 --steps 3000 --json
+    python bench/sim_throughput.py --vehicles 50 --walkers 100 --no-peer
 
 embedded_steps_per_s: world ticks per second with a hero (driven by a lane follower
-whose own time is excluded), N background vehicles, and collision + lane-invasion
-sensors listening. highway_env_steps_per_s: highway-v0 with N vehicles and
+whose own time is excluded), N background vehicles, W pedestrians (their AI controllers
+started, as `walkers: W` does), and collision + lane-invasion sensors listening. highway_env_steps_per_s: highway-v0 with N vehicles and
 policy frequency = simulation frequency (one simulation step per env step).
 """
 
@@ -23,7 +24,7 @@ from carla_env.embedded import EmbeddedWorld
 from carla_env.maps import load_town
 
 
-def embedded(town_ref: str, vehicles: int, steps: int, seed: int) -> dict:
+def embedded(town_ref: str, vehicles: int, steps: int, seed: int, walkers: int = 0) -> dict:
     town = load_town(town_ref)
     world = EmbeddedWorld(town, seed=seed)
     lib = world.get_blueprint_library()
@@ -32,8 +33,9 @@ def embedded(town_ref: str, vehicles: int, steps: int, seed: int) -> dict:
     for sensor in ("sensor.other.collision", "sensor.other.lane_invasion"):
         world.spawn_actor(lib.find(sensor), carla.Transform(), attach_to=hero).listen(events.append)
     world.spawn_traffic(vehicles)
+    people = world.spawn_walkers(walkers, seed=seed)
     driver = LaneFollower(town.lanes, seed=seed)
-    for _ in range(50):  # compile/warm caches outside the timed loop
+    for _ in range(50 + 10 * walkers):  # compile/warm caches (walkers: their route tables) untimed
         hero.apply_control(driver.run_step(hero))
         world.tick()
     ticking = 0.0
@@ -45,6 +47,7 @@ def embedded(town_ref: str, vehicles: int, steps: int, seed: int) -> dict:
     return {
         "embedded_steps_per_s": steps / ticking,
         "npcs": world.traffic.count,
+        "walkers": len(people),
         "events": len(events),
         "lanes": town.lanes.num_lanes,
         "lane_km": float(town.lanes.lane_length.sum() / 1000),
@@ -83,6 +86,7 @@ def main() -> None:
     )
     parser.add_argument("--town", default="GridTown01", help="generated town name or .xodr path")
     parser.add_argument("--vehicles", type=int, default=50)
+    parser.add_argument("--walkers", type=int, default=0, help="pedestrians with AI controllers")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--peer-steps", type=int, default=600, help="highway-env steps (it is ~50x slower)")
     parser.add_argument("--seed", type=int, default=0)
@@ -92,7 +96,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, both simulators
     result = {"town": args.town, "vehicles": args.vehicles, "steps": args.steps}
-    result.update(embedded(args.town, args.vehicles, args.steps, args.seed))
+    result.update(embedded(args.town, args.vehicles, args.steps, args.seed, args.walkers))
     if not args.no_peer:
         result["highway_env_steps_per_s"] = highway_env(args.vehicles, args.peer_steps, args.seed)
         result["ratio"] = result["embedded_steps_per_s"] / result["highway_env_steps_per_s"]

@@ -1,9 +1,9 @@
-"""Drive the embedded simulator: a lane-following hero among background traffic.
+"""Drive the embedded simulator: a lane-following hero among background traffic and pedestrians.
 
-python -m carla_env.demo --town GridTown01 --vehicles 30 --seconds 60
+python -m carla_env.demo --town GridTown01 --vehicles 30 --walkers 60 --seconds 60
 
-The hero slows behind a vehicle in the corridor ahead of it and stops at red and yellow lights,
-so "ticks in contact" (its box overlapping another vehicle's) counts real crashes, not the lane
+The hero slows behind a vehicle or a walker in the corridor ahead of it and stops at red and yellow
+lights, so "ticks in contact" (its box overlapping another actor's) counts real crashes, not the lane
 follower driving through the traffic it does not see.
 """
 
@@ -30,8 +30,8 @@ STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 
 
 def safe_speed(hero, world) -> float:
-    """The speed the road ahead allows: CRUISE_SPEED, less behind a vehicle ahead, 0 at a red or
-    yellow light. CARLA API only."""
+    """The speed the road ahead allows: CRUISE_SPEED, less behind a vehicle or walker ahead, 0 at a
+    red or yellow light. CARLA API only."""
     if hero.is_at_traffic_light() and hero.get_traffic_light_state() in STOP_STATES:
         return 0.0
     t = hero.get_transform()
@@ -39,7 +39,8 @@ def safe_speed(hero, world) -> float:
     c, s = math.cos(yaw), math.sin(yaw)
     own = hero.bounding_box.extent.x
     speed = CRUISE_SPEED
-    for other in world.get_actors().filter("vehicle.*"):
+    actors = world.get_actors()
+    for other in [*actors.filter("vehicle.*"), *actors.filter("walker.*")]:
         if other.id == hero.id:
             continue
         loc = other.get_location()
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (simulator section is used)")
     parser.add_argument("--town", help="generated town name, grid:seed=N,..., .xodr path or CARLA town")
     parser.add_argument("--vehicles", type=int, help="background vehicles")
+    parser.add_argument("--walkers", type=int, help="pedestrians (simulator.carla.walkers)")
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated seconds")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             sim[key] = value
     if args.vehicles is not None:
         sim["traffic"] = {"vehicles": args.vehicles}
+    if args.walkers is not None:
+        sim["carla"] = {"walkers": args.walkers}
     try:
         config, choice = pin_backend(load_config(args.config, {"simulator": sim}))
     except ConfigError as e:
@@ -100,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         last = loc
     wall = time.perf_counter() - start
     npcs = core.world.traffic
+    walkers = len(core.world.get_actors().filter("walker.*"))
     print(
         f"{steps} ticks in {wall:.2f}s ({steps / wall:.0f} ticks/s, {args.seconds / wall:.0f}x real time); "
         f"hero drove {distance:.0f} m, {int(collisions)} ticks in contact; "
-        f"{npcs.count} NPCs" + (f", mean speed {npcs.v.mean():.1f} m/s" if npcs.count else "")
+        f"{npcs.count} NPCs"
+        + (f", mean speed {npcs.v.mean():.1f} m/s" if npcs.count else "")
+        + f"; {walkers} walkers"
     )
     core.close()
     return 0

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         help="hero frame PNG; the map goes beside it as *_map.png (default: %(default)s, git-ignored)",
     )
     parser.add_argument("--vehicles", type=int, default=40)
+    parser.add_argument("--walkers", type=int, default=60, help="pedestrians on the town's sidewalks")
     parser.add_argument("--seconds", type=float, default=5.0, help="simulated before the snapshot")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         world.get_blueprint_library().find("vehicle.tesla.model3"), town.spawn_points(seed=args.seed)[0]
     )
     world.spawn_traffic(args.vehicles)
+    world.spawn_walkers(args.walkers, seed=args.seed)
     renderer = BirdviewRenderer(g, delta_seconds=world.delta_seconds)
     loc = hero.get_location()
     lane, s, _ = g.locate((loc.x, loc.y, loc.z), np.radians(hero.get_transform().rotation.yaw))
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def town_image(renderer: BirdviewRenderer, scene) -> np.ndarray:
-    """The whole town at the renderer's resolution: road, markings, lights, vehicles, route."""
+    """The whole town at the renderer's resolution: road, markings, lights, vehicles, walkers, route."""
     raster = renderer.raster
     img = np.zeros((*raster.image.shape, 3), np.uint8)
     for bit, color in ((0, (70, 70, 70)), (2, (200, 200, 200)), (1, (255, 255, 255))):
@@ -80,7 +82,11 @@ def town_image(renderer: BirdviewRenderer, scene) -> np.ndarray:
     seg_light, segs = renderer._stop_lines
     for k, seg in zip(seg_light, segs, strict=True):
         cv2.line(img, *map(tuple, raster.px(seg)), colours.get(int(scene.light_states[k]), (90, 90, 90)), 2)
-    for boxes, color in ((scene.vehicles, (0, 160, 255)), (scene.ego[None], (230, 230, 60))):
+    for boxes, color in (
+        (scene.vehicles, (0, 160, 255)),
+        (scene.walkers, (255, 0, 255)),
+        (scene.ego[None], (230, 230, 60)),
+    ):
         for x, y, yaw, hl, hw in boxes:
             c, s = np.cos(yaw), np.sin(yaw)
             corners = [
@@ -88,6 +94,8 @@ def town_image(renderer: BirdviewRenderer, scene) -> np.ndarray:
                 for f, r in ((1, 1), (1, -1), (-1, -1), (-1, 1))
             ]
             cv2.fillPoly(img, [raster.px(np.array(corners))], color)
+            if boxes is scene.walkers:  # a walker is a pixel or two: mark it
+                cv2.circle(img, tuple(raster.px(np.array([[x, y]]))[0]), 3, color, -1)
     return img
 
 

@@ -47,30 +47,8 @@ class EmbeddedCore:
             hero_transform = points[0]
         self.hero = self.world.spawn_actor(bp, hero_transform)
         self.world.spawn_traffic(cfg.traffic.vehicles, spacing=cfg.traffic.spawn_spacing)
-        self._spawn_walkers(seed)
-
-    def _spawn_walkers(self, seed: int) -> None:
-        """`simulator.carla.walkers` pedestrians, set up through the CARLA API as the CARLA core does:
-        random sidewalk spots, an AI controller each, a random destination, a walking pace."""
-        count = self.config.carla.walkers
-        world = self.world
-        if not count or world.get_random_location_from_navigation() is None:
-            return  # as on CARLA, a town without sidewalks gets no walkers
-        world.set_pedestrians_seed(seed)
-        world.set_pedestrians_cross_factor(self.config.carla.walker_cross_factor)
-        rng = np.random.default_rng([seed, 1])
-        library = world.get_blueprint_library()
-        people = library.filter("walker.pedestrian.*")
-        brain = library.find("controller.ai.walker")
-        for _ in range(count):
-            spot = world.get_random_location_from_navigation()
-            walker = world.try_spawn_actor(people[int(rng.integers(len(people)))], carla.Transform(spot))
-            if walker is None:
-                continue
-            controller = world.spawn_actor(brain, carla.Transform(), attach_to=walker)
-            controller.start()
-            controller.go_to_location(world.get_random_location_from_navigation())
-            controller.set_max_speed(float(rng.uniform(1.0, 1.6)))  # walking pace, m/s
+        # The same key as the CARLA core's, so a config written for CARLA runs unchanged.
+        self.world.spawn_walkers(cfg.carla.walkers, seed=seed, cross_factor=cfg.carla.walker_cross_factor)
 
     def tick(self, control: carla.VehicleControl | None) -> int:
         if control is not None:

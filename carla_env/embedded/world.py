@@ -302,6 +302,31 @@ class EmbeddedWorld:
             return []
         return self.spawn_npcs_at(lanes[order[chosen]], ss[order[chosen]], types)
 
+    def spawn_walkers(self, count: int, seed: int = 0, cross_factor: float = 0.0) -> list[Walker]:
+        """Up to `count` pedestrians set up through the CARLA API as the CARLA core sets up its own:
+        random sidewalk spots, an AI controller each, a random destination, a walking pace of
+        1.0-1.6 m/s. None in a town without sidewalks (as CARLA's without a navigation mesh)."""
+        if not count or self.get_random_location_from_navigation() is None:
+            return []
+        self.set_pedestrians_seed(seed)
+        self.set_pedestrians_cross_factor(cross_factor)
+        rng = np.random.default_rng([seed, 1])
+        library = self.get_blueprint_library()
+        people = library.filter("walker.pedestrian.*")
+        brain = library.find(WALKER_CONTROLLER)
+        spawned = []
+        for _ in range(count):
+            spot = self.get_random_location_from_navigation()
+            walker = self.try_spawn_actor(people[int(rng.integers(len(people)))], carla.Transform(spot))
+            if walker is None:
+                continue
+            controller = self.spawn_actor(brain, carla.Transform(), attach_to=walker)
+            controller.start()
+            controller.go_to_location(self.get_random_location_from_navigation())
+            controller.set_max_speed(float(rng.uniform(1.0, 1.6)))
+            spawned.append(walker)
+        return spawned
+
     def spawn_npcs_at(self, lanes: np.ndarray, s: np.ndarray, blueprint_ids: list[str]) -> list[Vehicle]:
         """NPC vehicles at distance s along lanes (lane indices of the town's lane graph)."""
         halves = np.array([VEHICLES[bp][:3] for bp in blueprint_ids]).reshape(-1, 3)
