@@ -565,17 +565,15 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out
 
 
 @njit(cache=True)
-def walker_step_from_fields(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out_lane, out_s):
-    """walker_step with its containers passed as plain tuples of their fields (see traffic_step_from_fields)."""
-    return walker_step(
-        dt,
-        WalkerState(*w),
-        WalkNetwork(*net),
-        veh_xyz,
-        veh_yaw,
-        veh_v,
-        veh_half_len,
-        next_hop,
-        out_lane,
-        out_s,
+def walkers_tick_from_fields(
+    dt, w, walker_half, net, veh_xyz, veh_yaw, veh_half, veh_v, next_hop, out_lane, out_s
+):
+    """One compiled call a tick: walker_step (containers as plain tuples of their fields, see
+    traffic_step_from_fields), then the vehicle-walker contacts after the move.
+    Returns (rows written to out_lane/out_s, vehicle indices, walker indices)."""
+    state = WalkerState(*w)
+    count = walker_step(
+        dt, state, WalkNetwork(*net), veh_xyz, veh_yaw, veh_v, veh_half[:, 0], next_hop, out_lane, out_s
     )
+    i, j = overlapping_pairs_between(veh_xyz, veh_yaw, veh_half, state.xyz, state.yaw, walker_half)
+    return count, i, j

@@ -23,7 +23,7 @@ from carla_env.embedded.kernels import (
     WALKING,
     WalkerState,
     WalkNetwork,
-    walker_step_from_fields,
+    walkers_tick_from_fields,
 )
 from carla_env.maps.sidewalks import WalkGraph
 
@@ -70,6 +70,8 @@ class WalkerCrowd:
         self.next_hop = np.zeros((0, graph.num_nodes), np.int32)
         self._out_lane = np.zeros(0, np.int64)
         self._out_s = np.zeros(0)
+        self.in_the_way = (self._out_lane, self._out_s)  # (lane, s) of walkers on crossings
+        self.steered = 0  # walkers moved by WalkerControl (rare: looked up on the lanes one by one)
 
     @property
     def count(self) -> int:
@@ -113,6 +115,7 @@ class WalkerCrowd:
         self.state = WalkerState(*(np.delete(a, row, axis=0) for a in self.state))
         self.half = np.delete(self.half, row, axis=0)
         self.next_hop = np.delete(self.next_hop, row, axis=0)
+        self._count_steered()
 
     # ------------------------------------------------------------------ the controller's verbs
     def start(self, row: int) -> None:
@@ -122,10 +125,12 @@ class WalkerCrowd:
             s.node_from[row] = s.node_to[row] = node
             s.xyz[row] = self.graph.node_xyz[node]
         s.mode[row] = WALKING if s.goal[row] >= 0 else IDLE
+        self._count_steered()
 
     def stop(self, row: int) -> None:
         s = self.state
         s.mode[row], s.goal[row], s.v[row] = IDLE, -1, 0.0
+        self._count_steered()
 
     def go_to(self, row: int, xyz) -> None:
         """Route to the node nearest `xyz` that the walker can reach."""
@@ -146,6 +151,10 @@ class WalkerCrowd:
         s.steer_dir[row] = d / norm if norm > 0 else 0.0
         s.steer_speed[row] = max(float(speed), 0.0)
         s.mode[row] = STEERED
+        self._count_steered()
+
+    def _count_steered(self) -> None:
+        self.steered = int((self.state.mode == STEERED).sum())
 
     def _route(self, row: int, goal: int, roads: bool) -> None:
         s = self.state
@@ -155,6 +164,7 @@ class WalkerCrowd:
         s.edge[row] = -1
         s.wait[row] = 0.0
         s.mode[row] = WALKING
+        self._count_steered()
 
     def _new_random_route(self, row: int) -> None:
         roads = bool(self.rng.random() < self.cross_factor)
@@ -169,24 +179,26 @@ class WalkerCrowd:
         self._route(row, goal, roads)
 
     # ------------------------------------------------------------------ the tick
-    def step(self, dt: float, veh_xyz, veh_yaw, veh_v, veh_half_len) -> tuple[np.ndarray, np.ndarray]:
-        """Move every walker; returns (lane, s) of walkers on crossings, for traffic to yield to."""
-        if not self.count:
-            return self._out_lane[:0], self._out_s[:0]
-        n = walker_step_from_fields(
+    def step(self, dt: float, veh_xyz, veh_yaw, veh_half, veh_v) -> tuple[np.ndarray, np.ndarray]:
+        """Move every walker; `in_the_way` becomes (lane, s) of the walkers on crossings, for traffic to
+        yield to. Returns the (vehicle, walker) index pairs in contact after the move."""
+        n, vi, wj = walkers_tick_from_fields(
             dt,
             tuple(self.state),
+            self.half,
             tuple(self.net),
             veh_xyz,
             veh_yaw,
+            veh_half,
             veh_v,
-            veh_half_len,
             self.next_hop,
             self._out_lane,
             self._out_s,
         )
-        for row in np.flatnonzero(self.state.reroute):
-            if self.state.mode[row] == CHECKING:  # timed out: it stands at the node it came from
-                self.state.node_to[row] = self.state.node_from[row]
-            self._new_random_route(int(row))
-        return self._out_lane[:n], self._out_s[:n]
+        self.in_the_way = (self._out_lane[:n].copy(), self._out_s[:n].copy())
+        if self.state.reroute.any():
+            for row in np.flatnonzero(self.state.reroute).tolist():
+                if self.state.mode[row] == CHECKING:  # timed out: it stands at the node it came from
+                    self.state.node_to[row] = self.state.node_from[row]
+                self._new_random_route(row)
+        return vi, wj

@@ -248,8 +248,8 @@ class EmbeddedWorld:
         f = self._free
         hero_lane, hero_s, hero_v, hero_half = self._free_on_lanes()
         if self._crowd is not None and self._crowd.count:
-            hero_lane, hero_s, hero_v, hero_half = self._step_walkers(
-                dt, hero_lane, hero_s, hero_v, hero_half
+            hero_lane, hero_s, hero_v, hero_half = self._with_walkers_in_the_way(
+                hero_lane, hero_s, hero_v, hero_half
             )
         self.traffic.step(dt, self._light_state, hero_lane, hero_s, hero_v, hero_half)
         if len(f.x):
@@ -512,14 +512,12 @@ class EmbeddedWorld:
     def _walker_max_speed(self, w: Walker, speed: float) -> None:
         self._crowd.state.max_speed[w._row] = speed
 
-    def _step_walkers(self, dt, lanes, s, v, half_len):
-        """Walkers move (checking for the vehicles where they are now); those on a crossing join the
-        road users traffic yields to, standing (v = 0)."""
-        pos, yaws, halves = self._all_boxes()
-        speeds = np.concatenate([np.abs(self._free.v), self.traffic.v])
-        on_lane, at_s = self._crowd.step(dt, pos, yaws, speeds, halves[:, 0])
-        steered = np.flatnonzero(self._crowd.state.mode == STEERED)
-        if len(steered):  # walkers driven by WalkerControl, wherever they are: on a lane, in the way
+    def _with_walkers_in_the_way(self, lanes, s, v, half_len):
+        """Road users traffic yields to, with the walkers on crossings (as of the last walker step) and
+        any walker steered by WalkerControl that stands on a lane added, standing (v = 0)."""
+        on_lane, at_s = self._crowd.in_the_way
+        if self._crowd.steered:
+            steered = np.flatnonzero(self._crowd.state.mode == STEERED)
             g, extra = self.town.lanes, []
             for row in steered.tolist():
                 lane, at, dist = g.locate(self._crowd.state.xyz[row])
@@ -531,11 +529,14 @@ class EmbeddedWorld:
         if not len(on_lane):
             return lanes, s, v, half_len
         n = len(on_lane)
+        standing, half = np.zeros(n), np.full(n, WALKERS["walker.pedestrian.0001"][0])
+        if not len(lanes):
+            return on_lane, at_s, standing, half
         return (
             np.concatenate([lanes, on_lane]),
             np.concatenate([s, at_s]),
-            np.concatenate([v, np.zeros(n)]),
-            np.concatenate([half_len, np.full(n, WALKERS["walker.pedestrian.0001"][0])]),
+            np.concatenate([v, standing]),
+            np.concatenate([half_len, half]),
         )
 
     def _update_lights(self) -> None:
@@ -602,7 +603,11 @@ class EmbeddedWorld:
         actors = self._free_actors + self._npc_actors
         self.collisions = [(actors[a].id, actors[b].id) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
         if self._crowd is not None and self._crowd.count:
-            self._detect_walker_collisions(pos, yaws, halves, actors)
+            # Walkers move once the vehicles have (checking for them where they now are), in the same
+            # compiled call that finds vehicle-walker contacts.
+            speeds = np.concatenate([np.abs(self._free.v), self.traffic.v])
+            wi, wj = self._crowd.step(self.delta_seconds, pos, yaws, halves, speeds)
+            self._report_walker_collisions(wi, wj, pos, speeds, actors)
         if not self.collisions or not self._sensors:
             return
         speeds = np.concatenate([self._free.v, self.traffic.v])
@@ -624,12 +629,10 @@ class EmbeddedWorld:
                             )
                         )
 
-    def _detect_walker_collisions(self, pos, yaws, halves, vehicles) -> None:
+    def _report_walker_collisions(self, i, j, pos, speeds, vehicles) -> None:
         """Vehicle-walker contacts: in self.collisions (vehicle id, walker id); a vehicle's collision
         sensor gets an event whose other_actor is the walker."""
         c = self._crowd
-        i, j = overlapping_pairs_between(pos, yaws, halves, c.state.xyz, c.state.yaw, c.half)
-        speeds = np.concatenate([self._free.v, self.traffic.v])
         for a, b in zip(i.tolist(), j.tolist(), strict=True):
             vehicle, walker = vehicles[a], self._walker_actors[b]
             self.collisions.append((vehicle.id, walker.id))

@@ -26,7 +26,7 @@ SAMPLE = 2.0  # m between nodes along a sidewalk
 JOIN = 1.5  # m: sidewalk ends this close continue into each other
 CORNER = 12.0  # m: a dangling sidewalk end joins the nearest sidewalk within this, off the road
 CROSSWALK_REACH = 4.0  # m from a crosswalk's end to the sidewalk node it lands on
-MAX_DESTINATIONS = 512  # nodes random walker routes lead to (their routing tables are cached)
+MAX_DESTINATIONS = 256  # nodes random walker routes lead to (their routing tables are cached)
 MID_BLOCK_SPACING = 40.0  # m between mid-block road crossings along a road
 MID_BLOCK_MARGIN = 15.0  # m from a road's ends (junction crossings are there)
 WALKER_HALF_WIDTH = 0.35  # m: clearance from a lane's edge for a link to count as off the road
@@ -55,7 +55,13 @@ class WalkGraph:
         return len(self.node_xyz)
 
     def csgraph(self, roads: bool):
-        """Symmetric sparse graph of edge lengths; ROAD edges only when `roads`."""
+        """Symmetric sparse graph of edge lengths; ROAD edges only when `roads` (built once)."""
+        key = ("csgraph", roads)
+        if key not in self.__dict__:
+            self.__dict__[key] = self._csgraph(roads)
+        return self.__dict__[key]
+
+    def _csgraph(self, roads: bool):
         keep = (self.edge_kind != ROAD) | roads
         a, b = self.edge_a[keep], self.edge_b[keep]
         w = np.linalg.norm(self.node_xyz[a] - self.node_xyz[b], axis=1) + 1e-3
@@ -76,16 +82,18 @@ class WalkGraph:
         return np.arange(0, self.num_nodes, max(1, self.num_nodes // MAX_DESTINATIONS))
 
     def next_hops(self, goal: int, roads: bool) -> np.ndarray:
-        """(N,) int32: from each node, the next node on a shortest walk to `goal` (-1: none); cached."""
+        """(N,) int32: from each node, the next node on a shortest walk to `goal` (-1: none). The tables
+        of all destinations() are computed together on first use (one scipy call), others once each."""
         cache = self.__dict__.setdefault("_next_hops", {})
-        hops = cache.get((goal, roads))
-        if hops is None:
-            key = ("csgraph", roads)
-            if key not in self.__dict__:
-                self.__dict__[key] = self.csgraph(roads)
-            _, pred = dijkstra(self.__dict__[key], directed=False, indices=goal, return_predecessors=True)
-            hops = cache[(goal, roads)] = np.where(pred < 0, -1, pred).astype(np.int32)
-        return hops
+        if (goal, roads) not in cache:
+            goals = self.destinations() if ("bulk", roads) not in cache else np.array([goal])
+            cache[("bulk", roads)] = True
+            _, pred = dijkstra(self.csgraph(roads), directed=False, indices=goals, return_predecessors=True)
+            for g, row in zip(goals.tolist(), pred.reshape(len(goals), -1), strict=True):
+                cache[(g, roads)] = np.where(row < 0, -1, row).astype(np.int32)
+            if (goal, roads) not in cache:
+                return self.next_hops(goal, roads)
+        return cache[(goal, roads)]
 
 
 def _sidewalk_lanes(root: ET.Element):
