@@ -3,7 +3,8 @@
     python bench/sim_throughput.py --town GridTown01 --vehicles 50 --steps 3000 --json
     python bench/sim_throughput.py --vehicles 50 --walkers 100 --no-peer
 
-embedded_steps_per_s: world ticks per second with a hero (driven by a lane follower
+embedded_steps_per_s: world ticks per second (wall clock; embedded_cpu_steps_per_s by this
+process's CPU time, the steadier figure on a shared machine) with a hero (driven by a lane follower
 whose own time is excluded), N background vehicles, W pedestrians (their AI controllers
 started, as `walkers: W` does), and collision + lane-invasion sensors listening. highway_env_steps_per_s: highway-v0 with N vehicles and
 policy frequency = simulation frequency (one simulation step per env step).
@@ -38,14 +39,16 @@ def embedded(town_ref: str, vehicles: int, steps: int, seed: int, walkers: int =
     for _ in range(50 + 10 * walkers):  # compile/warm caches (walkers: their route tables) untimed
         hero.apply_control(driver.run_step(hero))
         world.tick()
-    ticking = 0.0
+    ticking = cpu = 0.0
     for _ in range(steps):
         hero.apply_control(driver.run_step(hero))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         world.tick()
         ticking += time.perf_counter() - t0
+        cpu += time.process_time() - c0
     return {
         "embedded_steps_per_s": steps / ticking,
+        "embedded_cpu_steps_per_s": steps / max(cpu, 1e-9),  # this process's CPU time: less swayed by others
         "npcs": world.traffic.count,
         "walkers": len(people),
         "events": len(events),
