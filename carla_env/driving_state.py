@@ -98,7 +98,11 @@ def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_acto
     with `other_actor`, only those whose other actor's type id matches it (e.g. 'walker.*')."""
     events = [e for name, cfg in sensors.items() if cfg.type == blueprint_id for e in sensor_data[name][1]]
     if other_actor is not None:
-        events = [e for e in events if fnmatch.fnmatch(e.other_actor.type_id, other_actor)]
+        events = [
+            e
+            for e in events
+            if e.other_actor is not None and fnmatch.fnmatch(e.other_actor.type_id, other_actor)
+        ]
     return len(events)
 
 

@@ -180,6 +180,24 @@ def test_walker_control_moves_a_walker_without_a_controller():
         walker.apply_control(carla.VehicleControl())
 
 
+def test_destroying_walkers_and_controllers_keeps_the_rest_walking():
+    core = core_with(6)
+    core.reset(seed=0)
+    world = core.world
+    walkers = list(world.get_actors().filter("walker.*"))
+    controllers = list(world.get_actors().filter("controller.ai.walker"))
+    controllers[0].stop()
+    assert controllers[0].destroy() and walkers[0].destroy()
+    assert walkers[2].destroy()  # its controller goes with it
+    assert len(world.get_actors().filter("walker.*")) == 4
+    assert len(world.get_actors().filter("controller.ai.walker")) == 4
+    before = {w.id: w.get_location() for w in world.get_actors().filter("walker.*")}
+    for _ in range(40):
+        core.tick(None)
+    moved = [w.get_location().distance(before[w.id]) > 1.0 for w in world.get_actors().filter("walker.*")]
+    assert sum(moved) >= 3
+
+
 # ------------------------------------------------------------------------------- traffic and collisions
 def test_traffic_stops_for_a_walker_in_its_lane():
     town = load_town(TOWN)
@@ -249,7 +267,9 @@ def test_same_walker_pixels_from_the_carla_api_and_from_the_embedded_arrays():
     for _ in range(200):
         core.tick(carla.VehicleControl(throttle=0.3))
         a = via_api(scene_from_world(world, hero, core.town.lanes))
-        b = via_arrays(world.birdview_scene(hero))
+        ours, theirs = world.birdview_scene(hero), scene_from_world(world, hero, core.town.lanes)
+        assert np.array_equal(ours.walkers, theirs.walkers) and len(ours.walkers) == 60
+        b = via_arrays(ours)
         assert np.array_equal(a, b)
         walker_px += int(sum(a[k].sum() for name, k in via_api.index.items() if name.startswith("walkers")))
     assert walker_px > 0  # walkers were in view
