@@ -307,3 +307,26 @@ def test_soak_100_walkers_50_vehicles_10000_ticks_walkers_stay_on_sidewalks_and_
                 )
     assert off == 0 and crossed > 1000
     assert world.traffic.v.mean() > 0.5  # traffic still flows
+
+
+def test_an_experiment_config_written_for_carla_gets_its_walkers_on_the_embedded_backend():
+    """The PPO experiment (its BEV has a walkers channel) with `simulator.carla.walkers`, run embedded."""
+    from carla_env.config import load_config
+    from carla_env.env import CarlaEnv
+
+    env = CarlaEnv(
+        load_config(
+            "experiments/ppo/config.yaml",
+            {"simulator": {"backend": "embedded", "town": TOWN, "carla": {"walkers": 40}}},
+        )
+    )
+    try:
+        env.reset(seed=1)
+        assert len(env.core.world.get_actors().filter("walker.*")) == 40
+        for _ in range(20):
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            if terminated or truncated:
+                break
+        assert "pedestrian_collisions_per_km" in info
+    finally:
+        env.close()
