@@ -160,6 +160,8 @@ class OtherRoadUsers(NamedTuple):
     s: np.ndarray  # (M,) m
     v: np.ndarray  # (M,) m/s
     half_len: np.ndarray  # (M,) m
+    holds: np.ndarray  # (M,) bool: inside a junction it holds its lane against right of way (vehicles do;
+    # a walker on a crossing there only stops those whose path it is on)
 
 
 class DriverModel(NamedTuple):
@@ -316,7 +318,7 @@ def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_
                     break
                 held[plan[i, k]] = True
     for j in range(others.lane.shape[0]):
-        if junction[others.lane[j]]:
+        if junction[others.lane[j]] and others.holds[j]:
             held[others.lane[j]] = True
     held_lanes = np.flatnonzero(held)
     order = req[np.argsort(entry_dist[req], kind="mergesort")]
@@ -430,9 +432,11 @@ def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand)
 # it stops and checks for vehicles, as CARLA's walker manager does (WalkerEventStopAndCheck).
 IDLE, WALKING, CHECKING, STEERED = 0, 1, 2, 3  # walker modes; STEERED: by carla.WalkerControl
 CHECK_TIMEOUT = 5.0  # s waiting at a crossing before the walker takes a new route (CARLA's timeout)
-CHECK_RADIUS = 15.0  # m: a vehicle moving towards the crossing this near its middle keeps it waiting
+CHECK_RADIUS = 15.0  # m: a vehicle moving towards the crossing this near it keeps it waiting
 CHECK_MARGIN = 0.6  # m: a vehicle whose box comes this near the crossing line keeps it waiting
+WAITING_GAP = 4.0  # m: so does one standing with its front this near, facing it (its turn to go)
 NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
+PASSED = 2.5  # m beyond a lane's centre line: a walker this far past it no longer holds that lane
 
 
 class WalkerState(NamedTuple):
@@ -462,24 +466,25 @@ class WalkNetwork(NamedTuple):
     cross_ptr: np.ndarray
     cross_lane: np.ndarray
     cross_s: np.ndarray
+    cross_at: np.ndarray
+    edge_a: np.ndarray
 
 
 @njit(cache=True, inline="always")
 def _crossing_clear(a, b, veh_xyz, veh_yaw, veh_v, veh_half_len):
-    """No vehicle on the crossing a-b or moving towards it within CHECK_RADIUS of its middle."""
+    """No vehicle on the crossing a-b, waiting at it, or moving towards it within CHECK_RADIUS."""
     ux, uy = b[0] - a[0], b[1] - a[1]
     length2 = max(ux * ux + uy * uy, 1e-9)
-    mx, my = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
     for j in range(veh_xyz.shape[0]):
         px, py = veh_xyz[j, 0] - a[0], veh_xyz[j, 1] - a[1]
         t = min(max((px * ux + py * uy) / length2, 0.0), 1.0)
-        dx, dy = px - t * ux, py - t * uy
-        if dx * dx + dy * dy < (veh_half_len[j] + CHECK_MARGIN) ** 2:
+        dx, dy = px - t * ux, py - t * uy  # from the crossing's nearest point to the vehicle
+        dist = np.sqrt(dx * dx + dy * dy)
+        if dist < veh_half_len[j] + CHECK_MARGIN:
             return False
-        ox, oy = mx - veh_xyz[j, 0], my - veh_xyz[j, 1]
-        if veh_v[j] > 0.5 and ox * ox + oy * oy < CHECK_RADIUS**2:
-            if ox * np.cos(veh_yaw[j]) + oy * np.sin(veh_yaw[j]) > 0.0:
-                return False
+        towards = -(dx * np.cos(veh_yaw[j]) + dy * np.sin(veh_yaw[j])) > 0.0
+        if towards and (dist < veh_half_len[j] + WAITING_GAP or (veh_v[j] > 0.5 and dist < CHECK_RADIUS)):
+            return False
     return True
 
 
@@ -494,7 +499,9 @@ def _edge_between(net, a, b):
 @njit(cache=True)
 def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out_lane, out_s):
     """Advance every walker one tick. A walker on a crossing is written to (out_lane, out_s) once for each
-    driving lane the crossing spans, for traffic to yield to; returns how many were written."""
+    driving lane the crossing spans that it has not yet crossed, for traffic to yield to (from the
+    moment it steps on: vehicles still far enough to stop, as the stop-and-check made sure); returns
+    how many were written."""
     count = 0
     for i in range(w.xyz.shape[0]):
         w.reroute[i] = False
@@ -556,7 +563,13 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out
         w.v[i] = moved / dt
         e = w.edge[i]
         if w.mode[i] == WALKING and e >= 0 and net.edge_kind[e] != NON_SIDEWALK:
+            a = net.node_xyz[net.edge_a[e]]
+            at = np.sqrt((w.xyz[i, 0] - a[0]) ** 2 + (w.xyz[i, 1] - a[1]) ** 2)  # along the crossing
+            towards_b = w.node_to[i] != net.edge_a[e]
             for k in range(net.cross_ptr[e], net.cross_ptr[e + 1]):
+                behind = at - net.cross_at[k] if towards_b else net.cross_at[k] - at
+                if behind > PASSED:  # lanes it has crossed are free again
+                    continue
                 if count < out_lane.shape[0]:
                     out_lane[count] = net.cross_lane[k]
                     out_s[count] = net.cross_s[k]

@@ -144,8 +144,10 @@ class Traffic:
         other_s: np.ndarray,
         other_v: np.ndarray,
         other_half_len: np.ndarray,
+        other_holds: np.ndarray | None = None,
     ) -> None:
-        """Advance all NPCs by dt. `other_*`: road users outside this model (heroes) located on lanes."""
+        """Advance all NPCs by dt. `other_*`: road users outside this model (heroes, walkers on
+        crossings) located on lanes; `other_holds`: which hold a junction lane (default: all)."""
         if self.count == 0:
             return
         others = (
@@ -153,6 +155,7 @@ class Traffic:
             other_s.astype(np.float64),
             other_v.astype(np.float64),
             other_half_len.astype(np.float64),
+            np.ones(len(other_lane), np.bool_) if other_holds is None else other_holds.astype(np.bool_),
         )  # as OtherRoadUsers' fields
         rand = self.rng.random(self.count)
         traffic_step_from_fields(

@@ -47,6 +47,8 @@ class WalkerCrowd:
             graph.cross_ptr,
             graph.cross_lane,
             graph.cross_s,
+            graph.cross_at,
+            graph.edge_a,
         )
         self._components = {roads: graph.components(roads) for roads in (False, True)}
         self._destinations = graph.destinations()

@@ -246,12 +246,10 @@ class EmbeddedWorld:
         dt = self.delta_seconds
         self._update_lights()
         f = self._free
-        hero_lane, hero_s, hero_v, hero_half = self._free_on_lanes()
+        road_users = self._free_on_lanes()  # heroes: lane, s, speed, half length
         if self._crowd is not None and self._crowd.count:
-            hero_lane, hero_s, hero_v, hero_half = self._with_walkers_in_the_way(
-                hero_lane, hero_s, hero_v, hero_half
-            )
-        self.traffic.step(dt, self._light_state, hero_lane, hero_s, hero_v, hero_half)
+            road_users = self._with_walkers_in_the_way(*road_users)
+        self.traffic.step(dt, self._light_state, *road_users)
         if len(f.x):
             step_bicycle(
                 f.x,
@@ -514,7 +512,8 @@ class EmbeddedWorld:
 
     def _with_walkers_in_the_way(self, lanes, s, v, half_len):
         """Road users traffic yields to, with the walkers on crossings (as of the last walker step) and
-        any walker steered by WalkerControl that stands on a lane added, standing (v = 0)."""
+        any walker steered by WalkerControl that stands on a lane added, standing (v = 0), and which of
+        them hold their junction lane against right of way (the vehicles)."""
         on_lane, at_s = self._crowd.in_the_way
         if self._crowd.steered:
             steered = np.flatnonzero(self._crowd.state.mode == STEERED)
@@ -526,17 +525,17 @@ class EmbeddedWorld:
             if extra:
                 on_lane = np.concatenate([on_lane, np.array([e[0] for e in extra], np.int64)])
                 at_s = np.concatenate([at_s, np.array([e[1] for e in extra])])
+        holds = np.ones(len(lanes), np.bool_)
         if not len(on_lane):
-            return lanes, s, v, half_len
+            return lanes, s, v, half_len, holds
         n = len(on_lane)
         standing, half = np.zeros(n), np.full(n, WALKERS["walker.pedestrian.0001"][0])
-        if not len(lanes):
-            return on_lane, at_s, standing, half
         return (
             np.concatenate([lanes, on_lane]),
             np.concatenate([s, at_s]),
             np.concatenate([v, standing]),
             np.concatenate([half_len, half]),
+            np.concatenate([holds, np.zeros(n, np.bool_)]),  # walkers hold no junction lane
         )
 
     def _update_lights(self) -> None:

@@ -49,6 +49,7 @@ class WalkGraph:
     cross_ptr: np.ndarray  # CSR over edges: lanes cross_lane[cross_ptr[e]:cross_ptr[e+1]] at cross_s
     cross_lane: np.ndarray
     cross_s: np.ndarray
+    cross_at: np.ndarray  # metres from the edge's node a to where it crosses that lane
 
     @property
     def num_nodes(self) -> int:
@@ -138,20 +139,26 @@ def _crosswalk_polygons(cmap: carla.Map) -> list[np.ndarray]:
 
 
 def _lanes_crossed(lanes: LaneGraph, tree: cKDTree, a: np.ndarray, b: np.ndarray):
-    """(lane, s) of each driving lane the segment a-b passes over (s of its closest sample)."""
-    n = max(2, int(np.linalg.norm(b[:2] - a[:2]) / 0.5) + 1)
-    samples = a[None, :2] + (b - a)[None, :2] * np.linspace(0, 1, n)[:, None]
-    best: dict[int, tuple[float, float]] = {}
-    for p in samples:
+    """(lane, s, metres from a) of each driving lane the segment a-b passes over, at its closest sample."""
+    length = float(np.linalg.norm(b[:2] - a[:2]))
+    n = max(2, int(length / 0.5) + 1)
+    along = np.linspace(0, 1, n)
+    samples = a[None, :2] + (b - a)[None, :2] * along[:, None]
+    best: dict[int, tuple[float, float, float]] = {}
+    for p, t in zip(samples, along, strict=True):
         for idx in tree.query_ball_point(p, 3.0):
             lane = int(lanes.point_lane[idx])
             d = float(np.hypot(*(lanes.points[idx, :2] - p)))
-            if d <= lanes.lane_width[lane] / 2 + WALKER_HALF_WIDTH and d < best.get(lane, (np.inf, 0))[0]:
-                best[lane] = (d, float((idx - lanes.lane_start[lane]) * lanes.lane_ds[lane]))
-    crossed = sorted((lane, s) for lane, (_, s) in best.items())
+            if d <= lanes.lane_width[lane] / 2 + WALKER_HALF_WIDTH and d < best.get(lane, (np.inf,))[0]:
+                best[lane] = (
+                    d,
+                    float((idx - lanes.lane_start[lane]) * lanes.lane_ds[lane]),
+                    float(t * length),
+                )
+    crossed = sorted((lane, s, at) for lane, (_, s, at) in best.items())
     # Junction lanes only where the crossing spans no other: traffic inside a junction sees a walker on
     # its exit lane, and a walker holding junction lanes would stall right of way for the whole junction.
-    outside = [(lane, s) for lane, s in crossed if lanes.lane_junction[lane] < 0]
+    outside = [c for c in crossed if lanes.lane_junction[c[0]] < 0]
     return outside or crossed
 
 
@@ -287,6 +294,7 @@ def build_walk_graph(cmap: carla.Map, xodr: str, lanes: LaneGraph) -> WalkGraph:
         adj_node=other[order].astype(np.int64),
         adj_edge=edge_ids[order].astype(np.int64),
         cross_ptr=cross_ptr,
-        cross_lane=np.array([lane for c in cross for lane, _ in c], np.int64),
-        cross_s=np.array([s for c in cross for _, s in c], float),
+        cross_lane=np.array([lane for c in cross for lane, _, _ in c], np.int64),
+        cross_s=np.array([s for c in cross for _, s, _ in c], float),
+        cross_at=np.array([at for c in cross for _, _, at in c], float),
     )
