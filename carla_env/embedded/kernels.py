@@ -538,12 +538,9 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out
                 w.xyz[i, 0] += dx * f
                 w.xyz[i, 1] += dy * f
                 w.xyz[i, 2] += dz * f
-                w.yaw[i] = np.arctan2(dy, dx)
                 moved += budget
                 break
             w.xyz[i, 0], w.xyz[i, 1], w.xyz[i, 2] = t[0], t[1], t[2]
-            if d > 1e-9:
-                w.yaw[i] = np.arctan2(dy, dx)
             budget -= d
             moved += d
             node = w.node_to[i]
@@ -556,6 +553,9 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out
             e = _edge_between(net, node, nxt)
             w.node_to[i] = nxt
             w.edge[i] = e
+            n = net.node_xyz[nxt]
+            if n[0] != t[0] or n[1] != t[1]:  # facing along the edge, set once per edge
+                w.yaw[i] = np.arctan2(n[1] - t[1], n[0] - t[0])
             if net.edge_kind[e] != NON_SIDEWALK:
                 w.mode[i] = CHECKING
                 w.wait[i] = 0.0
