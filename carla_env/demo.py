@@ -22,6 +22,7 @@ from carla_env.config import ConfigError, load_config
 from carla_env.maps.town import TownError, check_town
 
 CRUISE_SPEED = 8.0  # m/s
+DEMO_WALKERS = 60
 TIME_GAP = 1.5  # s to a vehicle ahead
 STANDSTILL_GAP = 3.0  # m bumper to bumper at rest
 CORRIDOR_HALF_WIDTH = 2.0  # m either side of the hero's heading: a vehicle in it is ahead
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (simulator section is used)")
     parser.add_argument("--town", help="generated town name, grid:seed=N,..., .xodr path or CARLA town")
     parser.add_argument("--vehicles", type=int, help="background vehicles")
-    parser.add_argument("--walkers", type=int, help="pedestrians (simulator.carla.walkers)")
+    parser.add_argument(
+        "--walkers", type=int, help="pedestrians (simulator.carla.walkers; default 60 without --config)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated seconds")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             sim[key] = value
     if args.vehicles is not None:
         sim["traffic"] = {"vehicles": args.vehicles}
-    if args.walkers is not None:
-        sim["carla"] = {"walkers": args.walkers}
+    walkers = args.walkers if args.walkers is not None or args.config else DEMO_WALKERS
+    if walkers is not None:
+        sim["carla"] = {"walkers": walkers}
     try:
         config, choice = pin_backend(load_config(args.config, {"simulator": sim}))
     except ConfigError as e:

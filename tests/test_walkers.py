@@ -330,3 +330,17 @@ def test_an_experiment_config_written_for_carla_gets_its_walkers_on_the_embedded
         assert "pedestrian_collisions_per_km" in info
     finally:
         env.close()
+
+
+def test_the_demo_drives_among_walkers():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "carla_env.demo", "--town", TOWN, "--seconds", "2", "--walkers", "15"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "; 15 walkers" in proc.stdout
