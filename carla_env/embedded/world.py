@@ -456,10 +456,16 @@ class EmbeddedWorld:
     def _detect_lane_invasions(self) -> None:
         """A bounding-box corner over a painted line of the lane under the car's centre, as CARLA's
         sensor tests the box corners. Corners beyond the lane's ends are not tested: there the paint
-        belongs to the next lane or stops at a junction (a car leaving a turn is still angled)."""
+        belongs to the next lane or stops at a junction (a car leaving a turn is still angled). Inside
+        a junction nothing is: LibCarla's LaneCrossingCalculator returns no marking when either end
+        of a corner's move is on a junction road, whatever paint the OpenDRIVE gives its lanes (real
+        towns paint them), so a car still over a line as it leaves a junction has crossed none."""
         f, g = self._free, self.town.lanes
         for r, actor in enumerate(self._free_actors):
             lane = int(f.lane[r])
+            if g.lane_junction[lane] >= 0:
+                f.marking_overlap[r] = 1.0
+                continue
             k = min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
             idx = g.lane_start[lane] + k
             lane_yaw = g.yaw[idx]
