@@ -47,3 +47,84 @@ def test_a_painted_junction_lane_is_not_invaded_but_a_road_lane_is():
     lane = on_road[0]
     (event,) = events_with_hero_right_of_centre(town, lane, 5.0, 0.4 * g.lane_width[lane])
     assert event.crossed_lane_markings[0].type != carla.LaneMarkingType.NONE
+
+
+# Town10HD's junction 841 (no lights): road 875 lane -2 goes straight, road 843 lane -1 turns in from a
+# side road; both end in the same exit lane, where a hero and an NPC collided in the autopilot's
+# evaluation (seed 10008).
+STRAIGHT, TURN_IN = (875, 0, -2), (843, 0, -1)
+
+
+def merge_junction():
+    town = load_town(real_town_path("Town10HD"))
+    g = town.lanes
+    lane = {tuple(k): i for i, k in enumerate(g.lane_key.tolist())}
+    straight, turn_in = lane[STRAIGHT], lane[TURN_IN]
+    (exit_,) = g.successors(straight)
+    assert list(g.successors(turn_in)) == [exit_] and g.lane_light[straight] < 0
+    approach = next(k for k in range(g.num_lanes) if straight in g.successors(k))
+    side = next(k for k in range(g.num_lanes) if turn_in in g.successors(k))
+    return town, approach, straight, side, turn_in, int(exit_)
+
+
+def spawn_hero(world, town, lane: int, s: float, speed: float):
+    (x, y, z), yaw = (v[0] for v in town.lanes.interpolate(np.array([lane]), np.array([s])))
+    bp = world.get_blueprint_library().find("vehicle.tesla.model3")
+    hero = world.spawn_actor(
+        bp,
+        carla.Transform(
+            carla.Location(float(x), float(y), float(z)), carla.Rotation(yaw=float(np.degrees(yaw)))
+        ),
+    )
+    world._free.v[hero._row] = speed
+    return hero
+
+
+def spawn_npc(world, lane: int, s: float, speed: float, then: list[int]):
+    (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([s]), ["vehicle.tesla.model3"])
+    world.traffic.plan[npc._row, 1 : 1 + len(then)] = then
+    world.traffic.v[npc._row] = speed
+    return npc
+
+
+def test_the_autopilot_waits_at_an_unsignalled_junction_for_a_car_turning_into_its_exit():
+    """The hero 8 m before the entry at 6 m/s, an NPC at 5 m/s 5 m before its turn into the same exit:
+    driving on (the autopilot without its junction check) collides; the autopilot waits and does not."""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    collided = {}
+    for checks_junction in (False, True):
+        world = EmbeddedWorld(town, seed=0)
+        start = g.lane_length[approach] - 8.0
+        hero = spawn_hero(world, town, approach, start, 6.0)
+        spawn_npc(world, side, g.lane_length[side] - 5.0, 5.0, [turn_in, exit_])
+        route = plan_route(g, (approach, start), (exit_, 30.0))
+        assert route.sequence == [approach, straight, exit_] and route.junction.any()
+        autopilot = RouteAutopilot()
+        if not checks_junction:
+            autopilot._entry_to_yield_at = lambda *args: None
+        collided[checks_junction] = False
+        for _ in range(200):
+            hero.apply_control(autopilot.run_step(hero, route, world.delta_seconds))
+            world.tick()
+            collided[checks_junction] |= any(hero.id in pair for pair in world.collisions)
+        assert world._vehicle_lane(hero)[0] == exit_ or collided[checks_junction]  # it went on, after
+    assert collided == {False: True, True: False}
+
+
+def test_an_npc_lets_a_hero_nearer_the_merge_go_first():
+    """An NPC turning into the exit lane yields to a hero already on the straight junction lane and
+    nearer the merge (the NPCs' own merge rule, now for heroes too): it stops short, no collision."""
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    world = EmbeddedWorld(town, seed=0)
+    hero = spawn_hero(world, town, straight, g.lane_length[straight] - 8.0, 0.0)
+    npc = spawn_npc(world, turn_in, g.lane_length[turn_in] - 15.0, 5.0, [exit_])
+    for _ in range(100):
+        hero.apply_control(carla.VehicleControl(brake=1.0))  # the hero stands in the junction
+        world.tick()
+        assert not world.collisions
+    assert world.traffic.v[npc._row] < 0.1 and world._vehicle_lane(npc)[0] == turn_in

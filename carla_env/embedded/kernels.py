@@ -194,6 +194,19 @@ def find_leaders(fleet, others, lanes, offs, merge_horizon):
                 rem_j = lanes.length[plan[j, 0]] - s[j]
                 if rem_j < rem_i or (rem_j == rem_i and j < i):
                     d = min(d, rem_i - rem_j + 1e-3)
+            # A hero (no plan known) on a junction lane that leads only into our next lane merges too.
+            if (
+                j >= n
+                and lj >= 0
+                and lj != plan[i, 0]
+                and lanes.junction[lj]
+                and lanes.succ_ptr[lj + 1] - lanes.succ_ptr[lj] == 1
+                and lanes.succ_idx[lanes.succ_ptr[lj]] == plan[i, 1]
+                and rem_i < merge_horizon
+            ):
+                rem_j = lanes.length[lj] - sj
+                if rem_j < rem_i:
+                    d = min(d, rem_i - rem_j + 1e-3)
             if d - hj < best - best_h:
                 best, best_v, best_h = d, vj, hj
         centre_gap[i] = best
