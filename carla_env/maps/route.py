@@ -32,7 +32,9 @@ class Route:
             parts.append(pts[keep])
             junction.append(np.full(int(keep.sum()), lanes.lane_junction[lane] >= 0))
         self.points = np.concatenate(parts) if parts else np.zeros((0, 2))
-        self.junction = np.concatenate(junction) if junction else np.zeros(0, bool)  # per point: in a junction
+        self.junction = (
+            np.concatenate(junction) if junction else np.zeros(0, bool)
+        )  # per point: in a junction
         seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
         self.distance = np.concatenate([[0.0], np.cumsum(seg)])
 
