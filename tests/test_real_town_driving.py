@@ -128,3 +128,25 @@ def test_an_npc_lets_a_hero_nearer_the_merge_go_first():
         world.tick()
         assert not world.collisions
     assert world.traffic.v[npc._row] < 0.1 and world._vehicle_lane(npc)[0] == turn_in
+
+
+def test_a_light_is_seen_from_the_road_section_before_its_short_last_one():
+    """Town10HD road 15 (3 m) ends at a light, after road 16 (12 m): 15 m before the stop line the hero
+    is at that light (as CARLA's trigger volume reaches back), though its lane is not the guarded one;
+    the autopilot, told only on road 15, ran the red at 8 m/s (seed 10042)."""
+    town = load_town(real_town_path("Town10HD"))
+    g = town.lanes
+    lane = {tuple(k): i for i, k in enumerate(g.lane_key.tolist())}
+    before, guarded = lane[(16, 0, 1)], lane[(15, 0, 1)]
+    assert list(g.successors(before)) == [guarded] and g.lane_light[guarded] >= 0 > g.lane_light[before]
+    assert g.lane_length[guarded] < 5.0
+    for to_stop_line, seen in ((14.0, True), (15.4, False)):
+        world = EmbeddedWorld(town, seed=0)
+        hero = spawn_hero(
+            world, town, before, g.lane_length[before] + g.lane_length[guarded] - to_stop_line, 0.0
+        )
+        assert world._vehicle_lane(hero)[0] == before
+        light = hero.get_traffic_light()
+        assert (light is not None) == seen and hero.is_at_traffic_light() == seen
+        if seen:
+            assert light.index == g.lane_light[guarded]

@@ -29,6 +29,7 @@ from carla_env.sensors.birdview import Scene, box_corners
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
+LIGHT_REACH = 15.0  # m before a stop line where a vehicle is at its light (get_traffic_light)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
 
@@ -356,11 +357,21 @@ class EmbeddedWorld:
         return float(self.town.lanes.lane_speed_limit[lane]) if lane >= 0 else 0.0
 
     def _vehicle_traffic_light(self, v: Vehicle):
+        """The light whose stop line is at most LIGHT_REACH ahead on the vehicle's road, as CARLA's
+        trigger volume reaches back along the approach: across lane sections too (real towns split
+        roads into sections, some a few metres long, just before the stop line)."""
         lane, s = self._vehicle_lane(v)
         g = self.town.lanes
-        if lane < 0 or g.lane_light[lane] < 0 or g.lane_length[lane] - s > 15.0:
+        if lane < 0:
             return None
-        return self._lights[g.lane_light[lane]]
+        ahead = g.lane_length[lane] - s  # metres to the end of the lane
+        while g.lane_light[lane] < 0:
+            succ = g.successors(lane)
+            if ahead > LIGHT_REACH or len(succ) != 1 or g.lane_junction[succ[0]] >= 0:
+                return None
+            lane = int(succ[0])
+            ahead += max(g.lane_length[lane], 0.1)  # a few-millimetre section still moves us on
+        return self._lights[g.lane_light[lane]] if ahead <= LIGHT_REACH else None
 
     def _apply_control(self, v: Vehicle, c: carla.VehicleControl) -> None:
         if v._npc:
