@@ -18,6 +18,7 @@ from carla_env.agents.pursuit import pure_pursuit_steer
 
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
+FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction follows it
 
 
 class RouteAutopilot:
@@ -108,8 +109,8 @@ class RouteAutopilot:
         """Where along the route the hero must wait (the next junction's entry), or None to drive on.
 
         It waits while another vehicle is on its path through the junction (and the car length after
-        it, where turning traffic merges), or will be within 4 s at its speed (up to where it stops,
-        if it is braking). Vehicles on the route in the hero's direction are leaders or followers,
+        it, where turning traffic merges), or will be within 4 s at its speed and acceleration (up to
+        where it stops, if it is braking). Vehicles on the route in the hero's direction are leaders or followers,
         not crossing traffic. Inside a junction, or too near to stop before it, the hero has committed:
         braking there would leave it on the crossing path."""
         if route.junction[index] or not len(others.xy):
@@ -128,17 +129,22 @@ class RouteAutopilot:
         after = np.flatnonzero(~route.junction[first:])
         leave = float(route.distance[first + int(after[0])]) if len(after) else route.length
         path = route.points[(route.distance >= entry) & (route.distance <= leave + 2.0 * extent.x)]
-        # Others on the route in its direction are leaders and followers, which the leader gap handles.
-        d = np.hypot(
-            route.points[None, :, 0] - others.xy[:, None, 0], route.points[None, :, 1] - others.xy[:, None, 1]
-        )
+        # Others on the route in its direction are leaders and followers, which the leader gap handles:
+        # on the stretch from FOLLOWER_RANGE behind the hero to the path's end, not on a later pass of
+        # a route that comes back through this junction.
+        near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * extent.x)
+        pts, yaws = route.points[near], _headings(route.points)[near]
+        d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
         nearest = d.argmin(axis=1)
-        turn = np.remainder(others.yaw - _headings(route.points)[nearest] + np.pi, 2 * np.pi) - np.pi
+        turn = np.remainder(others.yaw - yaws[nearest] + np.pi, 2 * np.pi) - np.pi
         on_route = d[np.arange(len(nearest)), nearest] < self.lane_half_width
         crossing = ~(on_route & (np.abs(turn) < np.pi / 4))
         if not crossing.any():
             return None
-        reach = others.speed[crossing, None] * PREDICTION_TIMES[None, :]
+        t, accel = PREDICTION_TIMES[None, :], others.accel[crossing, None]
+        reach = (
+            others.speed[crossing, None] * t + 0.5 * np.maximum(accel, 0.0) * t * t
+        )  # one starting off too
         decel = -others.accel[crossing]
         stop = np.where(decel > 0.5, others.speed[crossing] ** 2 / (2.0 * np.maximum(decel, 0.5)), np.inf)
         reach = np.minimum(reach, stop[:, None])

@@ -482,15 +482,22 @@ class EmbeddedWorld:
             lane_yaw = g.yaw[idx]
             corners = box_corners([f.x[r], f.y[r], f.yaw[r], f.half[r, 0], f.half[r, 1]])[0]
             dx, dy = (corners - g.points[idx, :2]).T
-            along = k * g.lane_ds[lane] + dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
-            lateral = -dx * np.sin(lane_yaw) + dy * np.cos(lane_yaw)  # > 0: right of the lane centre
+            ahead = dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
+            # Each corner against the centre-line point abreast of it: on a bend, the tangent at the
+            # car's centre puts a corner a car length ahead d^2/2R further out than the lane's edge.
+            kc = np.clip(k + np.rint(ahead / g.lane_ds[lane]).astype(np.int64), 0, g.lane_count[lane] - 1)
+            at = g.lane_start[lane] + kc
+            dx, dy = (corners - g.points[at, :2]).T
+            yaw = g.yaw[at]
+            along = kc * g.lane_ds[lane] + dx * np.cos(yaw) + dy * np.sin(yaw)
+            lateral = -dx * np.sin(yaw) + dy * np.cos(yaw)  # > 0: right of the lane centre
             on_lane = (along >= 0.0) & (along <= g.lane_length[lane])
             half_w = g.lane_width[lane] / 2
             crossed = []
-            if (on_lane & (lateral > half_w)).any() and g.mark_right[idx] != UNMARKED:
-                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_right[idx])]))
-            if (on_lane & (lateral < -half_w)).any() and g.mark_left[idx] != UNMARKED:
-                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_left[idx])]))
+            for over, marks in ((lateral > half_w, g.mark_right), (lateral < -half_w, g.mark_left)):
+                painted = on_lane & over & (marks[at] != UNMARKED)
+                if painted.any():
+                    crossed.append(LaneMarking(carla.LaneMarkingType.values[int(marks[at][painted][0])]))
             overlapping = float(bool(crossed))
             if overlapping and not f.marking_overlap[r]:
                 event = LaneInvasionEvent(
