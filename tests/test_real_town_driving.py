@@ -153,3 +153,29 @@ def test_a_light_is_seen_from_the_road_section_before_its_short_last_one():
         assert (light is not None) == seen and hero.is_at_traffic_light() == seen
         if seen:
             assert light.index == g.lane_light[guarded]
+
+
+def test_an_npc_is_not_given_a_junction_run_a_hero_too_near_to_stop_may_take():
+    """A hero 6 m before the unsignalled junction at 8 m/s cannot stop before it (3 m/s^2 needs 11 m):
+    an NPC approaching the crossing path waits, and is given its run only once the hero is through."""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    world = EmbeddedWorld(town, seed=0)
+    start = g.lane_length[approach] - 6.0
+    hero = spawn_hero(world, town, approach, start, 8.0)
+    npc = spawn_npc(world, side, g.lane_length[side] - 10.0, 5.0, [turn_in, exit_])
+    route = plan_route(g, (approach, start), (exit_, 30.0))
+    driver = RouteAutopilot()
+    driver._entry_to_yield_at = lambda *args: None  # the simulator's part alone
+    granted_while_hero_approached = False
+    for _ in range(200):
+        hero.apply_control(driver.run_step(hero, route, world.delta_seconds))
+        world.tick()
+        assert not world.collisions
+        on_approach = world._vehicle_lane(hero)[0] == approach
+        granted_while_hero_approached |= on_approach and world.traffic.granted[npc._row] == turn_in
+    assert not granted_while_hero_approached
+    assert world._vehicle_lane(npc)[0] != side  # and it went on afterwards
