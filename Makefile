@@ -11,8 +11,9 @@ TOWN ?= GridTown01
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
 	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (or CHECKPOINT=...): table, JSON, video"
-	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2] [EPISODES=10]"
-	@echo "                     score a policy per town and overall (python -m carla_env.evaluate); JSON in runs/eval/"
+	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2|all] [EPISODES=10] [MAPS=../shared/maps]"
+	@echo "                     score a policy per town and overall, say where the targets are met; TOWNS=all:"
+	@echo "                     the held-out town + Town01/02/04/10HD from MAPS or CARLA_ROOT, 50 episodes each"
 	@echo "make demo            a lane-following hero among traffic, no learning"
 	@echo "make test            unit + integration tests (CI runs this)"
 	@echo "make test-slow       long suites (10,000-tick traffic soak on every town)"
@@ -49,16 +50,17 @@ CHECKPOINT ?= runs/$(EXP)
 infer: $(STAMP)
 	$(PY) infer.py $(CHECKPOINT) --episodes 5 --video runs/$(EXP)-infer.mp4 --json runs/$(EXP)-infer.json
 
-# A policy scored on TOWNS (default: the config's) over EPISODES seeded episodes each, in EVAL_WORKERS
-# processes. autopilot and random drive experiments/EXP's config; a checkpoint its run's (or CONFIG=...).
+# A policy scored on TOWNS (default: the config's; `all`: the held-out town and the real CARLA towns
+# from MAPS or CARLA_ROOT) over EPISODES seeded episodes each (default 10, 50 with TOWNS=all), in
+# EVAL_WORKERS processes. autopilot and random drive experiments/EXP's config; a checkpoint its run's
+# (or CONFIG=...).
 POLICY ?= runs/$(EXP)
-EPISODES ?= 10
 EVAL_WORKERS ?= 2
 EVAL_CONFIG = $(or $(CONFIG),$(if $(filter autopilot random,$(POLICY)),experiments/$(EXP)/config.yaml))
 eval: $(STAMP)
 	$(PY) -m carla_env.evaluate --policy $(POLICY) $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG)) \
-		$(if $(TOWNS),--towns "$(TOWNS)") --episodes $(EPISODES) --workers $(EVAL_WORKERS) \
-		--json runs/eval/$(EXP)-$(notdir $(POLICY)).json
+		$(if $(TOWNS),--towns "$(TOWNS)") $(if $(MAPS),--maps $(MAPS)) $(if $(EPISODES),--episodes $(EPISODES)) \
+		--workers $(EVAL_WORKERS) --json runs/eval/$(EXP)-$(notdir $(POLICY))$(if $(filter all,$(TOWNS)),-all).json
 
 demo: $(STAMP)
 	$(PY) -m carla_env.demo --town $(TOWN)

@@ -1,6 +1,6 @@
 """The facts of one driving step, computed once by the env and shared by the reward, the done check
-and the metrics: route progress (a forward-only tracker), off-road, the step's collision and
-lane-invasion events, speed and distance moved."""
+and the metrics: route progress (a forward-only tracker), off-road, the step's collision,
+lane-invasion and red-light events, speed and distance moved."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
+import carla
 import numpy as np
 
 from carla_env.maps.route import Route
 
 ROUTE_DONE_MARGIN = 2.0  # metres short of the route's end that count as having driven it
 TRACK_AHEAD = 10.0  # metres of route searched ahead of the last match, on top of the distance moved
+RED_LIGHT_DISTANCE = 15.0  # m: stop lines this near are checked (the leaderboard's DISTANCE_LIGHT)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class DrivingState:
     off_road: bool  # off every driving lane, as far as the backend can tell
     collisions: int  # collision events this step
     lane_invasions: int  # lane-invasion events this step
+    red_light_runs: int  # stop lines of a red light crossed this step (RedLightMonitor)
     speed: float  # m/s, planar
     moved: float  # metres driven this step
     pedestrian_collisions: int = 0  # of this step's collision events, those with a walker
@@ -63,6 +66,7 @@ class DrivingStateTracker:
         self.route = RouteTracker(route)
         self.sensors = sensors  # name -> SensorConfig: which sensors are event sensors
         self._last_location = hero.get_location()
+        self.red_lights = RedLightMonitor(hero)
 
     def step(self, core, sensor_data: dict) -> DrivingState:
         hero = core.hero
@@ -85,6 +89,7 @@ class DrivingStateTracker:
             off_road=is_off_road(core),
             collisions=count_events(self.sensors, sensor_data, "sensor.other.collision"),
             lane_invasions=count_events(self.sensors, sensor_data, "sensor.other.lane_invasion"),
+            red_light_runs=self.red_lights.step(hero, t),
             speed=math.hypot(v.x, v.y),
             moved=moved,
             pedestrian_collisions=count_events(
@@ -109,3 +114,66 @@ def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_acto
 def is_off_road(core) -> bool:
     """Whether the hero is off every driving lane."""
     return not core.on_driving_lane(core.hero)
+
+
+class RedLightMonitor:
+    """Red-light runs as the CARLA leaderboard counts them (scenario_runner's RunningRedLightTest): a run
+    is the segment behind the car's centre (0.8 to 1 + its half length back) crossing the stop line of
+    a red light, 1.2 lane widths across the lane at its stop waypoint, while the map's waypoint at the
+    segment's far end is on that lane and the car heads along it; a light counts once until another
+    is run. Stop lines come from `TrafficLight.get_stop_waypoints()`, on either backend; a light is
+    checked when its stop line is within RED_LIGHT_DISTANCE (the leaderboard measures to the light's
+    trigger volume, which sits at the stop line)."""
+
+    def __init__(self, hero) -> None:
+        self.map = hero.get_world().get_map()
+        self.lights, ends, keys, forward = [], [], [], []
+        for light in hero.get_world().get_actors().filter("traffic.traffic_light"):
+            for wp in light.get_stop_waypoints():
+                t = wp.transform
+                yaw = math.radians(t.rotation.yaw)
+                across = 0.6 * wp.lane_width * np.array([-math.sin(yaw), math.cos(yaw)])
+                centre = np.array([t.location.x, t.location.y])
+                self.lights.append(light)
+                ends.append((centre - across, centre + across))
+                keys.append((wp.road_id, wp.lane_id))
+                forward.append((math.cos(yaw), math.sin(yaw)))
+        self.ends = np.array(ends, float).reshape(-1, 2, 2)
+        self.keys, self.forward = keys, np.array(forward, float).reshape(-1, 2)
+        self._last_run = None  # the light run last: not counted again until another is
+
+    def step(self, hero, transform: carla.Transform) -> int:
+        """1 if the hero's tail crossed a red light's stop line at `transform`, else 0."""
+        if not len(self.ends):
+            return 0
+        loc, yaw = transform.location, math.radians(transform.rotation.yaw)
+        centre = np.array([loc.x, loc.y])
+        near = np.flatnonzero(np.linalg.norm(self.ends.mean(axis=1) - centre, axis=1) <= RED_LIGHT_DISTANCE)
+        if not len(near):
+            return 0
+        heading = np.array([math.cos(yaw), math.sin(yaw)])
+        extent = hero.bounding_box.extent.x
+        tail_close, tail_far = centre - 0.8 * extent * heading, centre - (extent + 1.0) * heading
+        tail_wp = None
+        for k in near.tolist():
+            light = self.lights[k]
+            if light is self._last_run or light.get_state() != carla.TrafficLightState.Red:
+                continue
+            if heading @ self.forward[k] <= 0 or not _segments_cross(tail_close, tail_far, *self.ends[k]):
+                continue
+            if tail_wp is None:
+                tail_wp = self.map.get_waypoint(carla.Location(float(tail_far[0]), float(tail_far[1]), loc.z))
+            if tail_wp is not None and (tail_wp.road_id, tail_wp.lane_id) == self.keys[k]:
+                self._last_run = light
+                return 1
+        return 0
+
+
+def _segments_cross(a, b, c, d) -> bool:
+    """Whether the segments ab and cd intersect (touching counts, as shapely's intersection does)."""
+
+    def side(p, q, r) -> float:
+        return float((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    d1, d2, d3, d4 = side(c, d, a), side(c, d, b), side(a, b, c), side(a, b, d)
+    return d1 * d2 <= 0 and d3 * d4 <= 0

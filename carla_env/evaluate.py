@@ -1,13 +1,18 @@
 """Evaluation: the one episode loop, and a policy scored on one or several towns.
 
-    python -m carla_env.evaluate --policy autopilot|random|CHECKPOINT [--config C] [--towns T1,T2]
-                                 [--episodes N] [--seed S] [--workers W] [--max-steps K] [--json out.json]
+    python -m carla_env.evaluate --policy autopilot|random|CHECKPOINT [--config C] [--towns T1,T2|all]
+                                 [--maps DIR] [--episodes N] [--seed S] [--workers W] [--max-steps K]
+                                 [--json out.json]
 
 The policy is `autopilot` (the reference route autopilot, carla_env.agents), `random` (uniform actions,
 seeded per episode) or a checkpoint of train.py (a checkpoint folder, or a run folder: its newest; the
 config saved with the run is the default --config). Episode k on every town is seeded S + k, so two
 policies, or one policy before and after a change, drive the same routes among the same traffic.
-Prints a table per town and overall; --json writes it with every episode's figures. Exit 2 on bad input.
+Prints a row per town and overall, and on which towns the targets are met (route completion >= 90%,
+<= 0.1 collisions/km, <= 1 lane invasion/km, no red-light run); --json writes it with every episode's
+figures. `--towns all` is the held-out generated town and the real CARLA towns (Town01, Town02, Town04,
+Town10HD) from --maps or $CARLA_ROOT, 50 episodes each unless --episodes says otherwise; a real town
+found in neither is skipped with a line saying so. Exit 2 on bad input.
 
 infer.py, bench/learning.py and bench/imitation.py drive their episodes through `run_episode`.
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from carla_env.config import Config, ConfigError, deep_merge, load_config, validate_config
+from carla_env.maps.town import TownError, resolve_town
 
 NAMED_POLICIES = ("autopilot", "random")
 # The figures of the summary, in the order the table shows them.
@@ -34,10 +40,25 @@ SUMMARY_KEYS = (
     "collisions_per_km",
     "pedestrian_collisions_per_km",
     "lane_invasions_per_km",
+    "red_light_runs_per_km",
+    "route_seconds",
     "mean_speed",
     "driving_score",
     "km_driven",
 )
+# The targets a policy must meet on every town: (summary key, "min" or "max", bound, what it means).
+TARGETS = (
+    ("route_completion", "min", 0.90, "route completion >= 90%"),
+    ("collisions_per_km", "max", 0.1, "<= 0.1 collisions/km"),
+    ("pedestrian_collisions_per_km", "max", 0.05, "<= 0.05 pedestrian collisions/km"),
+    ("lane_invasions_per_km", "max", 1.0, "<= 1 lane invasion/km"),
+    ("red_light_runs_per_km", "max", 0.0, "no red-light run"),
+)
+ALL_TOWNS = "all"  # --towns all: the held-out generated town and the real CARLA towns
+HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares (bench/learning.py)
+REAL_TOWNS = ("Town01", "Town02", "Town04", "Town10HD")
+DEFAULT_MAPS = Path("../shared/maps")  # the real towns' .xodr beside the repo (never inside it)
+EPISODES, ALL_TOWNS_EPISODES = 10, 50  # --episodes' default, and its default with --towns all
 
 
 class EvaluationError(ValueError):
@@ -137,27 +158,68 @@ def run_episode(env, policy, seed: int, on_step: Callable | None = None) -> dict
 def summarise(rows: Sequence[dict]) -> dict:
     """Means per episode; event rates over the total distance driven (not a mean of per-episode rates)."""
     km = sum(r["distance_m"] for r in rows) / 1000.0
-    return {
+    summary = {
         "episodes": len(rows),
         "route_completion": sum(r["route_completion"] for r in rows) / len(rows),
         "collisions_per_km": sum(r["collisions"] for r in rows) / max(km, 1e-9),
         "pedestrian_collisions_per_km": sum(r.get("pedestrian_collisions", 0.0) for r in rows)
         / max(km, 1e-9),
         "lane_invasions_per_km": sum(r["lane_invasions"] for r in rows) / max(km, 1e-9),
+        "red_light_runs_per_km": sum(r["red_light_runs"] for r in rows) / max(km, 1e-9),
+        "route_seconds": sum(r["route_seconds"] for r in rows) / len(rows),
         "driving_score": sum(r["driving_score"] for r in rows) / len(rows),
         "km_driven": km,
         "mean_speed": sum(r["mean_speed"] for r in rows) / len(rows),
     }
+    summary["targets_missed"] = missed_targets(summary)
+    return summary
+
+
+def missed_targets(summary: dict) -> list[str]:
+    """The TARGETS a summary misses, as their descriptions (empty: all met)."""
+    return [
+        text
+        for key, kind, bound, text in TARGETS
+        if (summary[key] < bound if kind == "min" else summary[key] > bound)
+    ]
 
 
 # -------------------------------------------------------------------------------------- evaluation
+def town_label(town: str) -> str:
+    """How a town is named in tables and JSON: an .xodr path by its file's stem (Town10HD)."""
+    return Path(town).stem if town.endswith(".xodr") else town
+
+
+def all_towns(maps: Path = DEFAULT_MAPS, log: Callable[[str], None] | None = None) -> list[str]:
+    """--towns all: the held-out generated town, then each real town from `maps` (NAME.xodr) or, failing
+    that, from $CARLA_ROOT; a real town in neither is left out, and `log` says so."""
+    towns = [HELD_OUT_TOWN]
+    for name in REAL_TOWNS:
+        path = maps / f"{name}.xodr"
+        if path.is_file():
+            towns.append(str(path))
+            continue
+        try:
+            resolve_town(name)
+        except TownError:
+            if log:
+                log(
+                    f"{name}: skipped: no {path} and not in $CARLA_ROOT; pass --maps with the folder of "
+                    f"its .xodr or set CARLA_ROOT to a CARLA install"
+                )
+            continue
+        towns.append(name)
+    return towns
+
+
 def town_configs(config: Config, towns: Sequence[str] | None) -> dict[str, Config]:
-    """The config on each town (validated: an unknown town is a ConfigError naming simulator.town)."""
+    """The config on each town, by its label (validated: an unknown town is a ConfigError naming
+    simulator.town)."""
     if not towns:
         towns = [config.simulator.town] if isinstance(config.simulator.town, str) else config.simulator.town
     data = config.model_dump()
     return {
-        town: validate_config(deep_merge(data, {"simulator": {"town": town}}), f"--towns {town}")
+        town_label(town): validate_config(deep_merge(data, {"simulator": {"town": town}}), f"--towns {town}")
         for town in dict.fromkeys(towns)
     }
 
@@ -208,7 +270,8 @@ def evaluate(
 ) -> dict:
     """Score `policy` on every town (default: the config's) over the same `seeds`, in `workers` processes.
 
-    Returns {"policy", "seeds", "towns": {town: summary}, "overall": summary, "episodes": rows}."""
+    Returns {"policy", "seeds", "towns": {town: summary}, "overall": summary, "targets_met_on_every_town",
+    "episodes": rows}; a summary's "targets_missed" lists the TARGETS it misses."""
     configs = town_configs(config, towns)
     check_policy(policy, next(iter(configs.values())))
     jobs = [
@@ -235,24 +298,36 @@ def evaluate(
     for town in rows:
         rows[town].sort(key=lambda r: r["seed"])
     every = [r for town in configs for r in rows[town]]
+    per_town = {town: summarise(rows[town]) for town in configs}
     return {
         "policy": policy,
         "seeds": list(seeds),
-        "towns": {town: summarise(rows[town]) for town in configs},
+        "towns": per_town,
         "overall": summarise(every),
+        "targets_met_on_every_town": not any(s["targets_missed"] for s in per_town.values()),
         "episodes": every,
     }
 
 
 def table(result: dict) -> str:
-    """The summary per town and overall, one line each."""
-    head = ("town", "episodes", "route", "coll/km", "ped/km", "inv/km", "speed m/s", "score", "km")
+    """The summary per town and overall, one line each, whether each town meets the targets, and a
+    last line saying where they are met."""
+    head = ("town", "episodes", "route", "coll/km", "ped/km", "inv/km", "red/km", "route s", "speed m/s")
+    head += ("score", "km", "targets")
     width = max(len(t) for t in [*result["towns"], "overall", "town"])
     lines = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in head[1:])]
     for town, s in [*result["towns"].items(), ("overall", result["overall"])]:
         values = [f"{s['episodes']:>9d}", f"{s['route_completion']:>9.1%}"]
         values += [f"{s[k]:>9.3f}" for k in SUMMARY_KEYS[2:]]
+        values.append(f"{'missed' if s['targets_missed'] else 'met':>9}")
         lines.append(f"{town:<{width}}  " + "  ".join(values))
+    missed = {town: s["targets_missed"] for town, s in result["towns"].items() if s["targets_missed"]}
+    targets = ", ".join(text for *_, text in TARGETS)
+    if not missed:
+        lines.append(f"targets ({targets}) met on every town")
+    else:
+        where = "; ".join(f"{town}: {', '.join(m)}" for town, m in missed.items())
+        lines.append(f"targets ({targets}) missed on {len(missed)} of {len(result['towns'])} towns: {where}")
     return "\n".join(lines)
 
 
@@ -282,8 +357,24 @@ def parse_args(argv):
     )
     p.add_argument("--policy", required=True, help="autopilot, random, or a checkpoint / run folder")
     p.add_argument("--config", type=Path, help="experiment config (default for a checkpoint: its run's)")
-    p.add_argument("--towns", type=split_towns, help="comma-separated towns (default: the config's)")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per town")
+    p.add_argument(
+        "--towns",
+        type=split_towns,
+        help=f"comma-separated towns (default: the config's), or '{ALL_TOWNS}': {HELD_OUT_TOWN} and "
+        f"{', '.join(REAL_TOWNS)}",
+    )
+    p.add_argument(
+        "--maps",
+        type=Path,
+        default=DEFAULT_MAPS,
+        help=f"folder of the real towns' .xodr files for --towns {ALL_TOWNS} (default {DEFAULT_MAPS}; "
+        "a town not there comes from $CARLA_ROOT)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        help=f"episodes per town (default {EPISODES}, {ALL_TOWNS_EPISODES} with --towns {ALL_TOWNS})",
+    )
     p.add_argument("--seed", type=int, default=10_000, help="episode k is seeded SEED + k")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--max-steps", type=int, help="override experiment.max_steps")
@@ -291,8 +382,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    every_town = args.towns == [ALL_TOWNS]
+    if args.episodes is None:
+        args.episodes = ALL_TOWNS_EPISODES if every_town else EPISODES
     if args.episodes < 1 or args.workers < 1:
         print("--episodes and --workers must be >= 1", file=sys.stderr)
         return 2
@@ -313,9 +411,8 @@ def main(argv=None) -> int:
         overrides = {"experiment": {"max_steps": args.max_steps}} if args.max_steps is not None else None
         config = load_config(args.config or find_config(Path(policy)), overrides)
         seeds = [args.seed + k for k in range(args.episodes)]
-        result = evaluate(
-            config, policy, seeds, args.towns, args.workers, log=lambda m: print(m, file=sys.stderr)
-        )
+        towns = all_towns(args.maps, _stderr) if every_town else args.towns
+        result = evaluate(config, policy, seeds, towns, args.workers, log=_stderr)
     except (EvaluationError, CheckpointError, ConfigError) as e:
         print(e, file=sys.stderr)
         return 2

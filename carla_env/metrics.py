@@ -9,6 +9,7 @@ from carla_env.driving_state import DrivingState
 COLLISION_PENALTY = 0.60  # CARLA leaderboard: each collision with a vehicle multiplies the score by 0.60
 PEDESTRIAN_PENALTY = 0.50  # and each collision with a pedestrian by 0.50
 OFF_ROAD_PENALTY = 0.65  # per off-road excursion (the leaderboard's "outside route lanes" analogue)
+RED_LIGHT_PENALTY = 0.70  # CARLA leaderboard: each red light run multiplies the score by 0.70
 
 
 @dataclass
@@ -19,6 +20,7 @@ class DrivingMetrics:
     collisions: int = 0  # every collision, pedestrians included
     pedestrian_collisions: int = 0
     lane_invasions: int = 0
+    red_light_runs: int = 0
     off_road_seconds: float = 0.0
     off_road_events: int = 0
     seconds: float = 0.0
@@ -31,6 +33,7 @@ class DrivingMetrics:
         self.collisions += state.collisions
         self.pedestrian_collisions += state.pedestrian_collisions
         self.lane_invasions += state.lane_invasions
+        self.red_light_runs += state.red_light_runs
         if state.off_road:
             self.off_road_seconds += dt
             self.off_road_events += not self._was_off_road
@@ -45,17 +48,21 @@ class DrivingMetrics:
             * PEDESTRIAN_PENALTY**self.pedestrian_collisions
             * OFF_ROAD_PENALTY**self.off_road_events
         )
+        penalty *= RED_LIGHT_PENALTY**self.red_light_runs
         return {
             "route_completion": completion,
             "collisions_per_km": self.collisions / km,
             "pedestrian_collisions_per_km": self.pedestrian_collisions / km,
             "lane_invasions_per_km": self.lane_invasions / km,
+            "red_light_runs_per_km": self.red_light_runs / km,
             "off_road_seconds": self.off_road_seconds,
             "mean_speed": self.distance / self.seconds if self.seconds else 0.0,
+            "route_seconds": self.seconds,  # simulated seconds driven
             "distance_m": self.distance,
             "route_length_m": self.route_length,  # short routes make completion easy: logged beside it
             "driving_score": completion * penalty,
             "collisions": float(self.collisions),
             "pedestrian_collisions": float(self.pedestrian_collisions),
             "lane_invasions": float(self.lane_invasions),
+            "red_light_runs": float(self.red_light_runs),
         }

@@ -70,10 +70,11 @@ def test_autopilot_on_two_towns_in_two_workers_scores_like_one_worker(tmp_path):
     km = sum(r["distance_m"] for r in result["episodes"]) / 1000
     assert overall["km_driven"] == pytest.approx(km)
     lines = proc.stdout.splitlines()
-    assert lines[0] == "policy: autopilot" and [line.split()[0] for line in lines[2:]] == [
+    assert lines[0] == "policy: autopilot" and [line.split()[0] for line in lines[2:-1]] == [
         *SMALL_TOWNS,
         "overall",
     ]
+    assert lines[-1].startswith("targets (") and lines[-1].endswith("met on every town")
     # Episodes are seeded, not scheduled: one worker in this process drives the very same episodes.
     from carla_env.config import load_config
 
@@ -91,7 +92,7 @@ def test_random_policy_is_seeded_and_drives_discrete_actions_worse_than_the_auto
     proc = run_evaluate("--policy", "random", "--config", small_config(tmp_path, "dqn", max_steps=60),
                         "--episodes", 1, "--seed", 3)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[-1].split()[:2] == ["overall", "1"]
+    assert proc.stdout.splitlines()[-2].split()[:2] == ["overall", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,42 @@ def test_each_parallel_job_has_its_own_env_slot(tmp_path):
 
     config = load_config(small_config(tmp_path))
     assert [env_in_slot(config, k).slot for k in range(3)] == [0, 1, 2]
+
+
+def test_towns_all_scores_the_held_out_town_and_the_real_towns_found_and_names_the_missing(tmp_path):
+    """--towns all takes the real towns from --maps (a link here: they are never copied), skips the
+    absent ones with a line each, labels each town by name and says where the targets are met."""
+    from tests.conftest import real_town_path
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "Town02.xodr").symlink_to(real_town_path("Town02"))
+    out = tmp_path / "all.json"
+    proc = run_evaluate("--policy", "autopilot", "--config", small_config(tmp_path, max_steps=40),
+                        "--towns", "all", "--maps", maps, "--episodes", 1, "--json", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("Town01", "Town04", "Town10HD"):
+        assert f"{name}: skipped: no {maps / name}.xodr and not in $CARLA_ROOT" in proc.stderr
+    result = json.loads(out.read_text())
+    assert list(result["towns"]) == ["grid:seed=101,columns=5,rows=5", "Town02"]
+    # 40 steps (4 s) complete no 250 m route: every town misses the completion target, and says so.
+    assert all("route completion >= 90%" in s["targets_missed"] for s in result["towns"].values())
+    assert result["targets_met_on_every_town"] is False
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[2:-1]}
+    assert list(rows) == [*result["towns"], "overall"] and all(r[-1] == "missed" for r in rows.values())
+    assert proc.stdout.splitlines()[-1].startswith("targets (route completion >= 90%") and (
+        "missed on 2 of 2 towns" in proc.stdout.splitlines()[-1]
+    )
+    assert {"red_light_runs_per_km", "route_seconds"} <= set(result["overall"])
+    assert result["towns"]["Town02"]["route_seconds"] == pytest.approx(4.0)
+
+
+def test_the_targets_are_each_a_bound_on_one_figure():
+    from carla_env.evaluate import missed_targets
+
+    good = {"route_completion": 0.95, "collisions_per_km": 0.1, "lane_invasions_per_km": 1.0}
+    assert missed_targets({**good, "red_light_runs_per_km": 0.0}) == []
+    assert missed_targets({**good, "red_light_runs_per_km": 0.4, "route_completion": 0.89}) == [
+        "route completion >= 90%",
+        "no red-light run",
+    ]

@@ -1,6 +1,7 @@
 """The reference autopilot: pure pursuit along the planned route with a PI speed controller; it
-slows behind a leader on its route and stops at red and yellow lights. Only CARLA API calls on the
-hero and world, so it drives either backend.
+slows behind a leader on its route, stops at red and yellow lights, and waits at a junction's entry
+while another vehicle is on, or about to reach, its path through the junction. Only CARLA API calls
+on the hero and world (and the planned route), so it drives either backend.
 
 `action()` gives it as a continuous [steer, acceleration] action (the PPO experiment's), so it is
 scored in the very env a trained policy is scored in (`carla_env.evaluate`).
@@ -16,6 +17,8 @@ import numpy as np
 from carla_env.agents.pursuit import pure_pursuit_steer
 
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
+PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
+FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction follows it
 
 
 class RouteAutopilot:
@@ -26,6 +29,9 @@ class RouteAutopilot:
         standstill_gap: float = 7.0,  # m between centres at rest
         lane_half_width: float = 1.8,  # m: a vehicle this close to the route is on it
         lateral_accel: float = 2.0,  # m/s^2 in curves: sets the cornering speed
+        comfort_decel: float = 2.5,  # m/s^2: junctions within this braking distance are checked
+        max_decel: float = 6.0,  # m/s^2: a junction nearer than this braking distance is committed to
+        clearance: float = 0.5,  # m between the sides of two vehicles whose paths are taken to cross
         wheelbase: float = 2.88,
         lookahead: float = 2.0,  # m, pure pursuit's target distance at standstill
         lookahead_time: float = 0.3,  # s per m/s of speed; longer cuts the inside of bends over the line
@@ -34,7 +40,8 @@ class RouteAutopilot:
     ) -> None:
         self.cruise_speed, self.time_gap, self.standstill_gap = cruise_speed, time_gap, standstill_gap
         self.lane_half_width, self.wheelbase, self.kp, self.ki = lane_half_width, wheelbase, kp, ki
-        self.lateral_accel = lateral_accel
+        self.lateral_accel, self.comfort_decel, self.clearance = lateral_accel, comfort_decel, clearance
+        self.max_decel = max_decel
         self.lookahead, self.lookahead_time = lookahead, lookahead_time
         self._integral = 0.0
 
@@ -45,13 +52,18 @@ class RouteAutopilot:
         t = hero.get_transform()
         v = hero.get_velocity()
         speed = math.hypot(v.x, v.y)
-        here = route.progress((t.location.x, t.location.y))
+        index = route.nearest((t.location.x, t.location.y))[0]
+        here = float(route.distance[index])
         steer = self._steer(t, route, here + self.lookahead + self.lookahead_time * speed)
         target = min(self.cruise_speed, hero.get_speed_limit() / 3.6 or self.cruise_speed)
         target = min(target, self._curve_speed(route, here))
-        gap = self._leader_gap(hero, route, here)
+        others = _Others(hero)
+        gap = self._leader_gap(others, route, here)
         if gap is not None:
             target = min(target, max(0.0, (gap - self.standstill_gap) / self.time_gap))
+        entry = self._entry_to_yield_at(hero, others, route, index, speed)
+        if entry is not None:  # stop with the front bumper a metre short of the junction
+            target = min(target, max(0.0, (entry - here - hero.bounding_box.extent.x - 1.0) / self.time_gap))
         if hero.is_at_traffic_light() and hero.get_traffic_light_state() in STOP_STATES:
             target = 0.0
         error = target - speed
@@ -82,20 +94,88 @@ class RouteAutopilot:
         curvature = np.abs(np.diff(heading)).max(initial=0.0) / 2.5
         return math.sqrt(self.lateral_accel / curvature) if curvature > 1e-4 else math.inf
 
-    def _leader_gap(self, hero, route, here: float, horizon: float = 40.0) -> float | None:
+    def _leader_gap(self, others: _Others, route, here: float, horizon: float = 40.0) -> float | None:
         """Distance along the route to the nearest other vehicle on it within `horizon` metres."""
         ahead = (route.distance > here) & (route.distance < here + horizon)
-        if not ahead.any():
+        if not ahead.any() or not len(others.xy):
             return None
         pts, dist = route.points[ahead], route.distance[ahead]
-        best = None
+        d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
+        k = d.argmin(axis=1)
+        on_route = d[np.arange(len(k)), k] < self.lane_half_width
+        return float(dist[k[on_route]].min() - here) if on_route.any() else None
+
+    def _entry_to_yield_at(self, hero, others: _Others, route, index: int, speed: float) -> float | None:
+        """Where along the route the hero must wait (the next junction's entry), or None to drive on.
+
+        It waits while another vehicle is on its path through the junction (and the car length after
+        it, where turning traffic merges), or will be within 4 s at its speed and acceleration (up to
+        where it stops, if it is braking). Vehicles on the route in the hero's direction are leaders or followers,
+        not crossing traffic. Inside a junction, or too near to stop before it, the hero has committed:
+        braking there would leave it on the crossing path."""
+        if route.junction[index] or not len(others.xy):
+            return None
+        ahead = np.flatnonzero(route.junction[index:])
+        if not len(ahead):
+            return None
+        first = index + int(ahead[0])
+        entry, here = float(route.distance[first]), float(route.distance[index])
+        extent = hero.bounding_box.extent
+        room = entry - here - extent.x - 1.0  # to the stop point
+        if room > speed * speed / (2.0 * self.comfort_decel) + 4.0 or room < speed * speed / (
+            2.0 * self.max_decel
+        ):
+            return None
+        after = np.flatnonzero(~route.junction[first:])
+        leave = float(route.distance[first + int(after[0])]) if len(after) else route.length
+        path = route.points[(route.distance >= entry) & (route.distance <= leave + 2.0 * extent.x)]
+        # Others on the route in its direction are leaders and followers, which the leader gap handles:
+        # on the stretch from FOLLOWER_RANGE behind the hero to the path's end, not on a later pass of
+        # a route that comes back through this junction.
+        near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * extent.x)
+        pts, yaws = route.points[near], _headings(route.points)[near]
+        d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
+        nearest = d.argmin(axis=1)
+        turn = np.remainder(others.yaw - yaws[nearest] + np.pi, 2 * np.pi) - np.pi
+        on_route = d[np.arange(len(nearest)), nearest] < self.lane_half_width
+        crossing = ~(on_route & (np.abs(turn) < np.pi / 4))
+        if not crossing.any():
+            return None
+        t, accel = PREDICTION_TIMES[None, :], others.accel[crossing, None]
+        reach = (
+            others.speed[crossing, None] * t + 0.5 * np.maximum(accel, 0.0) * t * t
+        )  # one starting off too
+        decel = -others.accel[crossing]
+        stop = np.where(decel > 0.5, others.speed[crossing] ** 2 / (2.0 * np.maximum(decel, 0.5)), np.inf)
+        reach = np.minimum(reach, stop[:, None])
+        yaw = others.yaw[crossing]
+        heading = np.column_stack([np.cos(yaw), np.sin(yaw)])
+        future = others.xy[crossing, None, :] + reach[:, :, None] * heading[:, None, :]  # (N, T, 2)
+        gaps = np.linalg.norm(future[:, :, None, :] - path[None, None, :, :], axis=-1).min(axis=(1, 2))
+        return entry if (gaps < extent.y + others.half_width[crossing] + self.clearance).any() else None
+
+
+class _Others:
+    """The other vehicles of the hero's world as arrays, read once a step through the CARLA API."""
+
+    def __init__(self, hero) -> None:
+        xy, yaw, speed, accel, half_width = [], [], [], [], []
         for actor in hero.get_world().get_actors().filter("vehicle.*"):
             if actor.id == hero.id:
                 continue
-            loc = actor.get_location()
-            d = np.hypot(pts[:, 0] - loc.x, pts[:, 1] - loc.y)
-            k = int(np.argmin(d))
-            if d[k] < self.lane_half_width:
-                gap = float(dist[k] - here)
-                best = gap if best is None else min(best, gap)
-        return best
+            t, v, a = actor.get_transform(), actor.get_velocity(), actor.get_acceleration()
+            h = math.radians(t.rotation.yaw)
+            xy.append((t.location.x, t.location.y))
+            yaw.append(h)
+            speed.append(math.hypot(v.x, v.y))
+            accel.append(a.x * math.cos(h) + a.y * math.sin(h))  # along its heading
+            half_width.append(actor.bounding_box.extent.y)
+        self.xy = np.array(xy, float).reshape(-1, 2)
+        self.yaw, self.speed, self.accel = np.array(yaw), np.array(speed), np.array(accel)
+        self.half_width = np.array(half_width)
+
+
+def _headings(points: np.ndarray) -> np.ndarray:
+    """Heading (radians) at each polyline point, from its neighbours."""
+    d = np.gradient(points, axis=0)
+    return np.arctan2(d[:, 1], d[:, 0])

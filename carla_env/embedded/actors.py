@@ -207,6 +207,14 @@ class TrafficLight(Actor):
     def get_opendrive_id(self) -> str:
         return str(int(self._world.town.lanes.light_id[self.index]))
 
+    def get_stop_waypoints(self) -> list[carla.Waypoint]:
+        """The map's waypoints at the stop line of each lane this light guards: half a metre before the
+        lane's end, where the junction begins (CARLA's: the last waypoint before the junction)."""
+        g, cmap = self._world.town.lanes, self._world.town.map
+        lanes = np.flatnonzero(g.lane_light == self.index)
+        pos, _ = g.interpolate(lanes, np.maximum(g.lane_length[lanes] - 0.5, 0.0))
+        return [cmap.get_waypoint(carla.Location(*map(float, p))) for p in pos]
+
 
 class Sensor(Actor):
     """Event sensors (collision, lane invasion) attached to a vehicle; `listen` gets one call per event."""

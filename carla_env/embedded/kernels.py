@@ -252,6 +252,19 @@ def find_leaders(fleet, others, lanes, offs, merge_horizon):
                 rem_j = lanes.length[plan[j, 0]] - s[j]
                 if rem_j < rem_i or (rem_j == rem_i and j < i):
                     d = min(d, rem_i - rem_j + 1e-3)
+            # A hero (no plan known) on a junction lane that leads only into our next lane merges too.
+            if (
+                j >= n
+                and lj >= 0
+                and lj != plan[i, 0]
+                and lanes.junction[lj]
+                and lanes.succ_ptr[lj + 1] - lanes.succ_ptr[lj] == 1
+                and lanes.succ_idx[lanes.succ_ptr[lj]] == plan[i, 1]
+                and rem_i < merge_horizon
+            ):
+                rem_j = lanes.length[lj] - sj
+                if rem_j < rem_i:
+                    d = min(d, rem_i - rem_j + 1e-3)
             if d - hj < best - best_h:
                 best, best_v, best_h = d, vj, hj
         centre_gap[i] = best
@@ -300,10 +313,11 @@ def gate_junction_entries(fleet, lanes, light_state, offs, centre_gap, model):
 
 
 @njit(cache=True, inline="always")
-def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap):
+def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model):
     """Requesters in order of distance to their entry are granted their junction run if it conflicts
-    with no lane held (by a granted NPC or an other road user inside the junction); a granted
-    vehicle's stop gap is lifted. Updates fleet.granted and stop_gap in place."""
+    with no lane held (by a granted NPC, or an other road user inside the junction or too near it to
+    stop at comfortable braking: then every junction lane it may take); a granted vehicle's stop gap
+    is lifted. Updates fleet.granted and stop_gap in place."""
     plan, granted, junction = fleet.plan, fleet.granted, lanes.junction
     n, plan_len = plan.shape
     req = np.flatnonzero(request)
@@ -318,8 +332,15 @@ def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_
                     break
                 held[plan[i, k]] = True
     for j in range(others.lane.shape[0]):
-        if junction[others.lane[j]] and others.holds[j]:
-            held[others.lane[j]] = True
+        lj = others.lane[j]
+        if lj < 0 or not others.holds[j]:  # walkers hold no junction lane (they stop who they block)
+            continue
+        if junction[lj]:
+            held[lj] = True
+        elif lanes.length[lj] - others.s[j] < others.v[j] * others.v[j] / (2.0 * model.decel) + model.min_gap:
+            for k in range(lanes.succ_ptr[lj], lanes.succ_ptr[lj + 1]):
+                if junction[lanes.succ_idx[k]]:
+                    held[lanes.succ_idx[k]] = True
     held_lanes = np.flatnonzero(held)
     order = req[np.argsort(entry_dist[req], kind="mergesort")]
     for i in order:
@@ -407,7 +428,7 @@ def traffic_step(dt, fleet, others, lanes, model, light_state, rand):
     entry_k, entry_dist, stop_gap, request = gate_junction_entries(
         fleet, lanes, light_state, offs, centre_gap, model
     )
-    grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap)
+    grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model)
     drive(dt, fleet, lanes, offs, lead_gap, lead_v, stop_gap, model, rand)
 
 

@@ -39,6 +39,7 @@ from carla_env.sensors.birdview import Scene, box_corners
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
+LIGHT_REACH = 15.0  # m before a stop line where a vehicle is at its light (get_traffic_light)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
 _WALKS: dict[str, WalkGraph | None] = {}
@@ -437,11 +438,21 @@ class EmbeddedWorld:
         return float(self.town.lanes.lane_speed_limit[lane]) if lane >= 0 else 0.0
 
     def _vehicle_traffic_light(self, v: Vehicle):
+        """The light whose stop line is at most LIGHT_REACH ahead on the vehicle's road, as CARLA's
+        trigger volume reaches back along the approach: across lane sections too (real towns split
+        roads into sections, some a few metres long, just before the stop line)."""
         lane, s = self._vehicle_lane(v)
         g = self.town.lanes
-        if lane < 0 or g.lane_light[lane] < 0 or g.lane_length[lane] - s > 15.0:
+        if lane < 0:
             return None
-        return self._lights[g.lane_light[lane]]
+        ahead = g.lane_length[lane] - s  # metres to the end of the lane
+        while g.lane_light[lane] < 0:
+            succ = g.successors(lane)
+            if ahead > LIGHT_REACH or len(succ) != 1 or g.lane_junction[succ[0]] >= 0:
+                return None
+            lane = int(succ[0])
+            ahead += max(g.lane_length[lane], 0.1)  # a few-millimetre section still moves us on
+        return self._lights[g.lane_light[lane]] if ahead <= LIGHT_REACH else None
 
     def _apply_control(self, v: Vehicle, c: carla.VehicleControl) -> None:
         if v._npc:
@@ -653,24 +664,37 @@ class EmbeddedWorld:
     def _detect_lane_invasions(self) -> None:
         """A bounding-box corner over a painted line of the lane under the car's centre, as CARLA's
         sensor tests the box corners. Corners beyond the lane's ends are not tested: there the paint
-        belongs to the next lane or stops at a junction (a car leaving a turn is still angled)."""
+        belongs to the next lane or stops at a junction (a car leaving a turn is still angled). Inside
+        a junction nothing is: LibCarla's LaneCrossingCalculator returns no marking when either end
+        of a corner's move is on a junction road, whatever paint the OpenDRIVE gives its lanes (real
+        towns paint them), so a car still over a line as it leaves a junction has crossed none."""
         f, g = self._free, self.town.lanes
         for r, actor in enumerate(self._free_actors):
             lane = int(f.lane[r])
+            if g.lane_junction[lane] >= 0:
+                f.marking_overlap[r] = 1.0
+                continue
             k = min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
             idx = g.lane_start[lane] + k
             lane_yaw = g.yaw[idx]
             corners = box_corners([f.x[r], f.y[r], f.yaw[r], f.half[r, 0], f.half[r, 1]])[0]
             dx, dy = (corners - g.points[idx, :2]).T
-            along = k * g.lane_ds[lane] + dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
-            lateral = -dx * np.sin(lane_yaw) + dy * np.cos(lane_yaw)  # > 0: right of the lane centre
+            ahead = dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
+            # Each corner against the centre-line point abreast of it: on a bend, the tangent at the
+            # car's centre puts a corner a car length ahead d^2/2R further out than the lane's edge.
+            kc = np.clip(k + np.rint(ahead / g.lane_ds[lane]).astype(np.int64), 0, g.lane_count[lane] - 1)
+            at = g.lane_start[lane] + kc
+            dx, dy = (corners - g.points[at, :2]).T
+            yaw = g.yaw[at]
+            along = kc * g.lane_ds[lane] + dx * np.cos(yaw) + dy * np.sin(yaw)
+            lateral = -dx * np.sin(yaw) + dy * np.cos(yaw)  # > 0: right of the lane centre
             on_lane = (along >= 0.0) & (along <= g.lane_length[lane])
             half_w = g.lane_width[lane] / 2
             crossed = []
-            if (on_lane & (lateral > half_w)).any() and g.mark_right[idx] != UNMARKED:
-                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_right[idx])]))
-            if (on_lane & (lateral < -half_w)).any() and g.mark_left[idx] != UNMARKED:
-                crossed.append(LaneMarking(carla.LaneMarkingType.values[int(g.mark_left[idx])]))
+            for over, marks in ((lateral > half_w, g.mark_right), (lateral < -half_w, g.mark_left)):
+                painted = on_lane & over & (marks[at] != UNMARKED)
+                if painted.any():
+                    crossed.append(LaneMarking(carla.LaneMarkingType.values[int(marks[at][painted][0])]))
             overlapping = float(bool(crossed))
             if overlapping and not f.marking_overlap[r]:
                 event = LaneInvasionEvent(

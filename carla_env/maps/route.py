@@ -19,7 +19,7 @@ class Route:
     def __init__(self, lanes: LaneGraph, sequence: list[int], start_s: float, goal_s: float) -> None:
         self.sequence = sequence
         self.shortfall = ""  # why the planner could not give the length asked for; empty when it could
-        parts = []
+        parts, junction = [], []
         for k, lane in enumerate(sequence):
             a, c = lanes.lane_start[lane], lanes.lane_count[lane]
             pts = lanes.points[a : a + c, :2]
@@ -30,7 +30,11 @@ class Route:
             if k == len(sequence) - 1:
                 keep &= s <= goal_s
             parts.append(pts[keep])
+            junction.append(np.full(int(keep.sum()), lanes.lane_junction[lane] >= 0))
         self.points = np.concatenate(parts) if parts else np.zeros((0, 2))
+        self.junction = (
+            np.concatenate(junction) if junction else np.zeros(0, bool)
+        )  # per point: in a junction
         seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
         self.distance = np.concatenate([[0.0], np.cumsum(seg)])
 
