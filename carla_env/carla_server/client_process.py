@@ -240,8 +240,7 @@ class ClientSession:
         return {
             "pid": os.getpid(),
             "client_type": f"{type(client).__module__}.{type(client).__qualname__}",
-            "client_version": client.get_client_version(),
-            "server_version": client.get_server_version(),
+            "client_version": client.get_client_version(),  # the probe checked the server's against it
         }
 
     def reset(self, seed: int | None, hero_transform: carla.Transform | None) -> HeroInfo:

@@ -1,0 +1,167 @@
+"""The CARLA client in a child process (simulator.carla.isolate_client): real child processes, the
+real carla 0.9.16 wheel, the fake server process (tests/fake_carla/CarlaUE4.sh). In the children the
+client is tests/fake_carla_client.py (autospec'd from the wheel, ticking against the fake server),
+except where the test says it is the wheel's own carla.Client. In this (parent) process carla.Client
+raises: nothing here may build one."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import carla
+import pytest
+
+from carla_env import env as env_module
+from carla_env.backends import make_core
+from carla_env.carla_server.core import CarlaCore
+from carla_env.carla_server.isolated import IsolatedCarlaCore
+from carla_env.config import SimulatorConfig, load_config
+from carla_env.env import CarlaEnv
+from tests.fake_carla_client import make_client
+from tests.test_carla_server import BASE, FAKE_ROOT, ROOT, alive, fake  # noqa: F401 - fake: the fixture
+
+
+@pytest.fixture(autouse=True)
+def no_client_in_this_process(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the parent process built a carla.Client")
+
+    monkeypatch.setattr(carla, "Client", refuse)
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def carla_env(tmp_path, monkeypatch, port: int, **server) -> CarlaEnv:
+    """The DQN experiment (BEV, collision and lane-invasion sensors) on the carla backend, launching
+    the fake server, its client the fake one in a child process."""
+    monkeypatch.setattr(
+        env_module,
+        "make_core",
+        lambda config, blueprint, **kw: IsolatedCarlaCore(
+            config, blueprint, client_factory=make_client, log_dir=tmp_path, **kw
+        ),
+    )
+    config = load_config(
+        ROOT / "experiments" / "dqn" / "config.yaml",
+        {
+            "simulator": {
+                "backend": "carla",
+                "traffic": {"vehicles": 5},
+                "carla": {"carla_root": str(FAKE_ROOT), "port": port, "tm_port": port + 20, **server},
+            }
+        },
+    )
+    return CarlaEnv(config)
+
+
+def test_the_parent_builds_no_client_and_the_child_holds_the_wheels_own():
+    config = SimulatorConfig(
+        backend="carla", town="GridTown03", carla={"launch": False, "port": BASE + 27, "client_timeout": 1.0}
+    )
+    core = IsolatedCarlaCore(config)  # the default factory: carla.Client, in the child
+    try:
+        info = core.client_info()
+        assert info["client_type"] == "carla.libcarla.Client" and info["client_version"].startswith("0.9.16")
+        assert info["pid"] == core.client_process.pid != os.getpid()
+        assert parent_of(info["pid"]) == os.getpid() and alive(info["pid"])
+    finally:
+        core.close()
+    assert not alive(info["pid"])
+
+
+def test_make_core_isolates_the_client_unless_the_config_opts_out(monkeypatch):
+    attached = {"launch": False, "port": BASE + 27}
+    isolated = make_core(SimulatorConfig(backend="carla", town="GridTown03", carla=attached))
+    try:
+        assert isinstance(isolated, IsolatedCarlaCore)
+    finally:
+        isolated.close()
+    monkeypatch.undo()  # the in-process core builds its client here, as asked
+    in_process = make_core(
+        SimulatorConfig(backend="carla", town="GridTown03", carla={**attached, "isolate_client": False})
+    )
+    assert isinstance(in_process, CarlaCore) and isinstance(in_process.client, carla.Client)
+    in_process.close()
+
+
+def test_a_client_process_killed_mid_episode_truncates_and_the_next_reset_works(fake, tmp_path, monkeypatch):  # noqa: F811
+    """SIGKILL stands in for a LibCarla abort (carla#4577): only the child dies; the env relaunches
+    server and child, truncates the episode, and drives the next one."""
+    env = carla_env(tmp_path, monkeypatch, BASE + 12)
+    try:
+        obs, info = env.reset(seed=0)
+        assert env.observation_space.contains(obs) and info["backend"] == "carla"
+        collisions = 0
+        for _ in range(6):  # the fake client reports a collision every 3rd frame, through the child
+            obs, reward, terminated, truncated, info = env.step(1)
+            assert not truncated
+            collisions += env.experiment.driving_state.collisions
+        assert collisions >= 1 and info["collisions"] == collisions
+        child, servers = env.core.client_process.pid, fake()
+        os.kill(child, signal.SIGKILL)
+        obs, reward, terminated, truncated, info = env.step(1)
+        assert truncated and not terminated and reward == 0.0
+        assert "died during 'tick' (killed by SIGKILL)" in info["simulator_restart"]
+        assert info["server_restarts"] == 1.0
+        assert not alive(child) and not any(alive(p) for p in servers)  # the old server went with it
+        relaunched = env.core.client_process.pid
+        assert relaunched != child and alive(relaunched) and env.core.server.alive()
+        obs, info = env.reset(seed=1)
+        assert env.observation_space.contains(obs)
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = env.step(1)
+            assert not truncated and env.observation_space.contains(obs)
+    finally:
+        env.close()
+    assert not alive(relaunched) and not any(alive(p) for p in fake())
+
+
+def test_a_hung_client_process_is_killed_after_its_deadline(fake, tmp_path, monkeypatch):  # noqa: F811
+    """A LibCarla call that ignores its time-out: the child is killed once the tick's time-out plus
+    the grace have passed, and the episode ends truncated on a relaunched server and child."""
+    monkeypatch.setenv("FAKE_CARLA_CLIENT_HANG_AT", "4")  # frames 1-2 are the resets', 3 the first step's
+    env = carla_env(tmp_path, monkeypatch, BASE + 21, tick_timeout=0.5, client_process_grace=1.0)
+    try:
+        env.reset(seed=0)
+        monkeypatch.delenv("FAKE_CARLA_CLIENT_HANG_AT")  # the relaunched child won't hang
+        hung = env.core.client_process.pid
+        assert not env.step(1)[3]
+        t0 = time.monotonic()
+        *_, truncated, info = env.step(1)
+        took = time.monotonic() - t0
+        assert truncated and "gave no answer to 'tick' within 2.0 s; killed" in info["simulator_restart"]
+        assert 2.0 <= took < 30.0, took
+        assert not alive(hung) and alive(env.core.client_process.pid)
+        env.reset(seed=1)
+        assert not env.step(1)[3]
+    finally:
+        env.close()
+
+
+def test_what_the_proxies_do_not_serve_fails_naming_the_attribute_and_the_opt_out(fake, tmp_path):  # noqa: F811
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    try:
+        core.reset(seed=0)
+        hero = core.hero
+        assert hero.get_speed_limit() == 30.0 and hero.get_world() is core.world
+        assert [a.id for a in core.world.get_actors().filter("vehicle.*")] == [hero.id]
+        with pytest.raises(
+            AttributeError,
+            match=r"carla\.Vehicle \(core\.hero\)\.get_physics_control is not served here.*"
+            r"simulator\.carla\.isolate_client: false",
+        ):
+            hero.get_physics_control()
+        with pytest.raises(AttributeError, match=r"carla\.World \(core\.world\)\.get_snapshot is not served"):
+            core.world.get_snapshot()
+        with pytest.raises(AttributeError, match=r"spawn_actor \(only sensors attached to core\.hero\)"):
+            core.world.spawn_actor(core.world.get_blueprint_library().find("sensor.other.collision"), None)
+    finally:
+        core.close()
