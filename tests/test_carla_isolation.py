@@ -165,3 +165,25 @@ def test_what_the_proxies_do_not_serve_fails_naming_the_attribute_and_the_opt_ou
             core.world.spawn_actor(core.world.get_blueprint_library().find("sensor.other.collision"), None)
     finally:
         core.close()
+
+
+def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811
+    """`make carla-smoke`'s drive on the fake server: the first env's client process gets SIGKILL at
+    frame 6; that env restarts there and drives on, the second env is untouched."""
+    import functools
+
+    from carla_env.carla_server.smoke import parse_args, run
+
+    args = parse_args(
+        ["--carla-root", str(FAKE_ROOT), "--town", "GridTown03", "--vehicles", "2", "--frames", "12"]
+        + ["--kill-at", "-1", "--kill-client-at", "6"]
+    )
+    factory = functools.partial(IsolatedCarlaCore, client_factory=make_client, log_dir=tmp_path)
+    out, failures = run(args, core_factory=factory)
+    assert failures == []
+    first, second = out["envs"]
+    assert out["killed_client_pid"] == out["client_pids"][0] and not alive(out["killed_client_pid"])
+    assert first["restarted_at_frame"] == [6] and first["restarts"] == 1 and first["frames_driven"] == 11
+    assert second["restarted_at_frame"] == [] and second["frames_driven"] == 12
+    assert first["collisions"] > 0  # events reach the parent through the child
+    assert not any(alive(p) for p in out["client_pids"]) and not any(alive(p) for p in fake())
