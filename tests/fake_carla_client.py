@@ -6,7 +6,8 @@ so a dead fake server fails them like LibCarla's time-out.
 `make_client` is module-level so it pickles to a spawn-context child. Misbehaviour on request,
 through the environment the child inherits: FAKE_CARLA_CLIENT_HANG_AT=N blocks the N-th tick for an
 hour (a LibCarla call that ignores its time-out); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid.
-Every 3rd frame a collision event reaches the hero's collision sensors.
+Every 3rd frame a collision event reaches the hero's collision sensors; an RGB camera gets its frame's
+image 50 ms after the tick returns (image_size_x/y attributes, default 8 x 4; every byte the frame number).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 from types import SimpleNamespace
 from unittest.mock import create_autospec
@@ -72,7 +74,8 @@ def make_client(host: str, port: int):
 
     def blueprint(blueprint_id="vehicle.tesla.model3"):
         bp = create_autospec(carla.ActorBlueprint, instance=True)
-        bp.id = blueprint_id
+        bp.id, bp.values = blueprint_id, {}
+        bp.set_attribute.side_effect = bp.values.__setitem__
         bp.get_attribute.return_value.as_int.return_value = 4
         return bp
 
@@ -102,6 +105,7 @@ def make_client(host: str, port: int):
     def spawn_sensor(bp, transform, attach_to=None):
         sensor = create_autospec(carla.Sensor, instance=True)
         sensor.id, sensor.type_id, sensor.is_alive = next(sensor_ids), bp.id, True
+        sensor.size = int(bp.values.get("image_size_x", 8)), int(bp.values.get("image_size_y", 4))
         sensor.listen.side_effect = lambda callback: sensors.append((sensor, callback))
         sensor.destroy.side_effect = lambda: setattr(sensor, "is_alive", False)
         return sensor
@@ -116,6 +120,16 @@ def make_client(host: str, port: int):
             time.sleep(3600)
         _server_answers(host, port, seconds)
         for sensor, callback in sensors:
+            if sensor.is_alive and sensor.type_id == "sensor.camera.rgb":  # after tick returns, as LibCarla
+                width, height = sensor.size
+                image = SimpleNamespace(
+                    frame=frame,
+                    width=width,
+                    height=height,
+                    fov=90.0,
+                    raw_data=bytes([frame % 256]) * (4 * width * height),
+                )
+                threading.Timer(0.05, callback, (image,)).start()
             if sensor.is_alive and sensor.type_id == "sensor.other.collision" and frame % 3 == 0:
                 callback(
                     SimpleNamespace(

@@ -187,3 +187,31 @@ def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):
     assert second["restarted_at_frame"] == [] and second["frames_driven"] == 12
     assert first["collisions"] > 0  # events reach the parent through the child
     assert not any(alive(p) for p in out["client_pids"]) and not any(alive(p) for p in fake())
+
+
+def test_a_camera_in_the_child_reaches_the_parent_matched_by_frame(fake, tmp_path):  # noqa: F811
+    """The image comes on LibCarla's thread after the tick returns; the child waits for it, the
+    parent's StreamSensor gets it by frame, with the attributes it was configured with."""
+    from carla_env.config import SensorConfig
+    from carla_env.sensors.factory import make_sensor
+
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path, rendering=True)
+    try:
+        core.reset(seed=0)
+        camera = make_sensor(
+            "front", SensorConfig(type="sensor.camera.rgb", image_size_x=4, image_size_y=2, x=1.5), core, 0.05
+        )
+        for _ in range(3):
+            frame = core.tick(carla.VehicleControl(throttle=0.3))
+            got, image = camera.read(frame)
+            assert got == image.frame == frame and (image.width, image.height) == (4, 2)
+            assert image.raw_data == bytes([frame % 256]) * 32
+        camera.destroy()
+        assert not camera.actor.is_alive
+    finally:
+        core.close()
