@@ -5,7 +5,9 @@ so a dead fake server fails them like LibCarla's time-out.
 
 `make_client` is module-level so it pickles to a spawn-context child. Misbehaviour on request,
 through the environment the child inherits: FAKE_CARLA_CLIENT_HANG_AT=N blocks the N-th tick for an
-hour (a LibCarla call that ignores its time-out); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid.
+hour (a LibCarla call that ignores its time-out); FAKE_CARLA_CLIENT_TIME_OUT_AT=N,M with
+FAKE_CARLA_CLIENT_ONCE=PATH makes the ticks of frames N and M raise LibCarla's time-out, each once
+over all children (PATH.N marks it done); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid.
 Every 3rd frame a collision event reaches the hero's collision sensors; an RGB camera gets its frame's
 image 50 ms after the tick returns (image_size_x/y attributes, default 8 x 4; every byte the frame number).
 """
@@ -57,6 +59,8 @@ def make_client(host: str, port: int):
         with open(record, "a") as f:
             f.write(f"{os.getpid()}\n")
     hang_at = int(os.environ.get("FAKE_CARLA_CLIENT_HANG_AT", "0"))
+    time_out_at = {int(f) for f in os.environ.get("FAKE_CARLA_CLIENT_TIME_OUT_AT", "").split(",") if f}
+    once = os.environ.get("FAKE_CARLA_CLIENT_ONCE", os.devnull)
     timeout = [10.0]
     client = create_autospec(carla.Client, instance=True)
     client.set_timeout.side_effect = lambda seconds: timeout.__setitem__(0, seconds)
@@ -118,6 +122,9 @@ def make_client(host: str, port: int):
         frame = next(frames)
         if frame == hang_at:
             time.sleep(3600)
+        if frame in time_out_at and not os.path.exists(f"{once}.{frame}"):  # once per frame number
+            open(f"{once}.{frame}", "w").close()
+            raise RuntimeError(f"time-out of {seconds * 1e3:.0f}ms while waiting for the simulator")
         _server_answers(host, port, seconds)
         for sensor, callback in sensors:
             if sensor.is_alive and sensor.type_id == "sensor.camera.rgb":  # after tick returns, as LibCarla

@@ -215,3 +215,31 @@ def test_a_camera_in_the_child_reaches_the_parent_matched_by_frame(fake, tmp_pat
         assert not camera.actor.is_alive
     finally:
         core.close()
+
+
+def test_a_server_time_out_in_the_child_relaunches_server_and_child(fake, tmp_path, monkeypatch):  # noqa: F811
+    """LibCarla's own time-out, in the child: in reset the reset is retried once on a relaunched server
+    and child; mid-episode the tick raises SimulatorRestarted."""
+    from carla_env.simulator import SimulatorRestarted
+
+    monkeypatch.setenv("FAKE_CARLA_CLIENT_TIME_OUT_AT", "1,4")  # the reset's tick, then the third step's
+    monkeypatch.setenv("FAKE_CARLA_CLIENT_ONCE", str(tmp_path / "timed-out"))
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    try:
+        first_child, first_server = core.client_process.pid, core.server.pid
+        core.reset(seed=0)
+        assert core.health["restarts"] == 1 and not alive(first_child) and not alive(first_server)
+        second_child = core.client_process.pid
+        assert core.tick(None) == 2 and core.tick(None) == 3
+        with pytest.raises(SimulatorRestarted, match=r"tick exceeded 10 s \(time-out of 10000ms"):
+            core.tick(None)
+        assert core.health["restarts"] == 2 and not alive(second_child) and alive(core.client_process.pid)
+        core.reset(seed=1)
+        assert core.tick(None) == 2
+    finally:
+        core.close()
