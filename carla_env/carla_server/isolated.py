@@ -1,8 +1,8 @@
 """The CARLA core with its client in a child process (simulator.carla.isolate_client, the default).
 
 This process launches and owns the server (ports, reaper, group kill) and never builds a
-carla.Client: a spawn-context child per server holds the client, the Traffic Manager, the hero's
-sensors and the episode's actors (client_process.py). A LibCarla abort when the server dies under an
+carla.Client: a child process per server (a fresh interpreter, never a fork) holds the client, the
+Traffic Manager, the hero's sensors and the episode's actors (client_process.py). A LibCarla abort when the server dies under an
 active TM or sensors (carla#4577, #4072) ends only that child. A child that dies (EOF) or misses a
 call's deadline (killed) is handled like a crashed or hung server: both are relaunched and the
 episode ends truncated (SimulatorRestarted); in reset, relaunched and the reset tried once more.
@@ -237,7 +237,9 @@ class IsolatedCarlaCore:
         sc = self.server_config
         bound = {
             "tick": 2 * sc.tick_timeout,  # the tick, then a stream sensor's data of its frame
+            # map load, the spawn and destroy batches, the walkers' tick, the episode's first tick
             "reset": sc.map_load_timeout + 2 * sc.tick_timeout + 8 * sc.client_timeout,
+            "close": 8 * sc.client_timeout,  # sensors, the destroy batch, TM and world settings
         }.get(op, 3 * sc.client_timeout)
         return bound + sc.client_process_grace
 
