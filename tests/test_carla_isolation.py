@@ -243,3 +243,36 @@ def test_a_server_time_out_in_the_child_relaunches_server_and_child(fake, tmp_pa
         assert core.tick(None) == 2
     finally:
         core.close()
+
+
+def test_an_experiment_written_for_the_original_runs_on_the_isolated_core(fake, tmp_path, monkeypatch):  # noqa: F811
+    """tests/original_style (hero velocity, location and forward vector, core.map waypoints, the
+    original's collision events) through the proxies, unchanged."""
+    from carla_env.compat import load_any_config
+    from tests.test_compat import EXPERIMENT, original_config, write
+
+    data = original_config()
+    data["env_config"]["experiment"]["type"] = EXPERIMENT
+    config, _, _ = load_any_config(write(tmp_path, data))
+    server = {"carla_root": str(FAKE_ROOT), "port": BASE + 12, "tm_port": BASE + 32}
+    simulator = config.simulator.model_copy(
+        update={"backend": "carla", "carla": config.simulator.carla.model_copy(update=server)}
+    )
+    config = config.model_copy(update={"simulator": simulator})
+    monkeypatch.setattr(
+        env_module,
+        "make_core",
+        lambda config, blueprint, **kw: IsolatedCarlaCore(
+            config, blueprint, client_factory=make_client, log_dir=tmp_path, **kw
+        ),
+    )
+    env = CarlaEnv(config)
+    try:
+        obs, _ = env.reset(seed=3)
+        assert env.observation_space.contains(obs) and isinstance(env.core, IsolatedCarlaCore)
+        for _ in range(4):
+            obs, reward, terminated, truncated, info = env.step(1)
+            assert env.observation_space.contains(obs) and isinstance(reward, float) and not truncated
+        assert info["collisions"] >= 1  # the fake client's frame-3 collision reached this process
+    finally:
+        env.close()
