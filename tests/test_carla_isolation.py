@@ -4,6 +4,7 @@ client is tests/fake_carla_client.py (autospec'd from the wheel, ticking against
 except where the test says it is the wheel's own carla.Client. In this (parent) process carla.Client
 raises: nothing here may build one."""
 
+import gc
 import os
 import signal
 import time
@@ -20,6 +21,13 @@ from carla_env.config import SimulatorConfig, load_config
 from carla_env.env import CarlaEnv
 from tests.fake_carla_client import make_client
 from tests.test_carla_server import BASE, FAKE_ROOT, ROOT, alive, fake  # noqa: F401 - fake: the fixture
+
+CLIENT = carla.Client  # the wheel's class, before the fixture below replaces it
+
+
+def clients_in_this_process() -> list:
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is CLIENT]  # an autospec'd mock is not one
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +91,7 @@ def test_make_core_isolates_the_client_unless_the_config_opts_out(monkeypatch):
     in_process = make_core(
         SimulatorConfig(backend="carla", town="GridTown03", carla={**attached, "isolate_client": False})
     )
-    assert isinstance(in_process, CarlaCore) and isinstance(in_process.client, carla.Client)
+    assert isinstance(in_process, CarlaCore) and clients_in_this_process() == [in_process.client]
     in_process.close()
 
 
@@ -100,6 +108,7 @@ def test_a_client_process_killed_mid_episode_truncates_and_the_next_reset_works(
             assert not truncated
             collisions += env.experiment.driving_state.collisions
         assert collisions >= 1 and info["collisions"] == collisions
+        assert clients_in_this_process() == []  # mid-episode, sensors streaming: none here
         child, servers = env.core.client_process.pid, fake()
         os.kill(child, signal.SIGKILL)
         obs, reward, terminated, truncated, info = env.step(1)
