@@ -220,6 +220,10 @@ def test_a_camera_in_the_child_reaches_the_parent_matched_by_frame(fake, tmp_pat
             got, image = camera.read(frame)
             assert got == image.frame == frame and (image.width, image.height) == (4, 2)
             assert image.raw_data == bytes([frame % 256]) * 32
+        with pytest.raises(
+            AttributeError, match=r"sensor measurement record\.save_to_disk is not served here"
+        ):
+            image.save_to_disk("front.png")  # the record carries the fields, not carla.Image's methods
         camera.destroy()
         assert not camera.actor.is_alive
     finally:

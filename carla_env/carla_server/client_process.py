@@ -28,6 +28,17 @@ from carla_env.carla_server.server import check_versions
 from carla_env.simulator import STREAM_SENSORS
 
 
+def not_served(what: str, name: str) -> AttributeError:
+    """What the parent's proxies and records say of an attribute they don't carry."""
+    return AttributeError(
+        f"{what}.{name} is not served here: the CARLA client runs in a child process "
+        f"(simulator.carla.isolate_client), which serves the hero's pose, motion, speed limit, light "
+        f"state and control, world.get_map/get_actors (snapshots) and sensors on the hero (their "
+        f"measurements' fields). Read it through a sensor, or set simulator.carla.isolate_client: "
+        "false to keep the client in this process (a server crash can then abort it)"
+    )
+
+
 class ServerLost(Exception):
     """The child's LibCarla lost its server (a time-out or a dropped connection): relaunch both.
     Not a RuntimeError, so CarlaCore's own retry logic lets it through to the parent."""
@@ -88,6 +99,9 @@ class ActorSnapshot:
 
     def get_velocity(self) -> carla.Vector3D:
         return self.velocity
+
+    def __getattr__(self, name: str):
+        raise not_served(f"carla.Actor snapshot ({self.__dict__.get('type_id')})", name)
 
 
 def actor_snapshot(actor) -> ActorSnapshot:
@@ -157,7 +171,14 @@ MEASUREMENT_FIELDS = (
 )
 
 
-def measurement_record(measurement) -> SimpleNamespace:
+class SensorRecord(SimpleNamespace):
+    """A measurement's fields (MEASUREMENT_FIELDS it has), as the parent's sensor callbacks get them."""
+
+    def __getattr__(self, name: str):
+        raise not_served("sensor measurement record", name)
+
+
+def measurement_record(measurement) -> SensorRecord:
     """A picklable copy of a sensor measurement or event (carla.SensorData does not pickle)."""
     out = {}
     for name in MEASUREMENT_FIELDS:
@@ -175,7 +196,7 @@ def measurement_record(measurement) -> SimpleNamespace:
                 for m in value
             ]
         out[name] = value
-    return SimpleNamespace(**out)
+    return SensorRecord(**out)
 
 
 class SensorBuffer:

@@ -35,6 +35,7 @@ from carla_env.carla_server.client_process import (
     HeroInfo,
     HeroState,
     ServerLost,
+    not_served,
 )
 from carla_env.carla_server.core import CarlaCore, on_driving_lane, recycle_reason, start_server
 from carla_env.carla_server.server import CarlaServer, ServerError
@@ -45,7 +46,6 @@ from carla_env.simulator import SimulatorRestarted
 
 log = logging.getLogger(__name__)
 
-OPT_OUT = "simulator.carla.isolate_client: false"
 START_TIMEOUT = 60.0  # seconds for a child to import carla and this package and build its core
 
 
@@ -54,16 +54,6 @@ class ClientLost(Exception):
 
 
 LOST = (ClientLost, ServerLost)
-
-
-def not_served(what: str, name: str) -> AttributeError:
-    return AttributeError(
-        f"{what}.{name} is not served here: the CARLA client runs in a child process "
-        f"(simulator.carla.isolate_client), which serves the hero's pose, motion, speed limit, light "
-        f"state and control, world.get_map/get_actors (snapshots) and sensors on the hero. Read it "
-        f"through a sensor, or set {OPT_OUT} to keep the client in this process (a server crash can "
-        "then abort it)"
-    )
 
 
 class ClientProcess:
