@@ -267,6 +267,8 @@ class IsolatedCarlaCore:
         pending = recycle_reason(self.server, self.server_config, self._episodes_since_launch)
         if pending is None and self.server is not None and not self.server.alive():
             pending = f"CARLA server (pid {self.server.pid}) died between episodes"
+        if pending is None and self.client_process is None:  # a relaunch that failed before
+            pending = "no CARLA client process (its last launch failed)"
         if pending is None and not self.client_process.alive():
             pending = f"CARLA client process (pid {self.client_process.pid}) died between episodes"
         self._drop_episode()
@@ -334,7 +336,7 @@ class IsolatedCarlaCore:
         }
 
     def client_info(self) -> dict:
-        """The child's pid, client class and versions (for the smoke test and diagnostics)."""
+        """The child's pid, client class and client version (for the smoke test and diagnostics)."""
         return self._call("info")
 
     def close(self) -> None:
