@@ -20,7 +20,7 @@ from carla_env.carla_server.isolated import IsolatedCarlaCore
 from carla_env.config import SimulatorConfig, load_config
 from carla_env.env import CarlaEnv
 from tests.fake_carla_client import make_client
-from tests.test_carla_server import BASE, FAKE_ROOT, ROOT, alive, fake  # noqa: F401 - fake: the fixture
+from tests.test_carla_server import BASE, FAKE_ROOT, ROOT, alive, fake, wait_until  # noqa: F401 - fake: the fixture
 
 CLIENT = carla.Client  # the wheel's class, before the fixture below replaces it
 
@@ -289,3 +289,33 @@ def test_an_experiment_written_for_the_original_runs_on_the_isolated_core(fake, 
         assert info["collisions"] >= 1  # the fake client's frame-3 collision reached this process
     finally:
         env.close()
+
+
+def test_killing_the_parent_leaves_no_client_process_and_no_server(fake, tmp_path):  # noqa: F811
+    """An env runner killed with -9: its client process sees the pipe close and exits, the reaper
+    kills the server; nothing is left to pile up over runner restarts."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "from carla_env.config import SimulatorConfig;"
+        "from carla_env.carla_server.isolated import IsolatedCarlaCore;"
+        "from tests.fake_carla_client import make_client;"
+        "c = SimulatorConfig(backend='carla', town='GridTown03',"
+        " carla={'carla_root': sys.argv[2], 'port': int(sys.argv[3]), 'tm_port': int(sys.argv[3]) + 20});"
+        "core = IsolatedCarlaCore(c, client_factory=make_client, log_dir=Path(sys.argv[4])); core.reset(seed=0);"
+        "print(core.client_process.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(ROOT), str(FAKE_ROOT), str(BASE + 15), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    servers = fake()
+    assert alive(child) and servers and all(alive(p) for p in servers)
+    parent.kill()
+    parent.wait()
+    assert wait_until(lambda: not alive(child), 10), "the client process outlived its parent"
+    assert wait_until(lambda: not any(alive(p) for p in servers), 15), "the server outlived its parent"
