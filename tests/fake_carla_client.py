@@ -42,6 +42,15 @@ class ActorList(list):
         return ActorList(a for a in self if fnmatch.fnmatchcase(a.type_id, pattern))
 
 
+class WorldSnapshot(list):
+    """carla.WorldSnapshot of the last tick: its actors (the hero), frame and timestamp."""
+
+    def __init__(self, frame: int, actors) -> None:
+        super().__init__(actors)
+        self.id, self.frame = 9, frame
+        self.timestamp = carla.Timestamp(frame, frame * 0.05, 0.05, 1000.0 + frame)
+
+
 def _server_answers(host: str, port: int, timeout: float) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -87,10 +96,11 @@ def make_client(host: str, port: int):
     library.filter.return_value = [blueprint()]
     hero = create_autospec(carla.Vehicle, instance=True)
     hero.id, hero.type_id = 1, "vehicle.tesla.model3"
+    hero.attributes = {"role_name": "hero", "number_of_wheels": "4"}
     hero.bounding_box = carla.BoundingBox(carla.Location(), carla.Vector3D(2.4, 1.0, 0.8))
     hero.get_velocity.return_value = carla.Vector3D(3.0, 4.0, 0.0)
-    hero.get_acceleration.return_value = carla.Vector3D()
-    hero.get_angular_velocity.return_value = carla.Vector3D()
+    hero.get_acceleration.return_value = carla.Vector3D(0.5, 0.0, 0.0)
+    hero.get_angular_velocity.return_value = carla.Vector3D(0.0, 0.0, 2.0)
     hero.get_speed_limit.return_value = 30.0
     hero.is_at_traffic_light.return_value = False
     hero.get_traffic_light_state.return_value = carla.TrafficLightState.Green
@@ -117,9 +127,11 @@ def make_client(host: str, port: int):
     world.spawn_actor.side_effect = spawn_sensor
     world.get_actors.side_effect = lambda ids=None: ActorList([hero])
     frames = itertools.count(1)
+    last_frame = [0]
+    world.get_snapshot.side_effect = lambda: WorldSnapshot(last_frame[0], [hero])
 
     def tick(seconds=10.0):
-        frame = next(frames)
+        frame = last_frame[0] = next(frames)
         if frame == hang_at:
             time.sleep(3600)
         if frame in time_out_at and not os.path.exists(f"{once}.{frame}"):  # once per frame number
@@ -150,7 +162,7 @@ def make_client(host: str, port: int):
         return frame
 
     world.tick.side_effect = tick
-    world.get_settings.return_value = carla.WorldSettings()
+    world.get_settings.return_value = carla.WorldSettings(synchronous_mode=True, fixed_delta_seconds=0.05)
     world.get_blueprint_library.return_value = library
     world.get_random_location_from_navigation.return_value = None
     for method in ("get_world", "load_world", "generate_opendrive_world"):

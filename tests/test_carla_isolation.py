@@ -15,8 +15,10 @@ import pytest
 
 from carla_env import env as env_module
 from carla_env.backends import make_core
+from carla_env.carla_server.client_process import ActorSnapshot
 from carla_env.carla_server.core import CarlaCore
 from carla_env.carla_server.isolated import IsolatedCarlaCore
+from carla_env.carla_server.server import ServerError
 from carla_env.config import SimulatorConfig, load_config
 from carla_env.env import CarlaEnv
 from tests.fake_carla_client import make_client
@@ -168,12 +170,62 @@ def test_what_the_proxies_do_not_serve_fails_naming_the_attribute_and_the_opt_ou
             r"simulator\.carla\.isolate_client: false",
         ):
             hero.get_physics_control()
-        with pytest.raises(AttributeError, match=r"carla\.World \(core\.world\)\.get_snapshot is not served"):
-            core.world.get_snapshot()
+        with pytest.raises(
+            AttributeError, match=r"carla\.World \(core\.world\)\.get_spectator is not served"
+        ):
+            core.world.get_spectator()
         with pytest.raises(AttributeError, match=r"spawn_actor \(only sensors attached to core\.hero\)"):
             core.world.spawn_actor(core.world.get_blueprint_library().find("sensor.other.collision"), None)
     finally:
         core.close()
+
+
+def test_the_world_and_hero_calls_of_a_typical_experiment_are_served(fake, tmp_path):  # noqa: F811
+    """What the original rllib-integration's and CARLA's example agents read: the world snapshot (frame,
+    timestamp, an actor's pose), the settings, one actor by id, the hero's attributes; all real
+    carla types across the pipe."""
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 26, "tm_port": BASE + 36},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    try:
+        core.reset(seed=0)
+        frame = core.tick(None)
+        world, hero = core.world, core.hero
+        snapshot = world.get_snapshot()
+        assert snapshot.frame == frame and snapshot.timestamp.frame == frame
+        assert isinstance(snapshot.timestamp, carla.Timestamp) and snapshot.delta_seconds == 0.05
+        assert snapshot.has_actor(hero.id) and len(snapshot) == 1 and snapshot.find(12345) is None
+        assert snapshot.find(hero.id).get_transform().location == hero.get_location()
+        assert snapshot.find(hero.id).get_angular_velocity().z == 2.0
+        settings = world.get_settings()
+        assert isinstance(settings, carla.WorldSettings) and settings.synchronous_mode
+        assert settings.fixed_delta_seconds == 0.05
+        actor = world.get_actor(hero.id)
+        assert actor.type_id == hero.type_id and actor.attributes["role_name"] == "hero"
+        assert actor.get_acceleration().x == 0.5 and world.get_actor(12345) is None
+        assert hero.attributes["role_name"] == "hero"
+        event_actor = ActorSnapshot(7, "static.wall")  # a collision's other actor: id and type only
+        with pytest.raises(AttributeError, match=r"static\.wall, an event's other actor\)\.get_location"):
+            event_actor.get_location()
+    finally:
+        core.close()
+
+
+def test_the_client_process_start_is_bounded_by_the_servers_ready_timeout(tmp_path):
+    """The child starts while the server boots: its import on a loaded node may take long, up to the
+    server's own start budget (ready_timeout), not a fixed minute; past it, one line naming the key."""
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"launch": False, "port": BASE + 28, "ready_timeout": 0.05},
+    )
+    with pytest.raises(
+        ServerError, match=r"did not start within 0\.05 s \(simulator\.carla\.ready_timeout\)"
+    ):
+        IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
 
 
 def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811

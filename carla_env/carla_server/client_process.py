@@ -33,7 +33,8 @@ def not_served(what: str, name: str) -> AttributeError:
     return AttributeError(
         f"{what}.{name} is not served here: the CARLA client runs in a child process "
         f"(simulator.carla.isolate_client), which serves the hero's pose, motion, speed limit, light "
-        f"state and control, world.get_map/get_actors (snapshots) and sensors on the hero (their "
+        f"state, control and attributes, world.get_map/get_actors/get_actor/get_snapshot/get_settings "
+        f"(copies read at the call) and sensors on the hero (their "
         f"measurements' fields). Read it through a sensor, or set simulator.carla.isolate_client: "
         "false to keep the client in this process (a server crash can then abort it)"
     )
@@ -77,12 +78,44 @@ ForkingPickler.register(carla.Rotation, lambda r: (carla.Rotation, (r.pitch, r.y
 ForkingPickler.register(carla.Transform, lambda t: (carla.Transform, (t.location, t.rotation)))
 ForkingPickler.register(carla.BoundingBox, lambda b: (_bounding_box, (b.location, b.extent, b.rotation)))
 ForkingPickler.register(carla.VehicleControl, _control)
+ForkingPickler.register(
+    carla.Timestamp,
+    lambda t: (carla.Timestamp, (t.frame, t.elapsed_seconds, t.delta_seconds, t.platform_timestamp)),
+)
+
+WORLD_SETTINGS_FIELDS = (
+    "synchronous_mode",
+    "no_rendering_mode",
+    "fixed_delta_seconds",
+    "substepping",
+    "max_substep_delta_time",
+    "max_substeps",
+    "max_culling_distance",
+    "deterministic_ragdolls",
+    "tile_stream_distance",
+    "actor_active_distance",
+    "spectator_as_ego",
+)
+
+
+def _world_settings(fields: dict) -> carla.WorldSettings:
+    settings = carla.WorldSettings()  # fixed_delta_seconds may be None: set, not passed to the constructor
+    for name, value in fields.items():
+        setattr(settings, name, value)
+    return settings
+
+
+ForkingPickler.register(
+    carla.WorldSettings, lambda s: (_world_settings, ({n: getattr(s, n) for n in WORLD_SETTINGS_FIELDS},))
+)
 
 
 # ---------------------------------------------------------------------------- what crosses the pipe
 @dataclass
 class ActorSnapshot:
-    """An actor as the client process read it at one frame: id, type, pose, motion, box."""
+    """An actor as the client process read it at one frame: id, type, attributes, pose, motion, box
+    (what LibCarla reads from the frame's snapshot or the actor's description, without an RPC).
+    An event's other actor carries its id and type only."""
 
     id: int
     type_id: str
@@ -90,15 +123,30 @@ class ActorSnapshot:
     velocity: carla.Vector3D | None = None
     bounding_box: carla.BoundingBox | None = None
     is_alive: bool = True
+    acceleration: carla.Vector3D | None = None
+    angular_velocity: carla.Vector3D | None = None
+    attributes: dict | None = None
+
+    def _read(self, field: str, getter: str):
+        value = self.__dict__[field]
+        if value is None:
+            raise not_served(f"carla.Actor snapshot ({self.type_id}, an event's other actor)", getter)
+        return value
 
     def get_transform(self) -> carla.Transform:
-        return self.transform
+        return self._read("transform", "get_transform")
 
     def get_location(self) -> carla.Location:
-        return self.transform.location
+        return self._read("transform", "get_location").location
 
     def get_velocity(self) -> carla.Vector3D:
-        return self.velocity
+        return self._read("velocity", "get_velocity")
+
+    def get_acceleration(self) -> carla.Vector3D:
+        return self._read("acceleration", "get_acceleration")
+
+    def get_angular_velocity(self) -> carla.Vector3D:
+        return self._read("angular_velocity", "get_angular_velocity")
 
     def __getattr__(self, name: str):
         raise not_served(f"carla.Actor snapshot ({self.__dict__.get('type_id')})", name)
@@ -106,8 +154,82 @@ class ActorSnapshot:
 
 def actor_snapshot(actor) -> ActorSnapshot:
     return ActorSnapshot(
-        int(actor.id), str(actor.type_id), actor.get_transform(), actor.get_velocity(), actor.bounding_box
+        int(actor.id),
+        str(actor.type_id),
+        actor.get_transform(),
+        actor.get_velocity(),
+        actor.bounding_box,
+        acceleration=actor.get_acceleration(),
+        angular_velocity=actor.get_angular_velocity(),
+        attributes=dict(actor.attributes),
     )
+
+
+@dataclass
+class FrameActor:
+    """carla.ActorSnapshot: one actor in a world snapshot (id, pose, motion)."""
+
+    id: int
+    transform: carla.Transform
+    velocity: carla.Vector3D
+    angular_velocity: carla.Vector3D
+    acceleration: carla.Vector3D
+
+    def get_transform(self) -> carla.Transform:
+        return self.transform
+
+    def get_velocity(self) -> carla.Vector3D:
+        return self.velocity
+
+    def get_angular_velocity(self) -> carla.Vector3D:
+        return self.angular_velocity
+
+    def get_acceleration(self) -> carla.Vector3D:
+        return self.acceleration
+
+
+@dataclass
+class WorldSnapshotRecord:
+    """carla.WorldSnapshot as the client process read it: frame, timestamp, every actor's pose and motion."""
+
+    id: int
+    frame: int
+    timestamp: carla.Timestamp
+    actors: dict[int, FrameActor]
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return self.timestamp.elapsed_seconds
+
+    @property
+    def delta_seconds(self) -> float:
+        return self.timestamp.delta_seconds
+
+    @property
+    def platform_timestamp(self) -> float:
+        return self.timestamp.platform_timestamp
+
+    def find(self, actor_id: int) -> FrameActor | None:
+        return self.actors.get(int(actor_id))
+
+    def has_actor(self, actor_id: int) -> bool:
+        return int(actor_id) in self.actors
+
+    def __iter__(self):
+        return iter(self.actors.values())
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+
+def world_snapshot_record(snapshot) -> WorldSnapshotRecord:
+    actors = {
+        int(a.id): FrameActor(
+            int(a.id), a.get_transform(), a.get_velocity(), a.get_angular_velocity(), a.get_acceleration()
+        )
+        for a in snapshot
+    }
+    return WorldSnapshotRecord(int(snapshot.id), int(snapshot.frame), snapshot.timestamp, actors)
 
 
 @dataclass
@@ -144,6 +266,7 @@ class HeroInfo:
     type_id: str
     bounding_box: carla.BoundingBox
     state: HeroState
+    attributes: dict
 
 
 # The measurement attributes copied into a record (those a measurement has): events, camera, lidar,
@@ -268,7 +391,9 @@ class ClientSession:
         self._destroy_sensors()
         self.core.reset(seed=seed, hero_transform=hero_transform)
         hero = self.core.hero
-        return HeroInfo(int(hero.id), str(hero.type_id), hero.bounding_box, hero_state(hero))
+        return HeroInfo(
+            int(hero.id), str(hero.type_id), hero.bounding_box, hero_state(hero), dict(hero.attributes)
+        )
 
     def tick(self, control: carla.VehicleControl | None, with_scene: bool):
         frame = self.core.tick(control)
@@ -300,6 +425,12 @@ class ClientSession:
 
     def birdview_scene(self):
         return self.core.birdview_scene(self.core.hero)
+
+    def snapshot(self) -> WorldSnapshotRecord:
+        return world_snapshot_record(self.core.world.get_snapshot())
+
+    def settings(self) -> carla.WorldSettings:
+        return self.core.world.get_settings()
 
     def close(self) -> None:
         try:

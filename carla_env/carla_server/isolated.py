@@ -9,8 +9,8 @@ episode ends truncated (SimulatorRestarted); in reset, relaunched and the reset 
 
 Experiments keep the CARLA API through proxies: `core.hero` answers pose, velocity, acceleration,
 speed limit, traffic-light state and control from the state sent with each tick, and takes
-`apply_control`; `core.world` serves `get_map`, `get_actors` (snapshots: id, type, pose, velocity,
-box), and sensors on the hero through `get_blueprint_library().find` / `spawn_actor`; `core.map` is
+`apply_control`; `core.world` serves `get_map`, `get_actors` / `get_actor` (snapshots: id, type,
+attributes, pose, motion, box), `get_snapshot`, `get_settings`, and sensors on the hero through `get_blueprint_library().find` / `spawn_actor`; `core.map` is
 the town's carla.Map. Anything else raises an AttributeError naming the attribute and the opt-out.
 """
 
@@ -35,6 +35,7 @@ from carla_env.carla_server.client_process import (
     HeroInfo,
     HeroState,
     ServerLost,
+    WorldSnapshotRecord,
     not_served,
 )
 from carla_env.carla_server.core import CarlaCore, on_driving_lane, recycle_reason, start_server
@@ -45,8 +46,6 @@ from carla_env.sensors.birdview import Scene
 from carla_env.simulator import SimulatorRestarted
 
 log = logging.getLogger(__name__)
-
-START_TIMEOUT = 60.0  # seconds for a child to import carla and this package and build its core
 
 
 class ClientLost(Exception):
@@ -64,7 +63,16 @@ class ClientProcess:
     its spawn start re-runs the parent's main script in the child, which an unguarded user script or
     a notebook cannot take."""
 
-    def __init__(self, config: SimulatorConfig, hero_blueprint: str, rendering: bool, client_factory) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        hero_blueprint: str,
+        rendering: bool,
+        client_factory,
+        start_timeout: float,
+    ) -> None:
+        """`start_timeout`: for the child to import carla and this package and build its core (it starts
+        while the server boots, so the server's ready_timeout; a loaded node imports slowly)."""
         self._conn, child_end = multiprocessing.Pipe()
         fd = child_end.fileno()
         path = os.pathsep.join(
@@ -81,10 +89,11 @@ class ClientProcess:
         try:
             self._conn.send(sys.path)  # first: the factory's module may need it to unpickle
             self._conn.send((config, hero_blueprint, rendering, client_factory))
-            if not self._conn.poll(START_TIMEOUT):
+            if not self._conn.poll(start_timeout):
                 self.kill()
                 raise ClientLost(
-                    f"CARLA client process (pid {self.pid}) did not start within {START_TIMEOUT:.0f} s"
+                    f"CARLA client process (pid {self.pid}) did not start within {start_timeout:g} s "
+                    "(simulator.carla.ready_timeout)"
                 )
             status, value = self._conn.recv()
         except (EOFError, OSError) as e:
@@ -198,7 +207,7 @@ class IsolatedCarlaCore:
         self.client_process = None
         try:
             self.client_process = ClientProcess(
-                child_config, self.hero_blueprint, self.rendering, self._client_factory
+                child_config, self.hero_blueprint, self.rendering, self._client_factory, sc.ready_timeout
             )
             if self.server is not None:
                 self.server.wait_ready(sc.ready_timeout, self._probe)
@@ -358,6 +367,7 @@ class ClientHero:
     def __init__(self, core: IsolatedCarlaCore, info: HeroInfo) -> None:
         self._core = core
         self.id, self.type_id, self.bounding_box = info.id, info.type_id, info.bounding_box
+        self.attributes = info.attributes  # the blueprint's, role_name included, as carla.Actor.attributes
         self.state: HeroState = info.state
         self.is_alive = True
         self._control: carla.VehicleControl | None = None
@@ -474,12 +484,25 @@ class ClientWorld:
     def get_map(self) -> carla.Map:
         return self._core.map
 
-    def get_actors(self, actor_ids: list[int] | None = None) -> ActorSnapshots:
+    def _ask(self, op: str, *args):
+        """The child's answer; a lost child ends the episode as a lost server does."""
         try:
-            found = self._core._call("actors", None if actor_ids is None else [int(i) for i in actor_ids])  # noqa: SLF001
+            return self._core._call(op, *args)  # noqa: SLF001
         except LOST as e:
             self._core.restart(str(e))
-        return ActorSnapshots(found)
+
+    def get_actors(self, actor_ids: list[int] | None = None) -> ActorSnapshots:
+        return ActorSnapshots(self._ask("actors", None if actor_ids is None else [int(i) for i in actor_ids]))
+
+    def get_actor(self, actor_id: int) -> ActorSnapshot | None:
+        return self.get_actors([actor_id]).find(int(actor_id))
+
+    def get_snapshot(self) -> WorldSnapshotRecord:
+        """The last tick's frame, timestamp and every actor's pose and motion (one call to the child)."""
+        return self._ask("snapshot")
+
+    def get_settings(self) -> carla.WorldSettings:
+        return self._ask("settings")
 
     def get_blueprint_library(self) -> SensorBlueprints:
         return SensorBlueprints()
@@ -488,10 +511,7 @@ class ClientWorld:
         hero = self._core.hero
         if not isinstance(blueprint, SensorBlueprint) or attach_to is None or attach_to is not hero:
             raise not_served("carla.World", "spawn_actor (only sensors attached to core.hero)")
-        try:
-            sensor_id = self._core._call("spawn_sensor", blueprint.id, blueprint.attributes, transform)  # noqa: SLF001
-        except LOST as e:
-            self._core.restart(str(e))
+        sensor_id = self._ask("spawn_sensor", blueprint.id, blueprint.attributes, transform)
         return ClientSensor(self._core, sensor_id, blueprint.id)
 
     def __getattr__(self, name: str):
