@@ -7,7 +7,8 @@ so a dead fake server fails them like LibCarla's time-out.
 through the environment the child inherits: FAKE_CARLA_CLIENT_HANG_AT=N blocks the N-th tick for an
 hour (a LibCarla call that ignores its time-out); FAKE_CARLA_CLIENT_TIME_OUT_AT=N,M with
 FAKE_CARLA_CLIENT_ONCE=PATH makes the ticks of frames N and M raise LibCarla's time-out, each once
-over all children (PATH.N marks it done); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid.
+over all children (PATH.N marks it done); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid; FAKE_CARLA_CLIENT_DESTROYED=FILE each destroy
+batch ("pid id id ...").
 Every 3rd frame a collision event reaches the hero's collision sensors; an RGB camera gets its frame's
 image 50 ms after the tick returns (image_size_x/y attributes, default 8 x 4; every byte the frame number).
 """
@@ -169,7 +170,14 @@ def make_client(host: str, port: int):
         getattr(client, method).return_value = world
     client.get_trafficmanager.return_value = tm
     ids = itertools.count(100)
-    client.apply_batch_sync.side_effect = lambda commands, sync: [
-        SimpleNamespace(actor_id=next(ids), error="") for _ in commands
-    ]
+    destroyed = os.environ.get("FAKE_CARLA_CLIENT_DESTROYED")
+
+    def apply_batch_sync(commands, sync):
+        gone = [c.actor_id for c in commands if isinstance(c, carla.command.DestroyActor)]
+        if destroyed and gone:
+            with open(destroyed, "a") as f:
+                f.write(f"{os.getpid()} {' '.join(map(str, gone))}\n")
+        return [SimpleNamespace(actor_id=next(ids), error="") for _ in commands]
+
+    client.apply_batch_sync.side_effect = apply_batch_sync
     return client

@@ -228,6 +228,44 @@ def test_the_client_process_start_is_bounded_by_the_servers_ready_timeout(tmp_pa
         IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
 
 
+def test_an_attached_servers_actors_of_a_killed_client_process_are_destroyed(tmp_path, monkeypatch):
+    """launch: false: the server lives on when its client process is killed, and with it that child's
+    hero, sensors and traffic (driving on with the dead TM's last control). The next child destroys them."""
+    import socket
+
+    from carla_env.simulator import SimulatorRestarted
+
+    destroyed = tmp_path / "destroyed"
+    monkeypatch.setenv("FAKE_CARLA_CLIENT_DESTROYED", str(destroyed))
+    port = BASE + 29
+    server = socket.create_server(("127.0.0.1", port))  # where the fake client's ticks connect
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        traffic={"vehicles": 3},
+        carla={"launch": False, "port": port, "tm_port": port + 10},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    try:
+        core.reset(seed=0)
+        camera = core.world.get_blueprint_library().find("sensor.camera.rgb")
+        sensor = core.world.spawn_actor(camera, carla.Transform(), attach_to=core.hero)
+        first = core.client_process.pid
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(SimulatorRestarted):
+            core.tick(None)
+        second = core.client_process.pid
+        batches = [line.split() for line in destroyed.read_text().splitlines()]
+        by_second = {int(i) for pid, *ids in batches if int(pid) == second for i in ids}
+        assert {sensor.id, 1, 100, 101, 102} <= by_second  # the sensor, the fake's hero and its 3 vehicles
+        assert not any(int(pid) == first for pid, *_ in batches)
+        core.reset(seed=1)
+        assert core.tick(None) > 0
+    finally:
+        core.close()
+        server.close()
+
+
 def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811
     """`make carla-smoke`'s drive on the fake server: the first env's client process gets SIGKILL at
     frame 6; that env restarts there and drives on, the second env is untouched."""

@@ -267,6 +267,7 @@ class HeroInfo:
     bounding_box: carla.BoundingBox
     state: HeroState
     attributes: dict
+    actor_ids: list[int]  # the episode's: walker controllers, walkers, traffic, hero
 
 
 # The measurement attributes copied into a record (those a measurement has): events, camera, lidar,
@@ -391,9 +392,24 @@ class ClientSession:
         self._destroy_sensors()
         self.core.reset(seed=seed, hero_transform=hero_transform)
         hero = self.core.hero
+        core = self.core
+        actors = [i for pair in core._walkers for i in pair[::-1]] + [*core._npcs, hero.id]  # noqa: SLF001
         return HeroInfo(
-            int(hero.id), str(hero.type_id), hero.bounding_box, hero_state(hero), dict(hero.attributes)
+            int(hero.id),
+            str(hero.type_id),
+            hero.bounding_box,
+            hero_state(hero),
+            dict(hero.attributes),
+            [int(i) for i in actors],
         )
+
+    def destroy_leftovers(self, actor_ids: list[int]) -> None:
+        """Actors a killed client process left on an attached server (the server lives on): its
+        traffic would drive on with the last control its dead TM gave, its hero and sensors stay."""
+        world = self.core.client.get_world()
+        for controller in world.get_actors(actor_ids).filter("controller.ai.walker"):
+            controller.stop()
+        self.core.client.apply_batch_sync([carla.command.DestroyActor(i) for i in actor_ids], True)
 
     def tick(self, control: carla.VehicleControl | None, with_scene: bool):
         frame = self.core.tick(control)

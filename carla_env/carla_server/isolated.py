@@ -191,6 +191,7 @@ class IsolatedCarlaCore:
         self._scene: Scene | None = None  # sent with the tick once a BEV asked for one
         self._scene_wanted = False
         self._episodes_since_launch = 0
+        self._leftovers: list[int] = []  # the child's episode actors and sensors, until it tidies them
         self.health = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
         self._connect()
 
@@ -257,6 +258,19 @@ class IsolatedCarlaCore:
             self.server.stop()
         self.server = None
         self._connect()
+        if (
+            self.server is None and self._leftovers
+        ):  # attached: the server and the dead child's actors live on
+            leftovers, self._leftovers = self._leftovers, []
+            try:
+                self._call("destroy_leftovers", leftovers)
+            except (*LOST, RuntimeError) as e:  # a child that dies here is found dead at the next call
+                log.warning(
+                    "CARLA slot %d: %d actors of the killed client process left: %s",
+                    self.slot,
+                    len(leftovers),
+                    e,
+                )
 
     def _drop_episode(self) -> None:
         if self.hero is not None:
@@ -288,6 +302,7 @@ class IsolatedCarlaCore:
                     self._relaunch(pending)
                     pending = None
                 info: HeroInfo = self._call("reset", seed, hero_transform)
+                self._leftovers = list(info.actor_ids)
                 self.world = ClientWorld(self)
                 self.hero = ClientHero(self, info)
                 self._episodes_since_launch += 1
@@ -512,6 +527,7 @@ class ClientWorld:
         if not isinstance(blueprint, SensorBlueprint) or attach_to is None or attach_to is not hero:
             raise not_served("carla.World", "spawn_actor (only sensors attached to core.hero)")
         sensor_id = self._ask("spawn_sensor", blueprint.id, blueprint.attributes, transform)
+        self._core._leftovers.insert(0, sensor_id)  # noqa: SLF001 - sensors go before the hero
         return ClientSensor(self._core, sensor_id, blueprint.id)
 
     def __getattr__(self, name: str):
