@@ -381,11 +381,15 @@ def test_an_experiment_written_for_the_original_runs_on_the_isolated_core(fake, 
         env.close()
 
 
-def test_killing_the_parent_leaves_no_client_process_and_no_server(fake, tmp_path):  # noqa: F811
-    """An env runner killed with -9: its client process sees the pipe close and exits, the reaper
-    kills the server; nothing is left to pile up over runner restarts."""
+@pytest.mark.parametrize("child_at", ["idle", "hung_in_a_tick"])
+def test_killing_the_parent_leaves_no_client_process_and_no_server(fake, tmp_path, child_at):  # noqa: F811
+    """An env runner killed with -9: its client process exits (idle: the pipe's EOF; inside a LibCarla
+    call that hangs: it sees itself re-parented), the reaper kills the server; nothing is left to pile
+    up over runner restarts."""
     import subprocess
     import sys
+
+    hang = child_at == "hung_in_a_tick"
 
     script = (
         "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
@@ -395,14 +399,25 @@ def test_killing_the_parent_leaves_no_client_process_and_no_server(fake, tmp_pat
         "c = SimulatorConfig(backend='carla', town='GridTown03',"
         " carla={'carla_root': sys.argv[2], 'port': int(sys.argv[3]), 'tm_port': int(sys.argv[3]) + 20});"
         "core = IsolatedCarlaCore(c, client_factory=make_client, log_dir=Path(sys.argv[4])); core.reset(seed=0);"
-        "print(core.client_process.pid, flush=True); time.sleep(60)"
+        "print(core.client_process.pid, flush=True); core.tick(None) if sys.argv[5] else None; time.sleep(60)"
     )
     parent = subprocess.Popen(
-        [sys.executable, "-c", script, str(ROOT), str(FAKE_ROOT), str(BASE + 15), str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(ROOT),
+            str(FAKE_ROOT),
+            str(BASE + 15),
+            str(tmp_path),
+            child_at * hang,
+        ],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "FAKE_CARLA_CLIENT_HANG_AT": "2" if hang else "0"},  # reset ticks frame 1
     )
     child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the tick's request reaches the child
     servers = fake()
     assert alive(child) and servers and all(alive(p) for p in servers)
     parent.kill()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from types import SimpleNamespace
@@ -494,6 +495,14 @@ def serve(conn, config, hero_blueprint: str, rendering: bool, client_factory=Non
     conn.close()
 
 
+def exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """Leave once the parent is gone (this process re-parented). The pipe's EOF says so too, but only
+    to a loop that reads it: a LibCarla call that hangs never returns to it."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
 def main(fd: int) -> None:
     """`python -m carla_env.carla_server.client_process FD`: FD is this child's end of the parent's Pipe;
     the first messages are the parent's sys.path, then serve()'s arguments."""
@@ -501,6 +510,7 @@ def main(fd: int) -> None:
     from multiprocessing.connection import Connection
 
     conn = Connection(fd)
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     sys.path[:] = conn.recv()  # the parent's: where it found the client factory's module
     serve(conn, *conn.recv())
 
