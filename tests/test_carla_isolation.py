@@ -266,6 +266,17 @@ def test_an_attached_servers_actors_of_a_killed_client_process_are_destroyed(tmp
         server.close()
 
 
+def test_an_event_without_another_actor_still_reaches_the_parent():
+    """measurement_record runs on LibCarla's callback thread: an exception there loses the event."""
+    from types import SimpleNamespace
+
+    from carla_env.carla_server.client_process import measurement_record
+
+    event = SimpleNamespace(frame=3, other_actor=None, normal_impulse=carla.Vector3D(1.0, 0.0, 0.0))
+    record = measurement_record(event)
+    assert record.frame == 3 and record.other_actor is None and record.normal_impulse.x == 1.0
+
+
 def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811
     """`make carla-smoke`'s drive on the fake server: the first env's client process gets SIGKILL at
     frame 6; that env restarts there and drives on, the second env is untouched."""

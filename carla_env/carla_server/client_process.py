@@ -313,7 +313,7 @@ def measurement_record(measurement) -> SensorRecord:
             continue
         if name == "raw_data":
             value = bytes(value)
-        elif name == "other_actor":
+        elif name == "other_actor" and value is not None:  # None: nothing LibCarla could name
             value = ActorSnapshot(int(value.id), str(value.type_id))
         elif name == "crossed_lane_markings":
             value = [
