@@ -8,7 +8,7 @@ through the environment the child inherits: FAKE_CARLA_CLIENT_HANG_AT=N blocks t
 hour (a LibCarla call that ignores its time-out); FAKE_CARLA_CLIENT_TIME_OUT_AT=N,M with
 FAKE_CARLA_CLIENT_ONCE=PATH makes the ticks of frames N and M raise LibCarla's time-out, each once
 over all children (PATH.N marks it done); FAKE_CARLA_CLIENT_PIDS=FILE records the child's pid; FAKE_CARLA_CLIENT_DESTROYED=FILE each destroy
-batch ("pid id id ...").
+batch ("pid id id ..."); FAKE_CARLA_CLIENT_CAMERA_STOPS_AT=N: cameras send no image from frame N on.
 Every 3rd frame a collision event reaches the hero's collision sensors; an RGB camera gets its frame's
 image 50 ms after the tick returns (image_size_x/y attributes, default 8 x 4; every byte the frame number).
 """
@@ -71,6 +71,7 @@ def make_client(host: str, port: int):
     hang_at = int(os.environ.get("FAKE_CARLA_CLIENT_HANG_AT", "0"))
     time_out_at = {int(f) for f in os.environ.get("FAKE_CARLA_CLIENT_TIME_OUT_AT", "").split(",") if f}
     once = os.environ.get("FAKE_CARLA_CLIENT_ONCE", os.devnull)
+    camera_stops_at = int(os.environ.get("FAKE_CARLA_CLIENT_CAMERA_STOPS_AT", "0")) or 2**62
     timeout = [10.0]
     client = create_autospec(carla.Client, instance=True)
     client.set_timeout.side_effect = lambda seconds: timeout.__setitem__(0, seconds)
@@ -140,7 +141,8 @@ def make_client(host: str, port: int):
             raise RuntimeError(f"time-out of {seconds * 1e3:.0f}ms while waiting for the simulator")
         _server_answers(host, port, seconds)
         for sensor, callback in sensors:
-            if sensor.is_alive and sensor.type_id == "sensor.camera.rgb":  # after tick returns, as LibCarla
+            camera = sensor.is_alive and sensor.type_id == "sensor.camera.rgb"
+            if camera and frame < camera_stops_at:  # after tick returns, as LibCarla
                 width, height = sensor.size
                 image = SimpleNamespace(
                     frame=frame,

@@ -277,6 +277,35 @@ def test_an_event_without_another_actor_still_reaches_the_parent():
     assert record.frame == 3 and record.other_actor is None and record.normal_impulse.x == 1.0
 
 
+def test_a_camera_that_stops_streaming_relaunches_within_one_tick_timeout(fake, tmp_path, monkeypatch):  # noqa: F811
+    """The child waits for every stream sensor's frame within one tick_timeout; a frame that never
+    comes ends the episode there (as the in-process StreamSensor does), not after further waits."""
+    from carla_env.simulator import SimulatorRestarted
+
+    monkeypatch.setenv("FAKE_CARLA_CLIENT_CAMERA_STOPS_AT", "3")
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 3, "tm_port": BASE + 13, "tick_timeout": 1.0},
+    )
+    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    try:
+        core.reset(seed=0)
+        frames = []
+        for kind in ("sensor.camera.rgb", "sensor.camera.rgb"):
+            bp = core.world.get_blueprint_library().find(kind)
+            core.world.spawn_actor(bp, carla.Transform(), attach_to=core.hero).listen(frames.append)
+        assert core.tick(None) == 2 and [r.frame for r in frames] == [2, 2]
+        t0 = time.monotonic()
+        with pytest.raises(
+            SimulatorRestarted, match=r"sensor sensor\.camera\.rgb: no data for frame 3 within 1 s"
+        ):
+            core.tick(None)
+        assert core.health["restarts"] == 1 and time.monotonic() - t0 < 20.0
+    finally:
+        core.close()
+
+
 def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811
     """`make carla-smoke`'s drive on the fake server: the first env's client process gets SIGKILL at
     frame 6; that env restarts there and drives on, the second env is untouched."""

@@ -340,9 +340,9 @@ class SensorBuffer:
             self._records.append(record)
             self._arrived.notify_all()
 
-    def wait_for(self, frame: int, timeout: float) -> None:
+    def wait_for(self, frame: int, timeout: float) -> bool:
         with self._arrived:
-            self._arrived.wait_for(lambda: any(r.frame >= frame for r in self._records), timeout)
+            return self._arrived.wait_for(lambda: any(r.frame >= frame for r in self._records), timeout)
 
     def drain(self) -> list:
         with self._arrived:
@@ -414,9 +414,15 @@ class ClientSession:
 
     def tick(self, control: carla.VehicleControl | None, with_scene: bool):
         frame = self.core.tick(control)
+        # Every stream sensor's data of this frame, all within one tick_timeout (the parent's deadline
+        # allows one); a frame that never comes is a broken stream: server and child are relaunched.
+        timeout = self.core.server_config.tick_timeout
+        until = time.monotonic() + timeout
         for sensor in self.sensors.values():
-            if sensor.stream:  # else the parent's read of this frame would wait for data never fetched
-                sensor.wait_for(frame, self.core.server_config.tick_timeout)
+            if sensor.stream and not sensor.wait_for(frame, max(until - time.monotonic(), 0.0)):
+                raise ServerLost(
+                    f"sensor {sensor.actor.type_id}: no data for frame {frame} within {timeout:g} s"
+                )
         scene = self.core.birdview_scene(self.core.hero) if with_scene else None
         data = {sensor_id: sensor.drain() for sensor_id, sensor in self.sensors.items()}
         return frame, hero_state(self.core.hero), data, scene
