@@ -306,6 +306,27 @@ def test_a_camera_that_stops_streaming_relaunches_within_one_tick_timeout(fake, 
         core.close()
 
 
+class TwoArgumentError(Exception):
+    def __init__(self, what, why):
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_exception_the_parent_could_not_unpickle_arrives_as_a_runtime_error():
+    """Exceptions pickle by their args: one whose __init__ takes others pickles, then fails to load in
+    the parent (a TypeError instead of the child's error)."""
+    import multiprocessing
+
+    from carla_env.carla_server.client_process import _reply
+
+    parent_end, child_end = multiprocessing.Pipe()
+    _reply(child_end, "error", TwoArgumentError("spawn", "no room"))
+    _reply(child_end, "ok", carla.Transform(carla.Location(1.0, 2.0, 3.0)))
+    status, error = parent_end.recv()
+    assert status == "error" and isinstance(error, RuntimeError)
+    assert str(error).startswith("TwoArgumentError: spawn: no room")
+    assert parent_end.recv()[1].location.y == 2.0
+
+
 def test_carla_smoke_goes_on_after_its_client_process_is_killed(fake, tmp_path):  # noqa: F811
     """`make carla-smoke`'s drive on the fake server: the first env's client process gets SIGKILL at
     frame 6; that env restarts there and drives on, the second env is untouched."""

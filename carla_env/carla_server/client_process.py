@@ -15,6 +15,7 @@ import of this module, which both sides import.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import time
@@ -468,9 +469,14 @@ class ClientSession:
 
 def _reply(conn, status: str, value) -> None:
     try:
-        conn.send((status, value))
+        payload = ForkingPickler.dumps((status, value))
+        if status == "error":  # an exception whose __init__ takes other arguments pickles, then fails to load
+            pickle.loads(payload)
     except Exception as e:  # noqa: BLE001 - an exception or value that does not pickle
-        conn.send(("error", RuntimeError(f"{type(value).__name__}: {value} (reply not picklable: {e})")))
+        payload = ForkingPickler.dumps(
+            ("error", RuntimeError(f"{type(value).__name__}: {value} (reply not picklable: {e})"))
+        )
+    conn.send_bytes(payload)  # what Connection.send would write
 
 
 def serve(conn, config, hero_blueprint: str, rendering: bool, client_factory=None) -> None:
