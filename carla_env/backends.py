@@ -112,4 +112,8 @@ def make_core(
         backend = choice.name
     if backend == "embedded":
         return core_class(backend)(config, hero_blueprint)
+    if backend == "carla":  # the client in a child process unless simulator.carla.isolate_client: false
+        from carla_env.carla_server.isolated import make_carla_core
+
+        return make_carla_core(config, hero_blueprint, slot=slot, rendering=rendering)
     return core_class(backend)(config, hero_blueprint, slot=slot, rendering=rendering)

@@ -72,6 +72,14 @@ class CarlaServerConfig(_Strict):
         300.0, gt=0, description="seconds for a map load (a cold disk; the leaderboard allows 300)"
     )
     tick_timeout: float = Field(10.0, gt=0, description="a tick longer than this restarts the server")
+    isolate_client: bool = Field(
+        True,
+        description="the carla.Client, TM and sensors in a child process per server, so a LibCarla abort "
+        "ends only that child; false: in this process (experiments then get the full CARLA API)",
+    )
+    client_process_grace: float = Field(
+        5.0, gt=0, description="seconds past a call's own time-out before a silent client process is killed"
+    )
     runner_restarts: int = Field(
         5, ge=0, description="env-runner restarts RLlib allows a run (a crashing server can abort its client)"
     )

@@ -1,8 +1,10 @@
 """The backend contract: everything CarlaEnv, experiments and sensors use of a simulator core.
 
-Both cores (`carla_env.embedded.core.EmbeddedCore`, `carla_env.carla_server.core.CarlaCore`) satisfy
-it; tests/test_backend_contract.py runs the same checks over both. Nothing outside a backend tells
-them apart: what differs (sensors on offer, server statistics) is declared here.
+Every core satisfies it: `carla_env.embedded.core.EmbeddedCore`, and on CARLA
+`carla_env.carla_server.isolated.IsolatedCarlaCore` (its client in a child process, the default) or
+`carla_env.carla_server.core.CarlaCore` (its client in this process); tests/test_backend_contract.py
+runs the same checks over each. Nothing outside a backend tells them apart: what differs (sensors on
+offer, server statistics) is declared here.
 """
 
 from __future__ import annotations

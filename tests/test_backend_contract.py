@@ -1,18 +1,21 @@
 """One conformance suite over every backend: what CarlaEnv, experiments and sensors rely on of a core
 (carla_env.simulator.SimulatorCore). The CARLA core runs on autospec'd carla 0.9.16 mocks, attached
-to a server or launching the fake one; the embedded core runs for real."""
+to a server or launching the fake one, in process or (the default) in a child process; the embedded
+core runs for real."""
 
 import carla
 import numpy as np
 import pytest
 
 from carla_env.carla_server.core import CarlaCore
+from carla_env.carla_server.isolated import IsolatedCarlaCore
 from carla_env.config import BirdviewConfig, SensorConfig, SimulatorConfig
 from carla_env.embedded.core import EmbeddedCore
 from carla_env.maps.town import load_town
 from carla_env.sensors.birdview import Scene
 from carla_env.sensors.factory import BirdviewSensor, EventSensor, make_sensor
 from carla_env.simulator import BIRDVIEW, EVENT_SENSORS, SimulatorCore
+from tests.fake_carla_client import make_client
 from tests.test_carla_server import BASE, FAKE_ROOT, _spawn_command, fake, mock_client_factory, tcp_probe  # noqa: F401
 
 TOWN = "GridTown03"
@@ -43,7 +46,23 @@ def launched_carla_core(tmp_path, request):
     return carla_core(tmp_path, request, carla_root=str(FAKE_ROOT), port=BASE + 30, tm_port=BASE + 38)
 
 
-@pytest.fixture(params=[embedded_core, attached_carla_core, launched_carla_core], ids=lambda f: f.__name__)
+def isolated_carla_core(tmp_path, request):
+    """The default CARLA core: the fake server launched, the client in a real child process."""
+    request.getfixturevalue("fake")
+    config = SimulatorConfig(
+        backend="carla",
+        town=TOWN,
+        timestep=0.05,
+        traffic={"vehicles": 5},
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 30, "tm_port": BASE + 38},
+    )
+    return IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+
+
+@pytest.fixture(
+    params=[embedded_core, attached_carla_core, launched_carla_core, isolated_carla_core],
+    ids=lambda f: f.__name__,
+)
 def core(request, tmp_path):
     core = request.param(tmp_path, request)
     yield core

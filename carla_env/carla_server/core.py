@@ -24,7 +24,7 @@ import numpy as np
 
 from carla_env.carla_server.ports import lease_ports
 from carla_env.carla_server.server import CarlaServer, ServerError, carla_probe, server_command
-from carla_env.config import SimulatorConfig
+from carla_env.config import CarlaServerConfig, SimulatorConfig
 from carla_env.maps.town import load_town, resolve_town
 from carla_env.sensors.birdview import Scene
 from carla_env.sensors.scene import scene_from_world
@@ -77,6 +77,40 @@ def visible_gpus() -> list[int]:
     return [int(p.name[len("card") :]) for p in Path("/dev/dri").glob("card[0-9]*")] or [0]
 
 
+def start_server(
+    sc: CarlaServerConfig, slot: int, root: str | None, rendering: bool, log_dir: Path
+) -> CarlaServer:
+    """A server for `slot` on leased ports and its GPU (round-robin), started, not yet waited for."""
+    gpus = sc.gpus or visible_gpus()
+    gpu = gpus[slot % len(gpus)] if gpus else None  # None: the engine picks its adapter
+    lease = lease_ports(sc.port, sc.tm_port, slot)
+    ports = lease.ports
+    try:
+        cmd = server_command(root, ports, sc.quality, gpu, rendering, sc.extra_args)
+    except ServerError:
+        lease.release()
+        raise
+    server = CarlaServer(cmd, ports, log_dir / f"carla_{ports.rpc}.log", sc.host, lease=lease)
+    server.start()
+    return server
+
+
+def recycle_reason(server: CarlaServer | None, sc: CarlaServerConfig, episodes: int) -> str | None:
+    """Why a healthy launched server is due for a relaunch (episodes or memory), else None."""
+    if server is None:
+        return None
+    if sc.recycle_episodes and episodes >= sc.recycle_episodes:
+        return f"recycled after {episodes} episodes"
+    if sc.recycle_rss_gb and server.rss_bytes() > sc.recycle_rss_gb * 2**30:
+        return f"recycled above {sc.recycle_rss_gb} GB RSS"
+    return None
+
+
+def on_driving_lane(town_map: carla.Map, actor) -> bool:
+    loc = actor.get_location()
+    return town_map.get_waypoint(loc, project_to_road=False, lane_type=carla.LaneType.Driving) is not None
+
+
 class CarlaCore:
     """A CARLA server's world (satisfies carla_env.simulator.SimulatorCore)."""
 
@@ -114,20 +148,9 @@ class CarlaCore:
     def _connect(self) -> None:
         sc = self.server_config
         if sc.launch:
-            gpus = sc.gpus or visible_gpus()
-            gpu = gpus[self.slot % len(gpus)] if gpus else None  # None: the engine picks its adapter
-            lease = lease_ports(sc.port, sc.tm_port, self.slot)
-            ports = lease.ports
-            try:
-                cmd = server_command(self._root, ports, sc.quality, gpu, self.rendering, sc.extra_args)
-            except ServerError:
-                lease.release()
-                raise
-            log_path = self._log_dir / f"carla_{ports.rpc}.log"
-            self.server = CarlaServer(cmd, ports, log_path, sc.host, lease=lease)
-            self.server.start()
+            self.server = start_server(sc, self.slot, self._root, self.rendering, self._log_dir)
             self.server.wait_ready(sc.ready_timeout, self._probe)
-            rpc, tm_port = ports.rpc, ports.tm
+            rpc, tm_port = self.server.ports.rpc, self.server.ports.tm
         else:
             rpc, tm_port = sc.port, sc.tm_port + self.slot
         self.client = self._client_factory(sc.host, rpc)
@@ -219,14 +242,7 @@ class CarlaCore:
         raise SimulatorRestarted(reason)
 
     def _recycle_due(self) -> str | None:
-        sc = self.server_config
-        if self.server is None:
-            return None
-        if sc.recycle_episodes and self._episodes_since_launch >= sc.recycle_episodes:
-            return f"recycled after {self._episodes_since_launch} episodes"
-        if sc.recycle_rss_gb and self.server.rss_bytes() > sc.recycle_rss_gb * 2**30:
-            return f"recycled above {sc.recycle_rss_gb} GB RSS"
-        return None
+        return recycle_reason(self.server, self.server_config, self._episodes_since_launch)
 
     # ------------------------------------------------------------------------------------ episodes
     def reset(self, seed: int | None = None, hero_transform: carla.Transform | None = None) -> None:
@@ -345,8 +361,7 @@ class CarlaCore:
         return frame
 
     def on_driving_lane(self, actor) -> bool:
-        loc = actor.get_location()
-        return self.map.get_waypoint(loc, project_to_road=False, lane_type=carla.LaneType.Driving) is not None
+        return on_driving_lane(self.map, actor)
 
     def birdview_scene(self, hero) -> Scene:
         return scene_from_world(self.world, hero, self.town.lanes)

@@ -38,6 +38,11 @@ def carla_probe(host: str, port: int, timeout: float) -> None:
 
     client = carla.Client(host, port)
     client.set_timeout(timeout)
+    check_versions(client, port)
+
+
+def check_versions(client, port: int) -> None:
+    """The server's version (an RPC: raises while it is not up) against the client's."""
     server, ours = client.get_server_version(), client.get_client_version()
     if server.split("-")[0] != ours.split("-")[0]:
         raise VersionMismatch(

@@ -4,9 +4,11 @@
 
 Launches two envs' servers at once on one slot (as RLlib builds the envs of one runner: they must get
 their own ports), loads the town, spawns the hero and traffic on each, and drives both with the BEV,
-a collision and a lane-invasion sensor. Halfway (--kill-at) the first server's engine is killed with
-SIGKILL: the run must go on, on a relaunched server. Prints one JSON line (FPS, tick latency, restarts,
-collision and lane-invasion counts per env); exits 1 with a one-line reason if a check fails.
+a collision and a lane-invasion sensor, each env's CARLA client in its own child process (none in
+this one). Halfway (--kill-at) the first server's engine is killed with SIGKILL, at three quarters
+(--kill-client-at) the first env's client process: each time the run must go on, on a relaunched
+server and client. Prints one JSON line (FPS, tick latency, restarts, collision and lane-invasion
+counts per env); exits 1 with a one-line reason if a check fails.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def parse_args(argv):
         type=int,
         help="frame at which the first engine gets SIGKILL (default frames/2; -1: never)",
     )
+    p.add_argument(
+        "--kill-client-at",
+        type=int,
+        help="frame at which the first env's client process gets SIGKILL (default 3*frames/4; -1: never)",
+    )
     p.add_argument("--carla-root", default=os.environ.get("CARLA_ROOT"))
     args = p.parse_args(argv)
     if args.frames < 1:
@@ -50,6 +57,15 @@ def parse_args(argv):
     args.kill_at = args.frames // 2 if args.kill_at is None else args.kill_at
     if args.kill_at >= args.frames:
         p.error(f"--kill-at {args.kill_at}: must be below --frames {args.frames} (or -1: never)")
+    if args.kill_client_at is None:  # three quarters in, where that is a frame of its own
+        args.kill_client_at = 3 * args.frames // 4 if 3 * args.frames // 4 != args.kill_at else -1
+    if args.kill_client_at >= args.frames or (
+        args.kill_client_at >= 0 and args.kill_client_at == args.kill_at
+    ):
+        p.error(
+            f"--kill-client-at {args.kill_client_at}: must be below --frames {args.frames} and differ "
+            "from --kill-at (or -1: never)"
+        )
     if not args.carla_root:
         p.exit(2, "carla-smoke needs a CARLA install: set CARLA_ROOT to the CARLA 0.9.16 release folder\n")
     if not (Path(args.carla_root) / "CarlaUE4.sh").is_file():
@@ -80,14 +96,13 @@ def kill_engine(server) -> list[int]:
 class SmokeEnv:
     """One env's core with the BEV and the two event sensors, remounted after a relaunch."""
 
-    def __init__(self, config, slot: int) -> None:
-        from carla_env.carla_server.core import CarlaCore
-
-        self.core = CarlaCore(config, slot=slot)
+    def __init__(self, config, slot: int, core_factory) -> None:
+        self.core = core_factory(config, "vehicle.tesla.model3", slot=slot)
         self.sensors: dict = {}
         self.counts = dict.fromkeys(EVENT_SENSORS, 0)
         self.frames = 0
         self.restarted_at: list[int] = []
+        self.last_driven = -1  # the last frame index driven without a restart
 
     def reset(self, seed: int) -> None:
         from carla_env.config import BirdviewConfig, SensorConfig
@@ -112,14 +127,20 @@ class SmokeEnv:
             self.reset(seed=k)
             return
         self.frames += 1
+        self.last_driven = k
         for key in EVENT_SENSORS:
             self.counts[key] += len(data[key][1])
 
 
-def run(args) -> tuple[dict, list[str]]:
+def run(args, core_factory=None) -> tuple[dict, list[str]]:
+    """The smoke's drive and its checks; `core_factory(config, blueprint, slot=)` builds a core
+    (default: the one the config asks for, its client in a child process)."""
     import carla
 
+    from carla_env.carla_server.isolated import make_carla_core
     from carla_env.config import SimulatorConfig
+
+    core_factory = core_factory or make_carla_core
 
     config = SimulatorConfig(
         backend="carla",
@@ -133,7 +154,7 @@ def run(args) -> tuple[dict, list[str]]:
 
     def launch():  # RLlib gives every env of a runner the same slot
         try:
-            env = SmokeEnv(config, slot=0)
+            env = SmokeEnv(config, slot=0, core_factory=core_factory)
             envs.append(env)
             env.reset(seed=len(envs))
         except BaseException as e:  # noqa: BLE001 - reported as the smoke's failure
@@ -152,22 +173,29 @@ def run(args) -> tuple[dict, list[str]]:
         # A slight steer: the hero crosses lane markings and, in time, hits something.
         control = carla.VehicleControl(throttle=0.5, steer=0.03)
         killed: list[int] = []
+        clients = [e.core.client_process.pid for e in envs]
+        killed_client = None
         t1 = time.perf_counter()
         for k in range(args.frames):
             if k == args.kill_at:
                 killed = kill_engine(envs[0].core.server)
+            if k == args.kill_client_at:  # as a LibCarla abort would end it
+                killed_client = envs[0].core.client_process.pid
+                os.kill(killed_client, signal.SIGKILL)
             for env in envs:
                 env.step(k, control)
         seconds = time.perf_counter() - t1
         out = {
             "town": args.town,
-            "server_version": envs[0].core.client.get_server_version(),
+            "client_version": envs[0].core.client_info()["client_version"],  # the server's: checked at launch
             "launch_and_load_s": round(launched, 1),
             "frames": args.frames,
             "fps_with_bev_per_env": round(sum(e.frames for e in envs) / len(envs) / seconds, 1),
             "vehicles": len(envs[0].core.world.get_actors().filter("vehicle.*")),
             "rpc_ports": [e.core.server.ports.rpc for e in envs],
             "killed_engine_pids": killed,
+            "client_pids": clients,
+            "killed_client_pid": killed_client,
             "envs": [
                 {
                     "frames_driven": e.frames,
@@ -185,6 +213,15 @@ def run(args) -> tuple[dict, list[str]]:
             failures.append(f"engine {killed} killed at frame {args.kill_at} but no restart was seen")
         if killed and envs[0].frames <= args.kill_at:
             failures.append("no frame was driven after the relaunch")
+        if os.getpid() in clients:
+            failures.append("a CARLA client runs in the smoke's own process")
+        after = [k for k in envs[0].restarted_at if k >= args.kill_client_at]
+        if killed_client and not after:
+            failures.append(
+                f"client process {killed_client} killed at frame {args.kill_client_at} but no restart was seen"
+            )
+        if killed_client and after and envs[0].last_driven <= after[0]:
+            failures.append("no frame was driven after the client process was relaunched")
         return out, failures
     finally:
         for env in envs:
