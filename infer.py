@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+MIN_VIDEO_PIXELS = 384
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +61,10 @@ def main(argv=None) -> int:
         frame = env.render()
         if frame is None:
             return
+        # A small BEV (the CPU profile's 64 px) scaled up by whole pixels, so it can be watched.
+        scale = -(-MIN_VIDEO_PIXELS // max(frame.shape[:2]))
+        if scale > 1:
+            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         if writer is None:
             args.video.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]

@@ -2,7 +2,7 @@
 
     python train.py experiments/dqn/config.yaml [--name N] [--dir D] [--restore | --overwrite]
                     [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
-                    [--init-module CHECKPOINT]
+                    [--init-module CHECKPOINT] [--profile auto|cpu|gpu|none]
 
 Prints a progress line at least every `training.progress_seconds` with steps, rate and an ETA.
 Checkpoints every `training.checkpoint_every` iterations, at the first iteration end
@@ -30,12 +30,14 @@ from carla_env.rllib.checkpoint import CONFIG_NAME, check_init_module, module_di
 ROOT = Path(__file__).resolve().parent
 
 
-def load_run_config(path, overrides: dict, restoring: Path | None):
-    """The run's config with its backend pinned (resolved once, saved with the run); a resumed run
-    keeps the config it was started with, so it runs on the same backend. Returns (config, BackendChoice)."""
+def load_run_config(path, overrides: dict, restoring: Path | None, profile: str = "auto"):
+    """The run's config with its backend pinned (resolved once, saved with the run) and its hardware
+    profile merged (`auto`: profiles.gpu with a CUDA GPU, else profiles.cpu, where the config has it);
+    a resumed run keeps the config it was started with, so it runs on the same backend and profile.
+    Returns (config, BackendChoice)."""
     from carla_env.backends import pin_backend
     from carla_env.compat import load_any_config
-    from carla_env.config import load_config
+    from carla_env.config import apply_profile, load_config
 
     saved = restoring / CONFIG_NAME if restoring is not None else None
     if saved is not None and saved.is_file():
@@ -46,6 +48,10 @@ def load_run_config(path, overrides: dict, restoring: Path | None):
     )  # this project's layout or the original's
     if original_layout:
         print(original_layout)
+    if profile == "auto":
+        profile = "gpu" if has_gpu() else "cpu"
+        profile = profile if profile in config.profiles else "none"
+    config = apply_profile(config, None if profile == "none" else profile, str(path), overrides)
     return config, backend
 
 
@@ -82,6 +88,12 @@ def parse_args(argv):
         "--init-module",
         type=Path,
         help="start from this checkpoint's policy weights (a run's checkpoint_N, or bench/imitation.py's)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("auto", "cpu", "gpu", "none"),
+        default="auto",
+        help="the config's hardware profile to merge (auto: gpu with a CUDA GPU, else cpu)",
     )
     p.add_argument("--num-env-runners", type=_count(0), metavar="K")
     p.add_argument("--stop-timesteps", type=_count(1), metavar="T")
@@ -131,6 +143,8 @@ def first_line(config, backend, name: str, storage: str) -> str:
         device = f"learner on GPU ({torch.cuda.get_device_name(0)})"
     else:
         device = "learner on CPU (no CUDA GPU)"
+    if config.profile:
+        device += f", {config.profile.upper()} profile (profiles.{config.profile} of the config)"
     where = f"{storage}/{name}"
     if "://" not in storage and Path(where).is_relative_to(Path.cwd()):
         where = os.path.relpath(where)
@@ -185,7 +199,9 @@ def main(argv=None) -> int:
     storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
     run_dir = Path(storage) / name if "://" not in storage else None
     try:
-        config, backend = load_run_config(args.config, overrides, run_dir if args.restore else None)
+        config, backend = load_run_config(
+            args.config, overrides, run_dir if args.restore else None, args.profile
+        )
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -194,6 +210,11 @@ def main(argv=None) -> int:
             f"config error in {args.config}: experiment.type: training needs an experiment class "
             "('module:Class', e.g. experiments.dqn.experiment:DQNExperiment)",
             file=sys.stderr,
+        )
+        return 2
+    if args.restore and args.profile != "auto":
+        print(
+            "--restore continues a run with the profile it was started with; drop --profile", file=sys.stderr
         )
         return 2
     if args.restore and (args.stop_timesteps or args.stop_iters):

@@ -208,10 +208,32 @@ class TrainingConfig(_Strict):
     )
 
 
+ProfileName = Literal["cpu", "gpu"]
+
+
 class Config(_Strict):
     simulator: SimulatorConfig = SimulatorConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     training: TrainingConfig = TrainingConfig()
+    # Hardware profiles: a partial config that train.py merges over the rest on that hardware (`cpu`
+    # without a CUDA GPU, `gpu` with one). A run saves the merged config, `profile` naming what was applied.
+    profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
+    profile: ProfileName | None = Field(None, description="the profile merged into this config")
+
+
+def apply_profile(
+    config: Config, name: ProfileName | None, source: str = "config", overrides: dict | None = None
+) -> Config:
+    """`config` with profiles.NAME merged over it and `overrides` (command-line options) over that,
+    validated; `config` as it is for None."""
+    if name is None:
+        return config
+    if name not in config.profiles:
+        have = ", ".join(config.profiles) or "none"
+        raise ConfigError(f"{source} has no profiles.{name} (its profiles: {have})")
+    base = config.model_dump(exclude={"profiles", "profile"})
+    merged = deep_merge(deep_merge(base, config.profiles[name]), overrides or {})
+    return validate_config({**merged, "profile": name}, f"{source} with profiles.{name}")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -264,6 +286,16 @@ def validate_config(data: dict, source: str = "config") -> Config:
         config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
+    for name, partial in config.profiles.items():  # a typo in a profile fails here, on any machine
+        if {"profiles", "profile"} & partial.keys():
+            raise ConfigError(f"config error in {source}: profiles.{name}: a profile cannot hold profiles")
+        if "backend" in (partial.get("simulator") or {}):  # the backend has its own rule (carla_env.backends)
+            raise ConfigError(
+                f"config error in {source}: profiles.{name}.simulator.backend: a profile cannot choose "
+                "the backend; set simulator.backend"
+            )
+        merged = deep_merge({k: v for k, v in data.items() if k != "profiles"}, partial)
+        validate_config(merged, f"{source} with profiles.{name}")
     if config.experiment.type:
         cls = experiment_class(config.experiment.type, source)
         try:

@@ -1,7 +1,9 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from carla_env.backends import choose_backend, pin_backend
 from carla_env.config import ConfigError, SimulatorConfig, load_config
@@ -206,3 +208,23 @@ def test_demo_with_a_garbage_town_is_one_line_blaming_the_flag(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"--town: OpenDRIVE file {xodr} is not XML")
     assert proc.stdout == ""
+
+
+def test_a_mistake_in_a_hardware_profile_fails_at_load_on_any_machine(tmp_path):
+    """profiles.cpu is merged only without a GPU; its typo is still reported on every machine."""
+    base = yaml.safe_load(Path("experiments/dqn/config.yaml").read_text())
+    base["profiles"]["cpu"]["training"]["modle"] = {}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert (
+        str(e.value)
+        == f"config error in {path} with profiles.cpu: training.modle: unknown key; did you mean 'model'?"
+    )
+    base["profiles"]["cpu"] = {"simulator": {"backend": "carla"}}
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(
+        ConfigError, match="profiles.cpu.simulator.backend: a profile cannot choose the backend"
+    ):
+        load_config(path)

@@ -44,6 +44,7 @@ TINY = {
 
 def tiny_config(tmp_path) -> Path:
     base = yaml.safe_load((ROOT / "experiments/dqn/config.yaml").read_text())
+    base.pop("profiles")  # the tiny settings below, on any machine
     for section, values in TINY.items():
         base.setdefault(section, {})
         for k, v in values.items():
@@ -155,7 +156,7 @@ def test_train_checkpoint_kill_resume(tmp_path):
     capture = cv2.VideoCapture(str(video))
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     ok, frame = capture.read()
-    assert ok and frame.shape == (48, 48, 3) and frame.any()
+    assert ok and frame.shape == (384, 384, 3) and frame.any()  # the 48 px BEV, 8x by whole pixels
     assert frames == result["episodes"][0]["steps"]  # one frame a step
     # The same BEV with PPO's continuous actions: refused in one line, not a TypeError mid-episode.
     proc = infer(run, "--config", tiny_ppo_config(tmp_path), "--episodes", 1)
@@ -185,6 +186,35 @@ def test_auto_is_pinned_once_and_a_resumed_run_keeps_its_backend(tmp_path, monke
     assert resumed.simulator.backend == "embedded" and str(choice) == "backend: embedded (saved with the run)"
 
 
+@pytest.mark.parametrize("exp", ["dqn", "ppo"])
+def test_without_a_gpu_the_cpu_profile_is_merged_saved_and_named(tmp_path, monkeypatch, exp):
+    """`make train` on a CPU-only machine trains the config's profiles.cpu (a smaller BEV and network),
+    says so in the first line, saves the merged config, and a resumed run keeps it even on a GPU."""
+    from carla_env.config import load_config
+    from train import CONFIG_NAME, first_line, load_run_config, save_config
+
+    monkeypatch.setattr("train.has_gpu", lambda: False)
+    path = ROOT / f"experiments/{exp}/config.yaml"
+    config, choice = load_run_config(path, {"training": {"num_env_runners": 3}}, None)
+    assert config.profile == "cpu" and config.profiles == {}
+    assert config.experiment.sensors["birdview"].size == 64
+    assert config.training.model["conv_filters"][0] == [16, [4, 4], 4]
+    assert config.training.num_env_runners == 3  # a command-line option wins over the profile
+    assert config.experiment.route_length == 250  # what the profile leaves alone stays
+    assert "learner on CPU (no CUDA GPU), CPU profile (profiles.cpu of the config)" in first_line(
+        config, choice, exp, str(tmp_path)
+    )
+    run = tmp_path / "run"
+    save_config(config, run / CONFIG_NAME)
+    monkeypatch.setattr("train.has_gpu", lambda: True)
+    resumed, _ = load_run_config(path, {}, run)
+    assert resumed == load_config(run / CONFIG_NAME) and resumed.profile == "cpu"
+    fresh, _ = load_run_config(path, {}, None)  # with a GPU: no gpu profile, the config as written
+    assert fresh.profile is None and fresh.experiment.sensors["birdview"].size == 192
+    assert load_run_config(path, {}, None, "cpu")[0].profile == "cpu"  # --profile cpu on a GPU machine
+    assert load_run_config(path, {}, None, "none")[0].experiment.sensors["birdview"].size == 192
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("simulator:\n  town: Nowhere\n")
@@ -211,6 +241,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 def tiny_ppo_config(tmp_path) -> Path:
     """experiments/ppo (continuous actions) with the BEV of tiny_config (DQN, discrete actions)."""
     base = yaml.safe_load((ROOT / "experiments/ppo/config.yaml").read_text())
+    base.pop("profiles")
     base["simulator"].update(backend="embedded", traffic={"vehicles": 5}, town=["GridTown01", "GridTown03"])
     base["experiment"].update(max_steps=60, sensors=TINY["experiment"]["sensors"])
     base["training"].update(
@@ -294,6 +325,9 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
 
     line = one_line(train(cfg, "--dir", runs, "--num-env-runners", "-1"))
     assert line == "train.py: argument --num-env-runners: must be >= 0, got -1 (--help lists the options)"
+
+    line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))
+    assert line == f"{cfg} has no profiles.gpu (its profiles: none)"
 
     line = one_line(train("experiments/nonexistent/config.yaml", "--dir", runs))  # make train EXP=nonexistent
     assert line.startswith(
