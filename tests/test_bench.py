@@ -48,6 +48,18 @@ def test_bev_throughput_prints_rates_and_sizes():
     assert min(out["obs_per_s"], out["obs_per_s_packed"], out["obs_per_s_with_scene_api"]) > 0
 
 
+def test_env_throughput_breaks_a_step_into_phases_that_add_up():
+    out = run_json(
+        ROOT / "bench/env_throughput.py", "--exp", "ppo", "--steps", "40", "--warmup", "5", "--json"
+    )
+    assert out["vehicles"] == 30 and out["packed"] is True and out["steps"] == 40
+    phases = out["us_per_step"]
+    assert set(phases) == {"tick", "bev", "sensors", "driving", "experiment", "metrics", "reset", "env_other"}
+    assert min(phases["tick"], phases["bev"], phases["driving"]) > 0
+    assert sum(phases.values()) == pytest.approx(out["us_per_step_total_timed"], rel=0.01)
+    assert out["ceiling_per_s"] < min(out["tick_per_s"], out["bev_per_s"])
+
+
 @pytest.mark.slow
 def test_sampling_throughput_per_runner_count():
     out = run_json(
