@@ -112,45 +112,30 @@ def drive(env, policy, steps: int, seed: int, timers: Timers | None = None) -> d
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--exp", default="ppo", help="experiment folder under experiments/ (ppo: continuous actions)"
-    )
-    p.add_argument("--steps", type=int, default=3000, help="env steps per pass")
-    p.add_argument("--warmup", type=int, default=300, help="untimed steps first (kernel compilation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON line")
-    args = p.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
-    from carla_env.config import load_config
+def measure_env(config, steps: int, warmup: int = 300, seed: int = 0) -> dict:
+    """The env's one-core figures for `config` (an experiment with the [steer, acceleration] action)."""
     from carla_env.env import CarlaEnv
     from carla_env.evaluate import AutopilotPolicy
 
-    config = load_config(
-        ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
-    )
     env = CarlaEnv(config)
     policy = AutopilotPolicy(env)
-    drive(env, policy, args.warmup, args.seed)
-    plain = drive(env, policy, args.steps, args.seed + 1)
+    drive(env, policy, warmup, seed)
+    plain = drive(env, policy, steps, seed + 1)
     timers = Timers()
     env.close()
     env = CarlaEnv(config)  # a fresh env: the wrappers go on its new core
     policy = AutopilotPolicy(env)
-    drive(env, policy, args.warmup, args.seed)
-    timed = drive(env, policy, args.steps, args.seed + 1, timers)
+    drive(env, policy, warmup, seed)
+    timed = drive(env, policy, steps, seed + 1, timers)
     env.close()
 
-    n = args.steps
+    n = steps
     us = {phase: 1e6 * s / n for phase, s in timers.seconds.items()}
     accounted = sum(timers.seconds.values())
     us["reset"] = 1e6 * timed["reset_seconds"] / n
     us["env_other"] = 1e6 * (timed["step_seconds"] - accounted) / n
     order = ("tick", "bev", "sensors", "driving", "experiment", "metrics", "reset", "env_other")
     result = {
-        "exp": args.exp,
         "town": config.simulator.town,
         "vehicles": config.simulator.traffic.vehicles,
         "packed": bool(config.experiment.sensors["birdview"].packed),
@@ -164,10 +149,33 @@ def main() -> None:
         "ceiling_per_s": n / (timers.seconds["tick"] + timers.seconds["bev"]),
         "us_per_step": {k: round(us.get(k, 0.0), 1) for k in order},
         "us_per_step_total_timed": round(1e6 * timed["env_seconds"] / n, 1),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    result = {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def pin_to_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--exp", default="ppo", help="experiment folder under experiments/ (ppo: continuous actions)"
+    )
+    p.add_argument("--steps", type=int, default=3000, help="env steps per pass")
+    p.add_argument("--warmup", type=int, default=300, help="untimed steps first (kernel compilation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    args = p.parse_args()
+    pin_to_one_core()
+    from carla_env.config import load_config
+
+    config = load_config(
+        ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
+    )
+    result = {"exp": args.exp, **measure_env(config, args.steps, args.warmup, args.seed)}
+    result.update({"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)})
     print(json.dumps(result) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
 
 

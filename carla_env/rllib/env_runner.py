@@ -20,6 +20,8 @@ from ray.rllib.env.env_context import EnvContext
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
+from carla_env.rllib.vector_env import ListInfoSyncVectorEnv
+
 log = logging.getLogger(__name__)
 
 
@@ -52,21 +54,23 @@ class CarlaEnvRunner(SingleAgentEnvRunner):
         creator = _global_registry.get(ENV_CREATOR, env_name)
         env_config = self.config.env_config
         num_envs = self.config.num_envs_per_env_runner
+        worker, workers = self.worker_index or 0, self.num_workers or 0  # None on a runner built by hand
         contexts = [
-            env_context(env_config, self.worker_index, i, self.num_workers, self.config.remote_worker_envs)
+            env_context(env_config, worker, i, workers, self.config.remote_worker_envs)
             for i in range(num_envs)
         ]
         fns = [functools.partial(_build, creator, ctx) for ctx in contexts]
         mode = gym.VectorizeMode(self.config.gym_env_vectorize_mode)
-        if mode == gym.VectorizeMode.ASYNC:
-            vector_env = gym.vector.AsyncVectorEnv(fns)
+        if (
+            mode == gym.VectorizeMode.ASYNC
+        ):  # envs in subprocesses: gymnasium's, infos split by RLlib's wrapper
+            self.env = DictInfoToList(gym.vector.AsyncVectorEnv(fns))
         elif mode == gym.VectorizeMode.SYNC:
-            vector_env = gym.vector.SyncVectorEnv(fns)
+            self.env = ListInfoSyncVectorEnv(fns)
         else:
             raise ValueError(
                 f"gym_env_vectorize_mode {mode.value!r}: CarlaEnvRunner builds sync or async vector envs"
             )
-        self.env = DictInfoToList(vector_env)
         self.num_envs = self.env.num_envs
         self._needs_initial_reset = True
         make_callback(
@@ -80,3 +84,10 @@ class CarlaEnvRunner(SingleAgentEnvRunner):
                 env_context=contexts[0],
             ),
         )
+
+    def make_module(self) -> None:
+        super().make_module()
+        if self.module is not None:
+            # Inference only: left in training mode, every forward pass would switch the whole module
+            # to eval and back (RLlib's TorchRLModule.forward_exploration/inference), each step.
+            self.module.eval()
