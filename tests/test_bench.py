@@ -70,11 +70,22 @@ def test_sampling_throughput_per_runner_count():
         "1",
         "--iterations",
         "1",
+        "--envs-per-runner",
+        "2",
+        "--steps-per-call",
+        "20",
+        "--ceiling-steps",
+        "100",
         "--json",
         timeout=900,
     )
     (row,) = out["rows"]
-    assert row["runners"] == 1 and row["env_steps"] > 0 and row["efficiency_vs_linear"] == 1.0
+    assert row["runners"] == 1 and row["envs_per_runner"] == 2 and row["efficiency_vs_linear"] == 1.0
+    assert row["env_steps"] >= 40  # 20 steps for each of the runner's 2 envs
+    assert out["env_ceiling_per_s"] > 0
+    assert row["per_runner_fraction_of_ceiling"] == pytest.approx(
+        row["per_runner_steps_per_s"] / out["env_ceiling_per_s"], abs=0.01
+    )
 
 
 def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):
