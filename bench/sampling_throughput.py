@@ -2,6 +2,7 @@
 
     python bench/sampling_throughput.py --exp dqn --runners 1,2 --json
     python bench/sampling_throughput.py --exp ppo --runners 1,14 --envs-per-runner 8 --gpus-per-runner 0.05 --json
+    python bench/sampling_throughput.py --exp ppo --runners 1 --profile --json   # and where a runner's time goes
 
 Sampling alone: each EnvRunner's own `sample()` (the experiment's EnvRunner: CarlaEnvRunner, its envs
 stepping together with batched inference, on the GPU with --gpus-per-runner), all runners at once,
@@ -63,6 +64,68 @@ def measure(config, runners: int, envs: int, gpus: float, iterations: int, steps
     }
 
 
+# Where one runner's time goes: cumulative cProfile time of these functions (file, name), per env step.
+PHASES = {
+    "env_step": [("env.py", "step")],
+    "env_reset": [("env.py", "reset")],
+    "vector_env": [
+        ("vector_env.py", "step"),
+        ("sync_vector_env.py", "step"),
+        ("dict_info_to_list.py", "step"),
+    ],
+    "module_forward": [("torch_rl_module.py", "forward_exploration")],
+    "connectors": [("connector_pipeline_v2.py", "__call__")],
+    "episodes": [("single_agent_episode.py", "add_env_step"), ("single_agent_episode.py", "add_env_reset")],
+    "callbacks": [("single_agent_env_runner.py", "_make_on_episode_callback")],
+    "sample_total": [("single_agent_env_runner.py", "_sample")],
+}
+
+
+def profile_runner(config, envs: int, gpus: float, steps_per_env: int) -> dict:
+    """One EnvRunner in this process under cProfile: microseconds per env step by phase. The phases
+    nest (vector_env holds env_step and env_reset; connectors and the module are beside it), and the
+    profiler inflates Python-heavy parts more than torch or numpy calls."""
+    import cProfile
+    import pstats
+
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from carla_env.rllib.algorithm import build_algo_config
+
+    tr = config.training.model_copy(
+        update={"num_env_runners": 0, "envs_per_runner": envs, "gpus_per_runner": gpus}
+    )
+    algo_config = build_algo_config(config.model_copy(update={"training": tr}))
+    runner_cls = algo_config.env_runner_cls or SingleAgentEnvRunner
+    # As remote runner 1 of 1: index 0 (the local runner) never puts its module on a GPU.
+    runner = runner_cls(config=algo_config, worker_index=1, num_workers=1)
+    runner.sample(num_timesteps=50 * envs)  # warm-up
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    steps = sum(len(e) for e in runner.sample(num_timesteps=steps_per_env * envs))
+    profiler.disable()
+    elapsed = time.perf_counter() - t0
+    runner.stop()
+    cumulative: dict[tuple[str, str], float] = {}
+    for (path, _, name), (_, _, _, cum, _) in pstats.Stats(profiler).stats.items():
+        key = (os.path.basename(path), name)
+        cumulative[key] = max(cumulative.get(key, 0.0), cum)
+    us = {
+        phase: round(1e6 * sum(cumulative.get(k, 0.0) for k in keys) / steps, 1)
+        for phase, keys in PHASES.items()
+    }
+    return {
+        "runner": runner_cls.__name__,
+        "envs_per_runner": envs,
+        "gpus_per_runner": gpus,
+        "module_device": str(getattr(runner, "_device", "cpu")),
+        "env_steps": steps,
+        "env_steps_per_s_profiled": round(steps / elapsed, 1),
+        "us_per_env_step": us,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", default="dqn", help="experiment folder under experiments/")
@@ -73,6 +136,7 @@ def main() -> None:
     p.add_argument("--steps-per-call", type=int, default=200, help="env steps per env in one sample() round")
     p.add_argument("--ceiling-exp", default="ppo", help="experiment of the one-core env ceiling (autopilot)")
     p.add_argument("--ceiling-steps", type=int, default=2000, help="0: skip the ceiling")
+    p.add_argument("--profile", action="store_true", help="also profile one in-process runner (cProfile)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     import ray
@@ -97,6 +161,8 @@ def main() -> None:
             os.sched_setaffinity(0, affinity)
         out.update(ceiling_exp=args.ceiling_exp, env_ceiling_per_s=env["env_steps_per_s"])
     init_ray(ROOT)
+    if args.profile:
+        out["profile"] = profile_runner(config, envs, gpus, args.steps_per_call)
     rows = [
         measure(config, int(k), envs, gpus, args.iterations, args.steps_per_call)
         for k in args.runners.split(",")
