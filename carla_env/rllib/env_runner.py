@@ -4,8 +4,8 @@ RLlib 2.60's SingleAgentEnvRunner.make_env builds its `num_envs_per_env_runner` 
 gymnasium.make_vec with one EnvContext for all of them (no vector index), so every env of a runner
 would take the same slot: the same town of a town list, the same GPU for its CARLA server, the same
 port range. CarlaEnvRunner builds the vector env itself, env i with `EnvContext(vector_index=i)`, in
-gymnasium's sync or async vector env as `gym_env_vectorize_mode` asks; the rest of sampling (batched
-inference over the envs, connectors, episodes) is RLlib's own.
+one sync vector env (carla_env.rllib.vector_env); the rest of sampling (batched inference over the
+envs, connectors, episodes) is RLlib's own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import functools
 import logging
 
 import gymnasium as gym
-from gymnasium.wrappers.vector import DictInfoToList
 from ray.rllib.callbacks.utils import make_callback
 from ray.rllib.env.env_context import EnvContext
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
@@ -61,16 +60,12 @@ class CarlaEnvRunner(SingleAgentEnvRunner):
         ]
         fns = [functools.partial(_build, creator, ctx) for ctx in contexts]
         mode = gym.VectorizeMode(self.config.gym_env_vectorize_mode)
-        if (
-            mode == gym.VectorizeMode.ASYNC
-        ):  # envs in subprocesses: gymnasium's, infos split by RLlib's wrapper
-            self.env = DictInfoToList(gym.vector.AsyncVectorEnv(fns))
-        elif mode == gym.VectorizeMode.SYNC:
-            self.env = ListInfoSyncVectorEnv(fns)
-        else:
+        if mode != gym.VectorizeMode.SYNC:
             raise ValueError(
-                f"gym_env_vectorize_mode {mode.value!r}: CarlaEnvRunner builds sync or async vector envs"
+                f"gym_env_vectorize_mode {mode.value!r}: CarlaEnvRunner steps its envs in one sync vector "
+                "env; leave gym_env_vectorize_mode at 'sync' (use more runners for more processes)"
             )
+        self.env = ListInfoSyncVectorEnv(fns)
         self.num_envs = self.env.num_envs
         self._needs_initial_reset = True
         make_callback(
