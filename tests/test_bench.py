@@ -48,6 +48,18 @@ def test_bev_throughput_prints_rates_and_sizes():
     assert min(out["obs_per_s"], out["obs_per_s_packed"], out["obs_per_s_with_scene_api"]) > 0
 
 
+def test_env_throughput_breaks_a_step_into_phases_that_add_up():
+    out = run_json(
+        ROOT / "bench/env_throughput.py", "--exp", "ppo", "--steps", "40", "--warmup", "5", "--json"
+    )
+    assert out["vehicles"] == 30 and out["packed"] is True and out["steps"] == 40
+    phases = out["us_per_step"]
+    assert set(phases) == {"tick", "bev", "sensors", "driving", "experiment", "metrics", "reset", "env_other"}
+    assert min(phases["tick"], phases["bev"], phases["driving"]) > 0
+    assert sum(phases.values()) == pytest.approx(out["us_per_step_total_timed"], rel=0.01)
+    assert out["ceiling_per_s"] < min(out["tick_per_s"], out["bev_per_s"])
+
+
 @pytest.mark.slow
 def test_sampling_throughput_per_runner_count():
     out = run_json(
@@ -58,11 +70,22 @@ def test_sampling_throughput_per_runner_count():
         "1",
         "--iterations",
         "1",
+        "--envs-per-runner",
+        "2",
+        "--steps-per-call",
+        "20",
+        "--ceiling-steps",
+        "100",
         "--json",
         timeout=900,
     )
     (row,) = out["rows"]
-    assert row["runners"] == 1 and row["env_steps"] > 0 and row["efficiency_vs_linear"] == 1.0
+    assert row["runners"] == 1 and row["envs_per_runner"] == 2 and row["efficiency_vs_linear"] == 1.0
+    assert row["env_steps"] >= 40  # 20 steps for each of the runner's 2 envs
+    assert out["env_ceiling_per_s"] > 0
+    assert row["per_runner_fraction_of_ceiling"] == pytest.approx(
+        row["per_runner_steps_per_s"] / out["env_ceiling_per_s"], abs=0.01
+    )
 
 
 def test_learning_bench_scores_the_baselines_and_writes_the_report(tmp_path):

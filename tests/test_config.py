@@ -55,6 +55,10 @@ def test_yaml_merges_over_defaults(tmp_path):
             "experiment:\n  sensors:\n    bev: {type: sensor.birdview, history: [-1, 0.5]}\n",
             "experiment.sensors.bev.history: history frames are seconds in the past",
         ),
+        (
+            "training:\n  envs_per_runner: 0\n",
+            "training.envs_per_runner: Input should be greater than or equal to 1 (got 0)",
+        ),
         ("simulator: [1, 2\n", "not valid YAML"),
         ("- just\n- a list\n", "the top level must be a mapping"),
     ],

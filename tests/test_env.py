@@ -268,3 +268,30 @@ def test_gymnasium_make_builds_the_registered_env():
     assert isinstance(reward, float) and "route_completion" in info
     assert isinstance(e.unwrapped, carla_env.CarlaEnv)
     e.close()
+
+
+def test_steps_match_the_recorded_fingerprint():
+    """Packed BEVs, rewards, completion, distance and episode ends of 400 scripted steps (9 episodes),
+    recorded before CarlaEnv.step and the BEV renderer were made faster (2026-11-30): speed work must
+    not change a pixel or a reward. If you change the world, the BEV or the reward on purpose, record
+    the new digest here and say so in the commit."""
+    import hashlib
+
+    env = CarlaEnv(load_config(PPO, {"simulator": {"backend": "embedded"}}))
+    digest = hashlib.sha256()
+    obs, _ = env.reset(seed=5)
+    digest.update(obs.tobytes())
+    ends = 0
+    for k in range(400):
+        action = np.array([0.3 * np.sin(k / 15.0), 0.6 if k % 40 < 30 else -0.5], np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        digest.update(obs.tobytes())
+        digest.update(np.round([reward, info["route_completion"], info["distance_m"]], 6).tobytes())
+        digest.update(bytes([terminated, truncated]))
+        if terminated or truncated:
+            ends += 1
+            obs, _ = env.reset()
+            digest.update(obs.tobytes())
+    env.close()
+    assert ends == 9
+    assert digest.hexdigest()[:16] == "9820f1f3cdc95dac"

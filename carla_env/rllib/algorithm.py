@@ -18,6 +18,7 @@ def build_algo_config(config):
 
     from carla_env.env import CarlaEnv
     from carla_env.rllib.callbacks import DrivingMetricsCallback
+    from carla_env.rllib.env_runner import CarlaEnvRunner
     from carla_env.rllib.modules import BevDQNCatalog, BevDQNModule, BevPPOCatalog, BevPPOModule, is_bev_space
 
     probe = CarlaEnv(config)  # spaces only: no world is built before reset
@@ -35,6 +36,7 @@ def build_algo_config(config):
             "leaves no GPU for the learner; lower it below 1/num_env_runners"
         )
     algo = algo.env_runners(
+        env_runner_cls=CarlaEnvRunner,  # each env of a runner its own slot (town, GPU, server ports)
         num_env_runners=tr.num_env_runners,
         num_envs_per_env_runner=tr.envs_per_runner,
         num_gpus_per_env_runner=runner_gpus,

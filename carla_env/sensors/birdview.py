@@ -227,7 +227,9 @@ class BirdviewRenderer:
         )
         for bit, name in enumerate(STATIC):
             if name in self.index:
-                out[self.index[name]] = (static >> bit) & 1
+                layer = out[self.index[name]]
+                np.right_shift(static, bit, out=layer)
+                layer &= 1
         if "speed" in self.index:
             fraction = min(max(scene.ego_speed / spec.speed_range, 0.0), 1.0)
             out[self.index["speed"], :, : round(fraction * size)] = 1
@@ -255,16 +257,25 @@ class BirdviewRenderer:
             if "walkers" in spec.channels:
                 box_sets.append((self.index[f"walkers@{t:g}s"], past.walkers))
         self._fill_boxes(out, to_bev, box_sets, scene.ego)
+        # Lights seldom change within the history: a set of stop lines already drawn is copied, not redrawn.
+        drawn: dict[bytes, int] = {}
         for t, past in zip(spec.history, pasts, strict=True):
             if not len(seg_px) or not len(past.light_states):
                 continue
             seg_state = past.light_states[seg_light]
             for state, name in ((GREEN, "lights_green"), (YELLOW, "lights_yellow"), (RED, "lights_red")):
+                if name not in spec.channels:
+                    continue
                 chosen = seg_state == state
-                if name in spec.channels and chosen.any():
-                    cv2.polylines(
-                        out[self.index[f"{name}@{t:g}s"]], list(seg_px[chosen]), False, 1, light_width
-                    )
+                if not chosen.any():
+                    continue
+                channel = self.index[f"{name}@{t:g}s"]
+                key = chosen.tobytes()
+                if key in drawn:
+                    out[channel] = out[drawn[key]]
+                else:
+                    cv2.polylines(out[channel], list(seg_px[chosen]), False, 1, light_width)
+                    drawn[key] = channel
         return out
 
     def _remaining_route(self, ego: np.ndarray) -> np.ndarray:
