@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the experiments the configs name ('module:Class') and bench/ import from here
 
+from carla_env.evaluate import HELD_OUT_TOWN  # noqa: E402  (bench/imitation.py imports it from here)
+
 TRAIN_TOWNS = ["GridTown01", "GridTown02", "GridTown04", "GridTown05"]
-HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares
 VEHICLES = 30
 # Settings for a 16-CPU, 1-GPU machine on top of the experiment's config.yaml.
 # Runners infer on the GPU, 4 envs each (batched): CPU inference of the BEV CNN capped a runner at

@@ -19,7 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # bench/learning.py's evaluation town
+from carla_env.evaluate import HELD_OUT_TOWN  # noqa: E402
+
 SHARED_MAPS = ROOT.parent / "shared" / "maps"
 
 

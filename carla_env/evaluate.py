@@ -55,7 +55,7 @@ TARGETS = (
     ("red_light_runs_per_km", "max", 0.0, "no red-light run"),
 )
 ALL_TOWNS = "all"  # --towns all: the held-out generated town and the real CARLA towns
-HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares (bench/learning.py)
+HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares (bench/ scores on it too)
 REAL_TOWNS = ("Town01", "Town02", "Town04", "Town10HD")
 DEFAULT_MAPS = Path("../shared/maps")  # the real towns' .xodr beside the repo (never inside it)
 EPISODES, ALL_TOWNS_EPISODES = 10, 50  # --episodes' default, and its default with --towns all

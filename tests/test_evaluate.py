@@ -146,7 +146,7 @@ def test_infer_drives_a_checkpoint_without_ray_and_writes_table_json_and_video(c
 
     capture = cv2.VideoCapture(str(video))
     ok, frame = capture.read()
-    assert ok and frame.shape == (48, 48, 3) and frame.any()
+    assert ok and frame.shape == (384, 384, 3) and frame.any()  # the 48 px BEV, 8x by whole pixels
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == sum(e["steps"] for e in result["episodes"])
 
 
@@ -228,7 +228,11 @@ def test_the_targets_are_each_a_bound_on_one_figure():
     from carla_env.evaluate import missed_targets
 
     good = {"route_completion": 0.95, "collisions_per_km": 0.1, "lane_invasions_per_km": 1.0}
+    good["pedestrian_collisions_per_km"] = 0.05
     assert missed_targets({**good, "red_light_runs_per_km": 0.0}) == []
+    assert missed_targets({**good, "red_light_runs_per_km": 0.0, "pedestrian_collisions_per_km": 0.06}) == [
+        "<= 0.05 pedestrian collisions/km"
+    ]
     assert missed_targets({**good, "red_light_runs_per_km": 0.4, "route_completion": 0.89}) == [
         "route completion >= 90%",
         "no red-light run",
