@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from carla_env.maps.geometry import lane_pose
+from carla_env.sensors.birdview import BOX_CORNERS
 
 INF = np.inf
 
@@ -611,3 +612,54 @@ def walkers_tick_from_fields(
     )
     i, j = overlapping_pairs_between(veh_xyz, veh_yaw, veh_half, state.xyz, state.yaw, walker_half)
     return count, i, j
+
+
+@njit(cache=True)
+def painted_markings(
+    box,
+    lane,
+    s,
+    lane_start,
+    lane_count,
+    lane_ds,
+    lane_length,
+    lane_width,
+    points,
+    yaws,
+    mark_left,
+    mark_right,
+    unmarked,
+):
+    """The paint a car's box is over, as CARLA's lane-invasion sensor tests its corners: the (right,
+    left) marking codes of the first corner (in box_corners' order) over that edge's paint, -1 for
+    none. `box`: x, y, yaw, half_length, half_width; `lane`, `s`: where its centre is; `unmarked`: the
+    marking code of no paint. Each corner is measured against the
+    centre-line point abreast of it: on a bend, the tangent at the car's centre puts a corner a car
+    length ahead d^2/2R further out than the lane's edge. Corners beyond the lane's ends are not tested
+    (the paint there belongs to the next lane)."""
+    x, y, yaw, hl, hw = box[0], box[1], box[2], box[3], box[4]
+    c, sn = np.cos(yaw), np.sin(yaw)
+    k = min(int(s / lane_ds[lane]), lane_count[lane] - 1)
+    idx = lane_start[lane] + k
+    cl, sl = np.cos(yaws[idx]), np.sin(yaws[idx])
+    half_w = lane_width[lane] / 2
+    right, left = -1, -1
+    for i in range(4):
+        f = BOX_CORNERS[i, 0] * hl
+        r = BOX_CORNERS[i, 1] * hw
+        cx = x + f * c - r * sn
+        cy = y + f * sn + r * c
+        ahead = (cx - points[idx, 0]) * cl + (cy - points[idx, 1]) * sl
+        kc = min(max(k + np.int64(np.rint(ahead / lane_ds[lane])), 0), lane_count[lane] - 1)
+        at = lane_start[lane] + kc
+        dx, dy = cx - points[at, 0], cy - points[at, 1]
+        ca, sa = np.cos(yaws[at]), np.sin(yaws[at])
+        along = kc * lane_ds[lane] + dx * ca + dy * sa
+        lateral = -dx * sa + dy * ca  # > 0: right of the lane centre
+        if along < 0.0 or along > lane_length[lane]:
+            continue
+        if right < 0 and lateral > half_w and mark_right[at] != unmarked:
+            right = mark_right[at]
+        if left < 0 and lateral < -half_w and mark_left[at] != unmarked:
+            left = mark_left[at]
+    return right, left

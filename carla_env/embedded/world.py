@@ -29,13 +29,13 @@ from carla_env.embedded.blueprints import (
     BlueprintLibrary,
 )
 from carla_env.embedded.dynamics import step_bicycle
-from carla_env.embedded.kernels import STEERED, overlapping_pairs, overlapping_pairs_between
+from carla_env.embedded.kernels import STEERED, overlapping_pairs, overlapping_pairs_between, painted_markings
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.embedded.walkers import WalkerCrowd
 from carla_env.maps.geometry import lane_pose
 from carla_env.maps.sidewalks import NoSidewalks, WalkGraph, build_walk_graph
 from carla_env.maps.town import Town
-from carla_env.sensors.birdview import Scene, box_corners
+from carla_env.sensors.birdview import Scene
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
@@ -674,27 +674,12 @@ class EmbeddedWorld:
             if g.lane_junction[lane] >= 0:
                 f.marking_overlap[r] = 1.0
                 continue
-            k = min(int(f.s[r] / g.lane_ds[lane]), g.lane_count[lane] - 1)
-            idx = g.lane_start[lane] + k
-            lane_yaw = g.yaw[idx]
-            corners = box_corners([f.x[r], f.y[r], f.yaw[r], f.half[r, 0], f.half[r, 1]])[0]
-            dx, dy = (corners - g.points[idx, :2]).T
-            ahead = dx * np.cos(lane_yaw) + dy * np.sin(lane_yaw)
-            # Each corner against the centre-line point abreast of it: on a bend, the tangent at the
-            # car's centre puts a corner a car length ahead d^2/2R further out than the lane's edge.
-            kc = np.clip(k + np.rint(ahead / g.lane_ds[lane]).astype(np.int64), 0, g.lane_count[lane] - 1)
-            at = g.lane_start[lane] + kc
-            dx, dy = (corners - g.points[at, :2]).T
-            yaw = g.yaw[at]
-            along = kc * g.lane_ds[lane] + dx * np.cos(yaw) + dy * np.sin(yaw)
-            lateral = -dx * np.sin(yaw) + dy * np.cos(yaw)  # > 0: right of the lane centre
-            on_lane = (along >= 0.0) & (along <= g.lane_length[lane])
-            half_w = g.lane_width[lane] / 2
-            crossed = []
-            for over, marks in ((lateral > half_w, g.mark_right), (lateral < -half_w, g.mark_left)):
-                painted = on_lane & over & (marks[at] != UNMARKED)
-                if painted.any():
-                    crossed.append(LaneMarking(carla.LaneMarkingType.values[int(marks[at][painted][0])]))
+            box = np.array([f.x[r], f.y[r], f.yaw[r], f.half[r, 0], f.half[r, 1]])
+            right, left = painted_markings(
+                box, lane, f.s[r], g.lane_start, g.lane_count, g.lane_ds, g.lane_length, g.lane_width,
+                g.points, g.yaw, g.mark_left, g.mark_right, UNMARKED,
+            )  # fmt: skip
+            crossed = [LaneMarking(carla.LaneMarkingType.values[int(m)]) for m in (right, left) if m >= 0]
             overlapping = float(bool(crossed))
             if overlapping and not f.marking_overlap[r]:
                 event = LaneInvasionEvent(

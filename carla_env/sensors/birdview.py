@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from carla_env.maps.lane_graph import MARKING, LaneGraph
 
 STATIC = ("road", "lane_solid", "lane_broken")
-_CORNERS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], float)
+BOX_CORNERS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], float)  # box_corners' polygon order
 _SOLID = {MARKING[k] for k in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb", "Grass")}
 _BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
 RED, YELLOW, GREEN = 0, 1, 2
@@ -102,8 +102,8 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     """(N, 4, 2) world corners, in polygon order, of (N, 5) boxes x, y, yaw (rad), half_length, half_width."""
     x, y, yaw, hl, hw = np.asarray(boxes, float).reshape(-1, 5).T
     c, s = np.cos(yaw), np.sin(yaw)
-    f = _CORNERS[None, :, 0] * hl[:, None]
-    r = _CORNERS[None, :, 1] * hw[:, None]
+    f = BOX_CORNERS[None, :, 0] * hl[:, None]
+    r = BOX_CORNERS[None, :, 1] * hw[:, None]
     wx = x[:, None] + f * c[:, None] - r * s[:, None]
     wy = y[:, None] + f * s[:, None] + r * c[:, None]
     return np.stack([wx, wy], -1)
