@@ -198,6 +198,26 @@ def test_destroying_walkers_and_controllers_keeps_the_rest_walking():
     assert sum(moved) >= 3
 
 
+def test_a_destroyed_walker_raises_instead_of_answering_for_the_walker_now_in_its_row():
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    first, second = world.spawn_walkers(2, seed=1)
+    controller = world.get_actors().filter("controller.ai.walker")[0]
+    second_before = second.get_location()
+    assert first.destroy()
+    for call in (
+        first.get_location,
+        first.get_velocity,
+        lambda: first.apply_control(carla.WalkerControl(speed=1.0)),
+        controller.start,
+        lambda: controller.set_max_speed(1.0),
+    ):
+        with pytest.raises(RuntimeError, match="destroyed actor"):
+            call()
+    world.tick()
+    assert second.get_location().distance(second_before) > 0.0  # still walking under its own controller
+    assert second.get_control().speed == 0.0
+
+
 # ------------------------------------------------------------------------------- traffic and collisions
 def test_traffic_stops_for_a_walker_in_its_lane():
     town = load_town(TOWN)

@@ -39,6 +39,14 @@ class Actor:
     def get_world(self) -> EmbeddedWorld:
         return self._world
 
+    def _check_alive(self) -> None:
+        """CARLA's error for a destroyed actor: its world row may now belong to another actor."""
+        if not self._alive:
+            raise RuntimeError(
+                f"trying to operate on a destroyed actor; an actor's function was called, but the actor "
+                f"is already destroyed (id={self.id}, {self.type_id})"
+            )
+
     def destroy(self) -> bool:
         if not self._alive:
             return False
@@ -138,10 +146,12 @@ class Walker(Actor):
         self._controller: WalkerAIController | None = None
 
     def _pose(self):
+        self._check_alive()
         return self._world._walker_pose(self)
 
     def get_velocity(self) -> carla.Vector3D:
-        v, yaw = self._world._walker_speed(self), self._pose()[1]
+        yaw = self._pose()[1]  # first: it checks the walker is alive
+        v = self._world._walker_speed(self)
         return carla.Vector3D(float(v * np.cos(yaw)), float(v * np.sin(yaw)), 0.0)
 
     def apply_control(self, control: carla.WalkerControl) -> None:
@@ -149,6 +159,7 @@ class Walker(Actor):
             raise TypeError(
                 f"a walker's apply_control needs a carla.WalkerControl, got {type(control).__name__}"
             )
+        self._check_alive()
         self._control = control
         if self._controller is None or not self._controller._running:  # a running AI overrides it
             self._world._walker_steer(self, control)
@@ -170,6 +181,7 @@ class WalkerAIController(Actor):
         return self.parent._pose()
 
     def start(self) -> None:
+        self._check_alive()
         self._running = True
         self._world._walker_start(self.parent)
 
@@ -179,11 +191,13 @@ class WalkerAIController(Actor):
             self._world._walker_stop(self.parent)
 
     def go_to_location(self, destination: carla.Location) -> None:
+        self._check_alive()
         if not self._running:
             return  # as in CARLA: a controller not started has no navigation agent
         self._world._walker_go_to(self.parent, destination)
 
     def set_max_speed(self, speed: float = 1.4) -> None:
+        self._check_alive()
         self._world._walker_max_speed(self.parent, float(speed))
 
 
