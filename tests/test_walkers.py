@@ -163,6 +163,29 @@ def test_go_to_location_walks_along_sidewalks_to_the_destination_then_stop_stand
     assert walker.get_location().distance(before) == 0.0
 
 
+def test_a_walker_spawns_where_asked_even_on_the_road_and_walks_to_the_sidewalk_when_sent():
+    """Scenarios put a pedestrian on the road ahead of the hero (CARLA spawns it there; only a vehicle
+    in the way refuses the spawn)."""
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    lib = world.get_blueprint_library()
+    spawn = world.town.spawn_points(seed=1)[0]
+    hero = world.spawn_actor(lib.find("vehicle.tesla.model3"), spawn)
+    assert (
+        world.try_spawn_actor(lib.find("walker.pedestrian.0001"), carla.Transform(hero.get_location()))
+        is None
+    )
+    ahead = spawn.location + 15.0 * spawn.get_forward_vector()
+    walker, brain = spawn_walker(world, ahead)
+    asked = carla.Location(ahead.x, ahead.y, 0.0)
+    assert walker.get_location().distance(asked) == pytest.approx(walker.bounding_box.extent.z)  # body centre
+    world.tick()
+    brain.start()
+    brain.go_to_location(world.get_random_location_from_navigation())
+    for _ in range(100):  # 5 s: off the lane, then along an edge of the walk graph
+        world.tick()
+    assert world._crowd.state.edge[walker._row] >= 0 and walker.get_location().distance(asked) > 2.0
+
+
 def test_walker_control_moves_a_walker_without_a_controller():
     world = EmbeddedWorld(load_town(TOWN), seed=0)
     lib = world.get_blueprint_library()

@@ -85,9 +85,11 @@ class WalkerCrowd:
         return int(d.argmin())
 
     def add(self, xyz, half) -> int:
+        """A walker standing at `xyz` (ground level); routes start from its nearest walk-graph node, which
+        it first walks to in a straight line (CARLA projects a spawn onto its navigation mesh)."""
         node = self.nearest_node(xyz)
         row = {
-            "xyz": self.graph.node_xyz[node][None],
+            "xyz": np.asarray(xyz, float)[None],
             "yaw": [0.0],
             "v": [0.0],
             "max_speed": [DEFAULT_MAX_SPEED],
