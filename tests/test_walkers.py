@@ -186,6 +186,24 @@ def test_a_walker_spawns_where_asked_even_on_the_road_and_walks_to_the_sidewalk_
     assert world._crowd.state.edge[walker._row] >= 0 and walker.get_location().distance(asked) > 2.0
 
 
+def test_a_walker_steered_off_the_sidewalk_walks_back_when_started_without_a_jump():
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    walker, brain = spawn_walker(world, world.get_random_location_from_navigation())
+    walker.apply_control(carla.WalkerControl(direction=carla.Vector3D(1.0, 1.0, 0.0), speed=2.0))
+    for _ in range(60):  # 3 s: ~6 m off its spot
+        world.tick()
+    before = walker.get_location()
+    brain.start()
+    brain.go_to_location(world.get_random_location_from_navigation())
+    brain.set_max_speed(1.5)
+    steps = []
+    for _ in range(200):
+        world.tick()
+        steps.append(walker.get_location().distance(before))
+        before = walker.get_location()
+    assert max(steps) <= 1.5 * world.delta_seconds + 1e-3 and sum(steps) > 10.0  # float32 locations
+
+
 def test_walker_control_moves_a_walker_without_a_controller():
     world = EmbeddedWorld(load_town(TOWN), seed=0)
     lib = world.get_blueprint_library()

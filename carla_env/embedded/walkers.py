@@ -124,10 +124,10 @@ class WalkerCrowd:
     # ------------------------------------------------------------------ the controller's verbs
     def start(self, row: int) -> None:
         s = self.state
-        if s.mode[row] == STEERED:
+        if s.mode[row] == STEERED:  # off the graph: its route starts at the nearest node, walked to
             node = self.nearest_node(s.xyz[row])
             s.node_from[row] = s.node_to[row] = node
-            s.xyz[row] = self.graph.node_xyz[node]
+            s.edge[row] = -1
         s.mode[row] = WALKING if s.goal[row] >= 0 else IDLE
         self._count_steered()
 
