@@ -91,6 +91,7 @@ class Vehicle(Actor):
         self._control = carla.VehicleControl()
 
     def _pose(self):
+        self._check_alive()
         return self._world._vehicle_pose(self)
 
     def _speed_vector(self, value: float) -> carla.Vector3D:
@@ -98,17 +99,21 @@ class Vehicle(Actor):
         return carla.Vector3D(float(value * np.cos(yaw)), float(value * np.sin(yaw)), 0.0)
 
     def get_velocity(self) -> carla.Vector3D:
+        self._check_alive()
         return self._speed_vector(self._world._vehicle_speed(self))
 
     def get_acceleration(self) -> carla.Vector3D:
+        self._check_alive()
         return self._speed_vector(self._world._vehicle_accel(self))
 
     def get_angular_velocity(self) -> carla.Vector3D:
+        self._check_alive()
         return carla.Vector3D(0.0, 0.0, float(np.degrees(self._world._vehicle_yaw_rate(self))))
 
     def apply_control(self, control: carla.VehicleControl) -> None:
         if not isinstance(control, carla.VehicleControl):
             raise TypeError(f"apply_control needs a carla.VehicleControl, got {type(control).__name__}")
+        self._check_alive()
         self._world._apply_control(self, control)
         self._control = control
 
