@@ -9,10 +9,11 @@ seeded per episode) or a checkpoint of train.py (a checkpoint folder, or a run f
 config saved with the run is the default --config). Episode k on every town is seeded S + k, so two
 policies, or one policy before and after a change, drive the same routes among the same traffic.
 Prints a row per town and overall, and on which towns the targets are met (route completion >= 90%,
-<= 0.1 collisions/km, <= 1 lane invasion/km, no red-light run); --json writes it with every episode's
-figures. `--towns all` is the held-out generated town and the real CARLA towns (Town01, Town02, Town04,
-Town10HD) from --maps or $CARLA_ROOT, 50 episodes each unless --episodes says otherwise; a real town
-found in neither is skipped with a line saying so. Exit 2 on bad input.
+<= 0.1 collisions/km, <= 0.05 pedestrian collisions/km, <= 1 lane invasion/km, no red-light run);
+--json writes it with every episode's figures. `--towns all` is the held-out generated town and the
+real CARLA towns (Town01, Town02, Town04, Town10HD) from --maps or $CARLA_ROOT, 50 episodes each unless
+--episodes says otherwise; a real town found in neither is skipped with a line saying so. Exit 2 on bad
+input.
 
 infer.py, bench/learning.py and bench/imitation.py drive their episodes through `run_episode`.
 """

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
+from carla_env.config import CarlaServerConfig, TrafficConfig
 from carla_env.embedded import EmbeddedWorld
 from carla_env.maps import TownError, load_town
 from carla_env.maps.route import plan_route
@@ -37,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="simulated before the snapshot")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:  # the config's own limits: the preview takes what `traffic.vehicles` / `carla.walkers` take
+        TrafficConfig(vehicles=args.vehicles)
+        CarlaServerConfig(walkers=args.walkers)
+    except ValidationError as e:
+        error = e.errors()[0]
+        print(f"--{error['loc'][0]} {error['input']}: {error['msg']}", file=sys.stderr)
+        return 2
+    if args.seconds < 0:
+        print(f"--seconds {args.seconds}: give 0 or more simulated seconds", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         print(f"--out {out}: give a .png path", file=sys.stderr)
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     lane, s, _ = g.locate((loc.x, loc.y, loc.z), np.radians(hero.get_transform().rotation.yaw))
     goal = int(np.random.default_rng(args.seed).choice(np.flatnonzero(~g.is_junction & g.lane_main)))
     renderer.set_route(plan_route(g, (lane, s), (goal, g.lane_length[goal] / 2)).points)
-    for _ in range(int(args.seconds / world.delta_seconds)):
+    for _ in range(max(1, int(args.seconds / world.delta_seconds))):  # one tick at least: a frame
         world.tick()
         obs = renderer(world.birdview_scene(hero))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -268,6 +268,33 @@ def test_preview_cli_writes_a_hero_frame_and_a_map(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--walkers", "-1"], "--walkers -1"),
+        (["--walkers", "5000"], "--walkers 5000"),
+        (["--vehicles", "-3"], "--vehicles -3"),
+        (["--seconds", "-1"], "--seconds -1"),
+    ],
+)
+def test_preview_refuses_counts_the_config_would_refuse_and_writes_nothing(tmp_path, capsys, flags, named):
+    from carla_env import preview
+
+    out = tmp_path / "bev.png"
+    assert preview.main(["--town", "GridTown03", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(named) and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_preview_with_zero_seconds_writes_the_frame_at_spawn(tmp_path):
+    from carla_env import preview
+
+    out = tmp_path / "bev.png"
+    assert preview.main(["--town", "GridTown03", "--out", str(out), "--seconds", "0", "--walkers", "0"]) == 0
+    assert out.exists()
+
+
 def test_renderers_of_one_town_share_a_read_only_raster(town):
     a, b = BirdviewRenderer(town.lanes), BirdviewRenderer(town.lanes)
     assert a.raster is b.raster

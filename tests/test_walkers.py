@@ -163,6 +163,47 @@ def test_go_to_location_walks_along_sidewalks_to_the_destination_then_stop_stand
     assert walker.get_location().distance(before) == 0.0
 
 
+def test_a_walker_spawns_where_asked_even_on_the_road_and_walks_to_the_sidewalk_when_sent():
+    """Scenarios put a pedestrian on the road ahead of the hero (CARLA spawns it there; only a vehicle
+    in the way refuses the spawn)."""
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    lib = world.get_blueprint_library()
+    spawn = world.town.spawn_points(seed=1)[0]
+    hero = world.spawn_actor(lib.find("vehicle.tesla.model3"), spawn)
+    assert (
+        world.try_spawn_actor(lib.find("walker.pedestrian.0001"), carla.Transform(hero.get_location()))
+        is None
+    )
+    ahead = spawn.location + 15.0 * spawn.get_forward_vector()
+    walker, brain = spawn_walker(world, ahead)
+    asked = carla.Location(ahead.x, ahead.y, 0.0)
+    assert walker.get_location().distance(asked) == pytest.approx(walker.bounding_box.extent.z)  # body centre
+    world.tick()
+    brain.start()
+    brain.go_to_location(world.get_random_location_from_navigation())
+    for _ in range(100):  # 5 s: off the lane, then along an edge of the walk graph
+        world.tick()
+    assert world._crowd.state.edge[walker._row] >= 0 and walker.get_location().distance(asked) > 2.0
+
+
+def test_a_walker_steered_off_the_sidewalk_walks_back_when_started_without_a_jump():
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    walker, brain = spawn_walker(world, world.get_random_location_from_navigation())
+    walker.apply_control(carla.WalkerControl(direction=carla.Vector3D(1.0, 1.0, 0.0), speed=2.0))
+    for _ in range(60):  # 3 s: ~6 m off its spot
+        world.tick()
+    before = walker.get_location()
+    brain.start()
+    brain.go_to_location(world.get_random_location_from_navigation())
+    brain.set_max_speed(1.5)
+    steps = []
+    for _ in range(200):
+        world.tick()
+        steps.append(walker.get_location().distance(before))
+        before = walker.get_location()
+    assert max(steps) <= 1.5 * world.delta_seconds + 1e-3 and sum(steps) > 10.0  # float32 locations
+
+
 def test_walker_control_moves_a_walker_without_a_controller():
     world = EmbeddedWorld(load_town(TOWN), seed=0)
     lib = world.get_blueprint_library()
@@ -196,6 +237,26 @@ def test_destroying_walkers_and_controllers_keeps_the_rest_walking():
         core.tick(None)
     moved = [w.get_location().distance(before[w.id]) > 1.0 for w in world.get_actors().filter("walker.*")]
     assert sum(moved) >= 3
+
+
+def test_a_destroyed_walker_raises_instead_of_answering_for_the_walker_now_in_its_row():
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    first, second = world.spawn_walkers(2, seed=1)
+    controller = world.get_actors().filter("controller.ai.walker")[0]
+    second_before = second.get_location()
+    assert first.destroy()
+    for call in (
+        first.get_location,
+        first.get_velocity,
+        lambda: first.apply_control(carla.WalkerControl(speed=1.0)),
+        controller.start,
+        lambda: controller.set_max_speed(1.0),
+    ):
+        with pytest.raises(RuntimeError, match="destroyed actor"):
+            call()
+    world.tick()
+    assert second.get_location().distance(second_before) > 0.0  # still walking under its own controller
+    assert second.get_control().speed == 0.0
 
 
 # ------------------------------------------------------------------------------- traffic and collisions

@@ -80,6 +80,20 @@ def test_destroy_removes_actors_and_their_sensors(town):
     assert len(world.get_actors().filter("vehicle.*")) == 4
 
 
+def test_a_destroyed_vehicle_raises_instead_of_answering_for_the_vehicle_now_in_its_row(town):
+    world = EmbeddedWorld(town, seed=0)
+    npcs = world.spawn_traffic(3)
+    assert npcs[0].destroy()
+    for call in (
+        npcs[0].get_location,
+        npcs[0].get_velocity,
+        lambda: npcs[0].apply_control(carla.VehicleControl()),
+    ):
+        with pytest.raises(RuntimeError, match="destroyed actor"):
+            call()
+    assert npcs[1].get_location() != npcs[2].get_location()
+
+
 def test_traffic_lights_cycle_one_phase_green_at_a_time(town):
     timing = LightTiming(green=4.0, yellow=1.0, red=1.0)
     world = EmbeddedWorld(town, seed=0, light_timing=timing)

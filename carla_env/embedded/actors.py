@@ -39,6 +39,14 @@ class Actor:
     def get_world(self) -> EmbeddedWorld:
         return self._world
 
+    def _check_alive(self) -> None:
+        """CARLA's error for a destroyed actor: its world row may now belong to another actor."""
+        if not self._alive:
+            raise RuntimeError(
+                f"trying to operate on a destroyed actor; an actor's function was called, but the actor "
+                f"is already destroyed (id={self.id}, {self.type_id})"
+            )
+
     def destroy(self) -> bool:
         if not self._alive:
             return False
@@ -83,6 +91,7 @@ class Vehicle(Actor):
         self._control = carla.VehicleControl()
 
     def _pose(self):
+        self._check_alive()
         return self._world._vehicle_pose(self)
 
     def _speed_vector(self, value: float) -> carla.Vector3D:
@@ -90,17 +99,21 @@ class Vehicle(Actor):
         return carla.Vector3D(float(value * np.cos(yaw)), float(value * np.sin(yaw)), 0.0)
 
     def get_velocity(self) -> carla.Vector3D:
+        self._check_alive()
         return self._speed_vector(self._world._vehicle_speed(self))
 
     def get_acceleration(self) -> carla.Vector3D:
+        self._check_alive()
         return self._speed_vector(self._world._vehicle_accel(self))
 
     def get_angular_velocity(self) -> carla.Vector3D:
+        self._check_alive()
         return carla.Vector3D(0.0, 0.0, float(np.degrees(self._world._vehicle_yaw_rate(self))))
 
     def apply_control(self, control: carla.VehicleControl) -> None:
         if not isinstance(control, carla.VehicleControl):
             raise TypeError(f"apply_control needs a carla.VehicleControl, got {type(control).__name__}")
+        self._check_alive()
         self._world._apply_control(self, control)
         self._control = control
 
@@ -138,10 +151,12 @@ class Walker(Actor):
         self._controller: WalkerAIController | None = None
 
     def _pose(self):
+        self._check_alive()
         return self._world._walker_pose(self)
 
     def get_velocity(self) -> carla.Vector3D:
-        v, yaw = self._world._walker_speed(self), self._pose()[1]
+        yaw = self._pose()[1]  # first: it checks the walker is alive
+        v = self._world._walker_speed(self)
         return carla.Vector3D(float(v * np.cos(yaw)), float(v * np.sin(yaw)), 0.0)
 
     def apply_control(self, control: carla.WalkerControl) -> None:
@@ -149,6 +164,7 @@ class Walker(Actor):
             raise TypeError(
                 f"a walker's apply_control needs a carla.WalkerControl, got {type(control).__name__}"
             )
+        self._check_alive()
         self._control = control
         if self._controller is None or not self._controller._running:  # a running AI overrides it
             self._world._walker_steer(self, control)
@@ -170,6 +186,7 @@ class WalkerAIController(Actor):
         return self.parent._pose()
 
     def start(self) -> None:
+        self._check_alive()
         self._running = True
         self._world._walker_start(self.parent)
 
@@ -179,11 +196,13 @@ class WalkerAIController(Actor):
             self._world._walker_stop(self.parent)
 
     def go_to_location(self, destination: carla.Location) -> None:
+        self._check_alive()
         if not self._running:
             return  # as in CARLA: a controller not started has no navigation agent
         self._world._walker_go_to(self.parent, destination)
 
     def set_max_speed(self, speed: float = 1.4) -> None:
+        self._check_alive()
         self._world._walker_max_speed(self.parent, float(speed))
 
 

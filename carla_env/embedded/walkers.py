@@ -85,9 +85,11 @@ class WalkerCrowd:
         return int(d.argmin())
 
     def add(self, xyz, half) -> int:
+        """A walker standing at `xyz` (ground level); routes start from its nearest walk-graph node, which
+        it first walks to in a straight line (CARLA projects a spawn onto its navigation mesh)."""
         node = self.nearest_node(xyz)
         row = {
-            "xyz": self.graph.node_xyz[node][None],
+            "xyz": np.asarray(xyz, float)[None],
             "yaw": [0.0],
             "v": [0.0],
             "max_speed": [DEFAULT_MAX_SPEED],
@@ -122,10 +124,10 @@ class WalkerCrowd:
     # ------------------------------------------------------------------ the controller's verbs
     def start(self, row: int) -> None:
         s = self.state
-        if s.mode[row] == STEERED:
+        if s.mode[row] == STEERED:  # off the graph: its route starts at the nearest node, walked to
             node = self.nearest_node(s.xyz[row])
             s.node_from[row] = s.node_to[row] = node
-            s.xyz[row] = self.graph.node_xyz[node]
+            s.edge[row] = -1
         s.mode[row] = WALKING if s.goal[row] >= 0 else IDLE
         self._count_steered()
 

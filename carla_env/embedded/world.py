@@ -488,10 +488,11 @@ class EmbeddedWorld:
         node = crowd.nearest_node((loc.x, loc.y, loc.z))
         half = np.array(WALKERS[bp_id])
         pos, yaws, halves = self._all_boxes()
-        at = crowd.graph.node_xyz[node][None]
+        # where it is asked for (a scenario may put one on the road), on the ground of the nearest sidewalk
+        at = np.array([[loc.x, loc.y, crowd.graph.node_xyz[node][2]]])
         if len(pos) and len(overlapping_pairs_between(pos, yaws, halves, at, np.zeros(1), half[None])[0]):
             return None  # as CARLA: no spawn into a vehicle
-        row = crowd.add(crowd.graph.node_xyz[node], half)
+        row = crowd.add(at[0], half)
         walker = Walker(self, self._new_id(), bp_id, attributes, tuple(half))
         walker._row = row
         self._walker_actors.append(walker)
