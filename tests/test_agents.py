@@ -27,3 +27,46 @@ def test_the_arc_through_the_target_and_the_clip():
     # The heading counts: the same target seen from a car already facing it needs no steer.
     assert pure_pursuit_steer(pose(yaw=30.0), *target, 2.88) == pytest.approx(0.0, abs=1e-9)
     assert pure_pursuit_steer(pose(), 0.1, 1.0, 2.88) == 1.0  # beyond full lock: clipped
+
+
+def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150):
+    """The autopilot on an empty GridTown01 (no traffic) along its route; a walker
+    stands on the route 30 m ahead, or not. Returns (route distance of that spot, the hero's furthest
+    progress, the least distance between the hero's centre and the spot)."""
+    import numpy as np
+
+    from carla_env.agents import RouteAutopilot
+    from carla_env.config import load_config
+    from carla_env.env import CarlaEnv
+
+    config = load_config(
+        "experiments/ppo/config.yaml",
+        {"simulator": {"backend": "embedded", "traffic": {"vehicles": 0}}},
+    )
+    env = CarlaEnv(config)
+    env.reset(seed=3)
+    route, hero = env.experiment.route, env.core.hero
+    here = route.progress((hero.get_location().x, hero.get_location().y))
+    k = int(np.searchsorted(route.distance, here + 30.0))
+    x, y = route.points[k, :2]
+    if with_walker:
+        lib = env.core.world.get_blueprint_library()
+        env.core.world.spawn_actor(
+            lib.find("walker.pedestrian.0001"), carla.Transform(carla.Location(float(x), float(y), 1.0))
+        )
+    autopilot, furthest, closest = RouteAutopilot(), here, math.inf
+    for _ in range(steps):
+        env.step(autopilot.action(hero, route, config.simulator.timestep))
+        loc = hero.get_location()
+        furthest = max(furthest, route.progress((loc.x, loc.y)))
+        closest = min(closest, math.hypot(loc.x - x, loc.y - y))
+    env.close()
+    return float(route.distance[k]), furthest, closest
+
+
+def test_the_autopilot_stops_for_a_pedestrian_on_its_path():
+    at, furthest, _ = drive_towards_a_standing_walker(with_walker=False)
+    assert furthest > at + 10  # without the walker it drives past that point
+    at, furthest, closest = drive_towards_a_standing_walker(with_walker=True)
+    assert furthest < at - 2.5  # it stopped with its front short of the walker
+    assert closest > 3.0

@@ -1,6 +1,7 @@
 """The reference autopilot: pure pursuit along the planned route with a PI speed controller; it
-slows behind a leader on its route, stops at red and yellow lights, and waits at a junction's entry
-while another vehicle is on, or about to reach, its path through the junction. Only CARLA API calls
+slows behind a leader on its route, stops for a pedestrian on its path or about to step onto it,
+stops at red and yellow lights, and waits at a junction's entry while another vehicle is on, or
+about to reach, its path through the junction. Only CARLA API calls
 on the hero and world (and the planned route), so it drives either backend.
 
 `action()` gives it as a continuous [steer, acceleration] action (the PPO experiment's), so it is
@@ -19,6 +20,7 @@ from carla_env.agents.pursuit import pure_pursuit_steer
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
 FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction follows it
+WALKER_PREDICTION_TIMES = np.linspace(0.0, 3.0, 7)  # s: a walker this soon on the path stops the hero
 
 
 class RouteAutopilot:
@@ -32,6 +34,7 @@ class RouteAutopilot:
         comfort_decel: float = 2.5,  # m/s^2: junctions within this braking distance are checked
         max_decel: float = 6.0,  # m/s^2: a junction nearer than this braking distance is committed to
         clearance: float = 0.5,  # m between the sides of two vehicles whose paths are taken to cross
+        walker_clearance: float = 0.8,  # m from the car's side to a walker's centre on its path
         wheelbase: float = 2.88,
         lookahead: float = 2.0,  # m, pure pursuit's target distance at standstill
         lookahead_time: float = 0.3,  # s per m/s of speed; longer cuts the inside of bends over the line
@@ -41,7 +44,7 @@ class RouteAutopilot:
         self.cruise_speed, self.time_gap, self.standstill_gap = cruise_speed, time_gap, standstill_gap
         self.lane_half_width, self.wheelbase, self.kp, self.ki = lane_half_width, wheelbase, kp, ki
         self.lateral_accel, self.comfort_decel, self.clearance = lateral_accel, comfort_decel, clearance
-        self.max_decel = max_decel
+        self.max_decel, self.walker_clearance = max_decel, walker_clearance
         self.lookahead, self.lookahead_time = lookahead, lookahead_time
         self._integral = 0.0
 
@@ -61,6 +64,9 @@ class RouteAutopilot:
         gap = self._leader_gap(others, route, here)
         if gap is not None:
             target = min(target, max(0.0, (gap - self.standstill_gap) / self.time_gap))
+        walker = self._walker_gap(hero, route, here)
+        if walker is not None:  # stop with the front bumper two metres short of the walker
+            target = min(target, max(0.0, (walker - hero.bounding_box.extent.x - 2.0) / self.time_gap))
         entry = self._entry_to_yield_at(hero, others, route, index, speed)
         if entry is not None:  # stop with the front bumper a metre short of the junction
             target = min(target, max(0.0, (entry - here - hero.bounding_box.extent.x - 1.0) / self.time_gap))
@@ -104,6 +110,28 @@ class RouteAutopilot:
         k = d.argmin(axis=1)
         on_route = d[np.arange(len(k)), k] < self.lane_half_width
         return float(dist[k[on_route]].min() - here) if on_route.any() else None
+
+    def _walker_gap(self, hero, route, here: float, horizon: float = 30.0) -> float | None:
+        """Distance along the route to the nearest pedestrian on the hero's path within `horizon` metres,
+        now or at its velocity within WALKER_PREDICTION_TIMES (one crossing towards the path counts)."""
+        walkers = hero.get_world().get_actors().filter("walker.*")
+        ahead = (route.distance > here) & (route.distance < here + horizon)
+        if not len(walkers) or not ahead.any():
+            return None
+        pos, vel = [], []
+        for w in walkers:
+            loc, v = w.get_location(), w.get_velocity()
+            pos.append((loc.x, loc.y))
+            vel.append((v.x, v.y))
+        pts, dist = route.points[ahead], route.distance[ahead]
+        paths = np.array(pos)[:, None, :] + np.array(vel)[:, None, :] * WALKER_PREDICTION_TIMES[None, :, None]
+        d = np.hypot(
+            paths[:, :, None, 0] - pts[None, None, :, 0], paths[:, :, None, 1] - pts[None, None, :, 1]
+        )  # walker, time, route point
+        on_path = d < hero.bounding_box.extent.y + self.walker_clearance  # in the car's swept corridor
+        if not on_path.any():
+            return None
+        return float(np.where(on_path, dist[None, None, :], np.inf).min() - here)
 
     def _entry_to_yield_at(self, hero, others: _Others, route, index: int, speed: float) -> float | None:
         """Where along the route the hero must wait (the next junction's entry), or None to drive on.
