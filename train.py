@@ -135,6 +135,22 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*/checkpoint_*"))
 
 
+def cut_off_experiment_state(run_dir: Path) -> Path | None:
+    """The run's newest Tune experiment state when it does not parse, else None. Ray 2.60 rewrites it
+    in place after every result (not atomically), so a kill -9 mid-write leaves it cut off; Tune's
+    restore then starts the trial again from iteration 1, in a new folder, without a word."""
+    import json
+
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        json.loads(states[-1].read_text())
+    except ValueError:
+        return states[-1]
+    return None
+
+
 def first_line(config, backend, name: str, storage: str) -> str:
     """Backend (pinned, and why), device, where results and TensorBoard files go: the first thing a run prints."""
     if has_gpu():
@@ -242,6 +258,16 @@ def main(argv=None) -> int:
         print(
             f"--restore: run {run_dir} has no checkpoint yet, nothing to resume; "
             "start it afresh with --overwrite",
+            file=sys.stderr,
+        )
+        return 2
+    cut_off = cut_off_experiment_state(run_dir) if args.restore and run_dir is not None else None
+    if cut_off is not None:
+        newest = max(run_dir.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+        print(
+            f"--restore: {cut_off} was cut off (the run was killed while Tune wrote it), so Tune would "
+            f"start the run over; continue from its newest checkpoint as a new run: --init-module {newest} "
+            "--name NEW_NAME",
             file=sys.stderr,
         )
         return 2

@@ -79,6 +79,19 @@ def infer(*args, timeout=300):
     )
 
 
+def recorded(run: Path, checkpoint: str) -> bool:
+    """Tune's newest experiment state parses and was written after `checkpoint` (it is rewritten after
+    every result, so it then knows that checkpoint)."""
+    checkpoints, states = list(run.glob(f"*/{checkpoint}")), sorted(run.glob("experiment_state-*.json"))
+    if not checkpoints or not states:
+        return False
+    try:
+        json.loads(states[-1].read_text())
+    except ValueError:
+        return False
+    return states[-1].stat().st_mtime >= checkpoints[0].stat().st_mtime
+
+
 def iterations(run: Path) -> list[int]:
     (result,) = run.glob("*/result.json")
     return [json.loads(line)["training_iteration"] for line in result.read_text().splitlines()]
@@ -108,10 +121,12 @@ def test_train_checkpoint_kill_resume(tmp_path):
     )
     try:
         deadline = time.monotonic() + 300
-        while not list(run.glob("*/checkpoint_000001")):  # two iterations checkpointed
+        # Two iterations checkpointed and recorded in Tune's experiment state (a kill while Tune writes
+        # that state is its own case, below).
+        while not recorded(run, "checkpoint_000001"):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole run, Ray included
         proc.wait()
@@ -128,6 +143,15 @@ def test_train_checkpoint_kill_resume(tmp_path):
     # It continued from the last checkpoint, not from scratch.
     assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
     assert list(run.glob("*/checkpoint_000003"))
+    # Killed while Tune rewrote its experiment state (Ray writes it in place): Tune would start over
+    # from iteration 1 in a new folder; --restore says so and points at the newest checkpoint instead.
+    state = max(run.glob("experiment_state-*.json"))  # the newest: names carry the session's time
+    state.write_text(state.read_text()[:100])
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    cut = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
+    assert cut.returncode == 2 and len(cut.stderr.strip().splitlines()) == 1
+    assert f"{state} was cut off" in cut.stderr and "--init-module " in cut.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
     # Infer from the run folder: newest checkpoint, the config saved with the run.
     video, summary = tmp_path / "out.mp4", tmp_path / "out.json"
     proc = subprocess.run(
