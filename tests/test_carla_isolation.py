@@ -67,6 +67,16 @@ def carla_env(tmp_path, monkeypatch, port: int, **server) -> CarlaEnv:
     return CarlaEnv(config)
 
 
+def fake_server_core(tmp_path, port: int, rendering: bool = False, **carla) -> IsolatedCarlaCore:
+    """An isolated core on the fake server at BASE + port (its TM at 10 above), GridTown03."""
+    config = SimulatorConfig(
+        backend="carla",
+        town="GridTown03",
+        carla={"carla_root": str(FAKE_ROOT), "port": BASE + port, "tm_port": BASE + port + 10, **carla},
+    )
+    return IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path, rendering=rendering)
+
+
 def test_the_parent_builds_no_client_and_the_child_holds_the_wheels_own():
     config = SimulatorConfig(
         backend="carla", town="GridTown03", carla={"launch": False, "port": BASE + 27, "client_timeout": 1.0}
@@ -153,12 +163,7 @@ def test_a_hung_client_process_is_killed_after_its_deadline(fake, tmp_path, monk
 
 
 def test_what_the_proxies_do_not_serve_fails_naming_the_attribute_and_the_opt_out(fake, tmp_path):  # noqa: F811
-    config = SimulatorConfig(
-        backend="carla",
-        town="GridTown03",
-        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
-    )
-    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    core = fake_server_core(tmp_path, 24)
     try:
         core.reset(seed=0)
         hero = core.hero
@@ -184,12 +189,7 @@ def test_the_world_and_hero_calls_of_a_typical_experiment_are_served(fake, tmp_p
     """What the original rllib-integration's and CARLA's example agents read: the world snapshot (frame,
     timestamp, an actor's pose), the settings, one actor by id, the hero's attributes; all real
     carla types across the pipe."""
-    config = SimulatorConfig(
-        backend="carla",
-        town="GridTown03",
-        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 26, "tm_port": BASE + 36},
-    )
-    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    core = fake_server_core(tmp_path, 26)
     try:
         core.reset(seed=0)
         frame = core.tick(None)
@@ -283,12 +283,7 @@ def test_a_camera_that_stops_streaming_relaunches_within_one_tick_timeout(fake, 
     from carla_env.simulator import SimulatorRestarted
 
     monkeypatch.setenv("FAKE_CARLA_CLIENT_CAMERA_STOPS_AT", "3")
-    config = SimulatorConfig(
-        backend="carla",
-        town="GridTown03",
-        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 3, "tm_port": BASE + 13, "tick_timeout": 1.0},
-    )
-    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    core = fake_server_core(tmp_path, 3, tick_timeout=1.0)
     try:
         core.reset(seed=0)
         frames = []
@@ -355,12 +350,7 @@ def test_a_camera_in_the_child_reaches_the_parent_matched_by_frame(fake, tmp_pat
     from carla_env.config import SensorConfig
     from carla_env.sensors.factory import make_sensor
 
-    config = SimulatorConfig(
-        backend="carla",
-        town="GridTown03",
-        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
-    )
-    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path, rendering=True)
+    core = fake_server_core(tmp_path, 24, rendering=True)
     try:
         core.reset(seed=0)
         camera = make_sensor(
@@ -388,12 +378,7 @@ def test_a_server_time_out_in_the_child_relaunches_server_and_child(fake, tmp_pa
 
     monkeypatch.setenv("FAKE_CARLA_CLIENT_TIME_OUT_AT", "1,4")  # the reset's tick, then the third step's
     monkeypatch.setenv("FAKE_CARLA_CLIENT_ONCE", str(tmp_path / "timed-out"))
-    config = SimulatorConfig(
-        backend="carla",
-        town="GridTown03",
-        carla={"carla_root": str(FAKE_ROOT), "port": BASE + 24, "tm_port": BASE + 34},
-    )
-    core = IsolatedCarlaCore(config, client_factory=make_client, log_dir=tmp_path)
+    core = fake_server_core(tmp_path, 24)
     try:
         first_child, first_server = core.client_process.pid, core.server.pid
         core.reset(seed=0)

@@ -95,6 +95,26 @@ def start_server(
     return server
 
 
+def new_health() -> dict:
+    """A core's server health: relaunches and tick times (both CARLA cores keep one)."""
+    return {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
+
+
+def record_tick(health: dict, seconds: float) -> None:
+    health["ticks"] += 1
+    health["tick_seconds_max"] = max(health["tick_seconds_max"], seconds)
+    health["tick_seconds_mean"] += (seconds - health["tick_seconds_mean"]) / health["ticks"]
+
+
+def health_stats(health: dict) -> dict[str, float]:
+    """SimulatorCore.stats() from a core's health."""
+    return {
+        "server_restarts": float(health["restarts"]),
+        "tick_ms_mean": 1e3 * health["tick_seconds_mean"],
+        "tick_ms_max": 1e3 * health["tick_seconds_max"],
+    }
+
+
 def recycle_reason(server: CarlaServer | None, sc: CarlaServerConfig, episodes: int) -> str | None:
     """Why a healthy launched server is due for a relaunch (episodes or memory), else None."""
     if server is None:
@@ -141,7 +161,7 @@ class CarlaCore:
         self._npcs: list[int] = []
         self._walkers: list[tuple[int, int]] = []  # (walker, its AI controller)
         self._episodes_since_launch = 0
-        self.health = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
+        self.health = new_health()
         self._connect()
 
     # --------------------------------------------------------------------------------- the server
@@ -354,10 +374,7 @@ class CarlaCore:
         except RuntimeError as e:  # the client's time-out: a hung server
             self.restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
         dt = time.perf_counter() - t0
-        s = self.health
-        s["ticks"] += 1
-        s["tick_seconds_max"] = max(s["tick_seconds_max"], dt)
-        s["tick_seconds_mean"] += (dt - s["tick_seconds_mean"]) / s["ticks"]
+        record_tick(self.health, dt)
         return frame
 
     def on_driving_lane(self, actor) -> bool:
@@ -367,12 +384,7 @@ class CarlaCore:
         return scene_from_world(self.world, hero, self.town.lanes)
 
     def stats(self) -> dict[str, float]:
-        h = self.health
-        return {
-            "server_restarts": float(h["restarts"]),
-            "tick_ms_mean": 1e3 * h["tick_seconds_mean"],
-            "tick_ms_max": 1e3 * h["tick_seconds_max"],
-        }
+        return health_stats(self.health)
 
     # --------------------------------------------------------------------------------------- close
     def _destroy_actors(self) -> None:

@@ -38,7 +38,15 @@ from carla_env.carla_server.client_process import (
     WorldSnapshotRecord,
     not_served,
 )
-from carla_env.carla_server.core import CarlaCore, on_driving_lane, recycle_reason, start_server
+from carla_env.carla_server.core import (
+    CarlaCore,
+    health_stats,
+    new_health,
+    on_driving_lane,
+    record_tick,
+    recycle_reason,
+    start_server,
+)
 from carla_env.carla_server.server import CarlaServer, ServerError
 from carla_env.config import SimulatorConfig
 from carla_env.maps.town import load_town
@@ -192,7 +200,7 @@ class IsolatedCarlaCore:
         self._scene_wanted = False
         self._episodes_since_launch = 0
         self._leftovers: list[int] = []  # the child's episode actors and sensors, until it tidies them
-        self.health = {"restarts": 0, "tick_seconds_max": 0.0, "tick_seconds_mean": 0.0, "ticks": 0}
+        self.health = new_health()
         self._connect()
 
     # --------------------------------------------------------------------------- server and child
@@ -332,10 +340,7 @@ class IsolatedCarlaCore:
             listener = self._listeners.get(sensor_id)
             for record in records if listener is not None else ():
                 listener(record)
-        s = self.health
-        s["ticks"] += 1
-        s["tick_seconds_max"] = max(s["tick_seconds_max"], dt)
-        s["tick_seconds_mean"] += (dt - s["tick_seconds_mean"]) / s["ticks"]
+        record_tick(self.health, dt)
         return frame
 
     def on_driving_lane(self, actor) -> bool:
@@ -352,12 +357,7 @@ class IsolatedCarlaCore:
         return self._scene
 
     def stats(self) -> dict[str, float]:
-        h = self.health
-        return {
-            "server_restarts": float(h["restarts"]),
-            "tick_ms_mean": 1e3 * h["tick_seconds_mean"],
-            "tick_ms_max": 1e3 * h["tick_seconds_max"],
-        }
+        return health_stats(self.health)
 
     def client_info(self) -> dict:
         """The child's pid, client class and client version (for the smoke test and diagnostics)."""
