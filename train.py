@@ -2,6 +2,7 @@
 
     python train.py experiments/dqn/config.yaml [--name N] [--dir D] [--restore | --overwrite]
                     [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
+                    [--stop-minutes M]
                     [--init-module CHECKPOINT] [--profile auto|cpu|gpu|none]
 
 Prints a progress line at least every `training.progress_seconds` with steps, rate and an ETA.
@@ -75,6 +76,16 @@ def _count(minimum: int):
     return parse
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a number of minutes, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def parse_args(argv):
     p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="experiment config YAML, e.g. experiments/dqn/config.yaml")
@@ -98,6 +109,7 @@ def parse_args(argv):
     p.add_argument("--num-env-runners", type=_count(0), metavar="K")
     p.add_argument("--stop-timesteps", type=_count(1), metavar="T")
     p.add_argument("--stop-iters", type=_count(1), metavar="I")
+    p.add_argument("--stop-minutes", type=_minutes, metavar="M", help="training wall time")
     return p.parse_args(argv)
 
 
@@ -204,12 +216,9 @@ def main(argv=None) -> int:
     overrides: dict = {"training": {}}
     if args.num_env_runners is not None:
         overrides["training"]["num_env_runners"] = args.num_env_runners
-    stop = {}
-    if args.stop_timesteps is not None:
-        stop["timesteps"] = args.stop_timesteps
-    if args.stop_iters is not None:
-        stop["iterations"] = args.stop_iters
-    if stop:
+    # Stops given here replace the config's (a --stop-iters 2 smoke run is not cut by its minutes).
+    stop = {"timesteps": args.stop_timesteps, "iterations": args.stop_iters, "minutes": args.stop_minutes}
+    if any(v is not None for v in stop.values()):
         overrides["training"]["stop"] = stop
     name = args.name or Path(args.config).resolve().parent.name
     storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
@@ -233,9 +242,20 @@ def main(argv=None) -> int:
             "--restore continues a run with the profile it was started with; drop --profile", file=sys.stderr
         )
         return 2
-    if args.restore and (args.stop_timesteps or args.stop_iters):
+    if args.restore and (args.stop_timesteps or args.stop_iters or args.stop_minutes):
         print(
-            "--restore continues a run to the stop it was started with; drop --stop-timesteps/--stop-iters",
+            "--restore continues a run to the stop it was started with; drop --stop-timesteps/--stop-iters/"
+            "--stop-minutes",
+            file=sys.stderr,
+        )
+        return 2
+    cpus = os.cpu_count() or 1
+    if not args.address and config.training.num_env_runners >= cpus:
+        # Ray would wait for CPUs this machine does not have, with no word: the profile's runner count
+        # (profiles.gpu: 14) is for a 16-CPU machine.
+        print(
+            f"training.num_env_runners: {config.training.num_env_runners} env runners need a CPU each plus one "
+            f"for the learner; this machine has {cpus}: pass --num-env-runners {max(cpus - 2, 0)}",
             file=sys.stderr,
         )
         return 2
@@ -324,8 +344,10 @@ def fit(args, config, backend, algo_config, name: str, storage: str, run_dir: Pa
         stop["num_env_steps_sampled_lifetime"] = tr.stop.timesteps
     if tr.stop.iterations:
         stop["training_iteration"] = tr.stop.iterations
+    if tr.stop.minutes:
+        stop["time_total_s"] = tr.stop.minutes * 60  # kept in the checkpoint: a restored run continues it
     reporter = ProgressReporter(
-        tr.stop.timesteps, tr.stop.iterations, tr.progress_seconds, tr.checkpoint_minutes
+        tr.stop.timesteps, tr.stop.iterations, tr.progress_seconds, tr.checkpoint_minutes, tr.stop.minutes
     )
     run_config = tune.RunConfig(
         name=name,

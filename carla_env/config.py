@@ -183,6 +183,7 @@ class ExperimentConfig(_Strict):
 class StopConfig(_Strict):
     timesteps: int | None = Field(200_000, gt=0, description="env steps sampled")
     iterations: int | None = Field(None, gt=0)
+    minutes: float | None = Field(None, gt=0, description="training wall time (Tune's time_total_s)")
 
 
 class TrainingConfig(_Strict):

@@ -81,8 +81,10 @@ class ProgressReporter(tune.Callback):
         stop_iterations: int | None,
         progress_seconds: float = 30.0,
         checkpoint_minutes: float = 5.0,
+        stop_minutes: float | None = None,
     ):
         self.stop_timesteps = stop_timesteps
+        self.stop_minutes = stop_minutes
         self.stop_iterations = stop_iterations
         self.progress_seconds = progress_seconds
         self.checkpoint_minutes = checkpoint_minutes
@@ -102,14 +104,15 @@ class ProgressReporter(tune.Callback):
         self._samples = deque(maxlen=128)  # (time, counted steps) every few seconds, for the rate
         self._stopped_at = None
         self._said_long = False
+        self._trained_s = 0.0  # the run's training time (Tune's time_total_s) at the last result
 
     # Tune pickles its callbacks with the experiment (restore unpickles them): no thread, lock or actor.
     def __getstate__(self):
-        keep = ("stop_timesteps", "stop_iterations", "progress_seconds", "checkpoint_minutes")
+        keep = ("stop_timesteps", "stop_iterations", "progress_seconds", "checkpoint_minutes", "stop_minutes")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"stop_minutes": None, **state})
         self._init_runtime()
 
     # -- Tune hooks -------------------------------------------------------------------------------
@@ -132,6 +135,7 @@ class ProgressReporter(tune.Callback):
             self._session_iterations += 1
             self._iter_start = now
             self._lifetime_at_result, self._counted_at_result = steps, counted
+            self._trained_s = float(result.get("time_total_s", self._trained_s))
             eta = self._eta(steps, now)
             self._print(
                 f"iter {self._iteration:4d}  steps {steps:8d}  {rate:7.1f} steps/s  "
@@ -207,8 +211,14 @@ class ProgressReporter(tune.Callback):
         return (c1 - c0) / (t1 - t0) if t1 - t0 >= 5.0 and c1 > c0 else 0.0
 
     def _eta(self, steps: int, now: float) -> str:
-        """The ETA to whichever stop comes first (steps or iterations), once it can be estimated."""
+        """The ETA to whichever stop comes first (steps, iterations or training minutes), once it can be
+        estimated."""
         etas = []
+        if self.stop_minutes:
+            trained = self._trained_s + (now - self._iter_start)
+            etas.append(
+                (max(self.stop_minutes * 60 - trained, 0.0), f"{self.stop_minutes:g} training minutes")
+            )
         if self.stop_timesteps:
             rate = self._rate()
             if rate > 0:
