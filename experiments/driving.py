@@ -1,7 +1,7 @@
 """Route driving on the bird's-eye view, shared by the DQN and PPO experiments: packed BEV
 observation, reward for progress along the route with penalties for leaving the lane, wrong
-heading, collisions and idling; terminates on collision, off-road, route done or (optionally)
-leaving the route."""
+heading, collisions, red-light runs and idling; terminates on collision, red-light run, off-road,
+route done or (optionally) leaving the route."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ class DrivingOptions(BaseModel):
     idle_penalty: float = 0.02  # per step below 0.5 m/s
     speeding_penalty: float = 0.0  # per step, per m/s above the lane's speed limit (experiments/ppo: 0.05)
     lane_invasion_penalty: float = 0.0  # per crossed marking event (experiments/ppo: 1.0)
+    # A red light run ends the episode with this penalty, as a collision does: counted like the
+    # leaderboard's RunningRedLightTest, it is an infraction the targets allow none of.
+    red_light_penalty: float = 10.0
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
     max_route_deviation: float = Field(0.0, ge=0.0)
@@ -55,7 +58,9 @@ class RouteDrivingExperiment(BaseExperiment):
 
     def get_done_status(self, observation, core):
         s = self.driving_state
-        return bool(s.collisions or s.off_road or s.route_done or self._off_route(s)), False
+        return bool(
+            s.collisions or s.red_light_runs or s.off_road or s.route_done or self._off_route(s)
+        ), False
 
     def compute_reward(self, observation, core) -> float:
         o, s = self.options, self.driving_state
@@ -70,6 +75,8 @@ class RouteDrivingExperiment(BaseExperiment):
             reward -= o.wrong_heading_penalty
         if s.collisions:
             reward -= o.collision_penalty
+        if s.red_light_runs:
+            reward -= o.red_light_penalty
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -13,7 +13,10 @@ SEEDS = [10_000, 10_001, 10_002, 10_003]
 
 @pytest.fixture
 def config():
-    return load_config("experiments/ppo/config.yaml", {"simulator": {"backend": "embedded"}})
+    # Without walkers: the routes and traffic these seeds were chosen on (walkers change the timing).
+    return load_config(
+        "experiments/ppo/config.yaml", {"simulator": {"backend": "embedded", "carla": {"walkers": 0}}}
+    )
 
 
 @pytest.mark.parametrize("town", ["GridTown03", "Town10HD"])
@@ -27,3 +30,33 @@ def test_a_driver_that_ignores_lights_runs_red_lights_and_the_autopilot_none(con
     # A run is penalised in the driving score as the leaderboard does (x0.7 each).
     run = next(e for e in ignores if e["red_light_runs"])
     assert run["driving_score"] <= 0.7 * run["route_completion"] + 1e-9
+
+
+def test_a_red_light_run_ends_the_episode_with_its_penalty(monkeypatch):
+    """The experiments' reward treats a red-light run as the infraction the targets allow none of: the
+    step that crosses a red stop line ends the episode and costs red_light_penalty."""
+    from carla_env.env import CarlaEnv
+    from carla_env.evaluate import AutopilotPolicy
+
+    monkeypatch.setattr(route_autopilot, "STOP_STATES", ())  # drives through red and yellow alike
+    env = CarlaEnv(
+        load_config(
+            "experiments/ppo/config.yaml", {"simulator": {"backend": "embedded", "town": "GridTown03"}}
+        )
+    )
+    penalty = env.experiment.options.red_light_penalty
+    policy = AutopilotPolicy(env)
+    ran = []
+    for seed in SEEDS:
+        obs, _ = env.reset(seed=seed)
+        policy.reset(env, seed)
+        terminated = truncated = False
+        while not (terminated or truncated):
+            obs, reward, terminated, truncated, info = env.step(policy(obs, env))
+            if info["red_light_runs"]:
+                ran.append((terminated, reward))
+                break
+    env.close()
+    assert penalty > 0 and ran, "the light-ignoring driver ran no red light on these routes"
+    for terminated, reward in ran:
+        assert terminated and reward <= -penalty + 0.5  # at most 5 m of progress (0.1 per metre) that step

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from carla_env.maps.lane_graph import MARKING, LaneGraph
 
 STATIC = ("road", "lane_solid", "lane_broken")
+WALKER_MIN_PIXELS = 3  # a walker's box is drawn at least this many pixels across
 BOX_CORNERS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], float)  # box_corners' polygon order
 _SOLID = {MARKING[k] for k in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb", "Grass")}
 _BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
@@ -255,7 +256,7 @@ class BirdviewRenderer:
                 boxes = np.vstack([past.ego[None, :], past.vehicles]) if spec.ego_history else past.vehicles
                 box_sets.append((self.index[f"vehicles@{t:g}s"], boxes))
             if "walkers" in spec.channels:
-                box_sets.append((self.index[f"walkers@{t:g}s"], past.walkers))
+                box_sets.append((self.index[f"walkers@{t:g}s"], self._visible_walkers(past.walkers)))
         self._fill_boxes(out, to_bev, box_sets, scene.ego)
         # Lights seldom change within the history: a set of stop lines already drawn is copied, not redrawn.
         drawn: dict[bytes, int] = {}
@@ -308,6 +309,16 @@ class BirdviewRenderer:
     @staticmethod
     def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
         return np.round(xy @ m[:, :2].T + m[:, 2]).astype(np.int32)
+
+    def _visible_walkers(self, walkers: np.ndarray) -> np.ndarray:
+        """Walker boxes at least WALKER_MIN_PIXELS across: a 0.5 m pedestrian is one pixel at 2 px/m, too
+        small for a CNN to see reliably (Roach enlarges walkers in its BEV for the same reason)."""
+        if not len(walkers):
+            return walkers
+        half = 0.5 * WALKER_MIN_PIXELS / self.spec.pixels_per_meter
+        out = walkers.copy()
+        out[:, 3:5] = np.maximum(out[:, 3:5], half)
+        return out
 
     def _fill_boxes(self, out: np.ndarray, to_bev: np.ndarray, box_sets: list, ego: np.ndarray) -> None:
         if not box_sets:  # no box channel in this spec
