@@ -215,20 +215,20 @@ def test_demo_with_a_garbage_town_is_one_line_blaming_the_flag(tmp_path):
 
 
 def test_a_mistake_in_a_hardware_profile_fails_at_load_on_any_machine(tmp_path):
-    """profiles.cpu is merged only without a GPU; its typo is still reported on every machine."""
+    """profiles.gpu is merged only with a GPU; its typo is still reported on every machine."""
     base = yaml.safe_load(Path("experiments/dqn/config.yaml").read_text())
-    base["profiles"]["cpu"]["training"]["modle"] = {}
+    base["profiles"]["gpu"]["training"]["modle"] = {}
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(base))
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert (
         str(e.value)
-        == f"config error in {path} with profiles.cpu: training.modle: unknown key; did you mean 'model'?"
+        == f"config error in {path} with profiles.gpu: training.modle: unknown key; did you mean 'model'?"
     )
-    base["profiles"]["cpu"] = {"simulator": {"backend": "carla"}}
+    base["profiles"]["gpu"] = {"simulator": {"backend": "carla"}}
     path.write_text(yaml.safe_dump(base))
     with pytest.raises(
-        ConfigError, match="profiles.cpu.simulator.backend: a profile cannot choose the backend"
+        ConfigError, match="profiles.gpu.simulator.backend: a profile cannot choose the backend"
     ):
         load_config(path)

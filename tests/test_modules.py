@@ -30,9 +30,10 @@ def test_the_ppo_module_learns_from_the_bev_packed_or_not(packed):
             },
         )
     )
-    channels = env.config.experiment.sensors["birdview"].num_channels  # 25 with the speed bar
-    assert env.observation_space.shape == ((channels + 7) // 8 if packed else channels, 48, 48)
-    assert encoder_space(env.observation_space).shape == (48, 48, 32 if packed else channels)
+    channels = env.config.experiment.sensors["birdview"].num_channels  # 15: two frames and the speed bar
+    packed_bytes = (channels + 7) // 8
+    assert env.observation_space.shape == (packed_bytes if packed else channels, 48, 48)
+    assert encoder_space(env.observation_space).shape == (48, 48, 8 * packed_bytes if packed else channels)
     obs = [env.reset(seed=0)[0]]
     for _ in range(7):
         obs.append(env.step(env.action_space.sample())[0])

@@ -211,32 +211,41 @@ def test_auto_is_pinned_once_and_a_resumed_run_keeps_its_backend(tmp_path, monke
 
 
 @pytest.mark.parametrize("exp", ["dqn", "ppo"])
-def test_without_a_gpu_the_cpu_profile_is_merged_saved_and_named(tmp_path, monkeypatch, exp):
-    """`make train` on a CPU-only machine trains the config's profiles.cpu (a smaller BEV and network),
-    says so in the first line, saves the merged config, and a resumed run keeps it even on a GPU."""
+def test_on_a_gpu_the_gpu_profile_is_merged_saved_and_named(tmp_path, monkeypatch, exp):
+    """`make train` on a GPU machine trains the config's profiles.gpu (runners on the GPU, generated
+    towns only, a stop in minutes), says so in the first line, saves the merged config, and a resumed
+    run keeps it even without a GPU. Both hardware paths build the same observation and network, so a
+    module trained on either (experiments/EXP/pretrained) drives on the other."""
     from carla_env.config import load_config
+    from carla_env.env import CarlaEnv
+    from carla_env.evaluate import HELD_OUT_TOWN
     from train import CONFIG_NAME, first_line, load_run_config, save_config
 
-    monkeypatch.setattr("train.has_gpu", lambda: False)
+    monkeypatch.setattr("train.has_gpu", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda index: "NVIDIA H200")
     path = ROOT / f"experiments/{exp}/config.yaml"
     config, choice = load_run_config(path, {"training": {"num_env_runners": 3}}, None)
-    assert config.profile == "cpu" and config.profiles == {}
-    assert config.experiment.sensors["birdview"].size == 64
-    assert config.training.model["conv_filters"][0] == [16, [4, 4], 4]
+    assert config.profile == "gpu" and config.profiles == {}
     assert config.training.num_env_runners == 3  # a command-line option wins over the profile
-    assert config.experiment.route_length == 250  # what the profile leaves alone stays
-    assert "learner on CPU (no CUDA GPU), CPU profile (profiles.cpu of the config)" in first_line(
+    assert config.training.stop.minutes and config.training.stop.timesteps is None
+    towns = config.simulator.town
+    assert len(towns) >= 4 and HELD_OUT_TOWN not in towns
+    assert all(t.startswith(("GridTown", "grid:")) for t in towns)  # every real CARLA town is held out
+    assert "learner on GPU (NVIDIA H200), GPU profile (profiles.gpu of the config)" in first_line(
         config, choice, exp, str(tmp_path)
     )
     run = tmp_path / "run"
     save_config(config, run / CONFIG_NAME)
-    monkeypatch.setattr("train.has_gpu", lambda: True)
+    monkeypatch.setattr("train.has_gpu", lambda: False)
     resumed, _ = load_run_config(path, {}, run)
-    assert resumed == load_config(run / CONFIG_NAME) and resumed.profile == "cpu"
-    fresh, _ = load_run_config(path, {}, None)  # with a GPU: no gpu profile, the config as written
-    assert fresh.profile is None and fresh.experiment.sensors["birdview"].size == 192
-    assert load_run_config(path, {}, None, "cpu")[0].profile == "cpu"  # --profile cpu on a GPU machine
-    assert load_run_config(path, {}, None, "none")[0].experiment.sensors["birdview"].size == 192
+    assert resumed == load_config(run / CONFIG_NAME) and resumed.profile == "gpu"
+    on_cpu, _ = load_run_config(path, {}, None)
+    assert on_cpu.profile is None and on_cpu.simulator.town == "GridTown01"
+    assert CarlaEnv(on_cpu).observation_space == CarlaEnv(config).observation_space
+    assert on_cpu.training.model == config.training.model
+    assert load_run_config(path, {}, None, "gpu")[0].profile == "gpu"  # --profile gpu without a GPU
+    monkeypatch.setattr("train.has_gpu", lambda: True)
+    assert load_run_config(path, {}, None, "none")[0] == on_cpu  # --profile none: the config as written
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
@@ -350,6 +359,16 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
     line = one_line(train(cfg, "--dir", runs, "--num-env-runners", "-1"))
     assert line == "train.py: argument --num-env-runners: must be >= 0, got -1 (--help lists the options)"
 
+    line = one_line(train(cfg, "--dir", runs, "--stop-minutes", "0"))
+    assert line == "train.py: argument --stop-minutes: must be > 0, got 0 (--help lists the options)"
+
+    cpus = os.cpu_count()  # Ray would wait for CPUs that are not there, without a word
+    line = one_line(train(cfg, "--dir", runs, "--num-env-runners", str(cpus)))
+    assert line == (
+        f"training.num_env_runners: {cpus} env runners need a CPU each plus one for the learner; "
+        f"this machine has {cpus}: pass --num-env-runners {max(cpus - 2, 0)}"
+    )
+
     line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))
     assert line == f"{cfg} has no profiles.gpu (its profiles: none)"
 
@@ -383,7 +402,17 @@ def test_progress_lock_and_ctrl_c_checkpoint(tmp_path):
     cfg.write_text(yaml.safe_dump(data))
     run = runs / "live"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), cfg, "--name", "live", "--dir", runs, "--stop-iters", "100"],
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            cfg,
+            "--name",
+            "live",
+            "--dir",
+            runs,
+            "--stop-timesteps",
+            "200000",
+        ],
         cwd=ROOT,
         start_new_session=True,  # its own process group: Ctrl-C in a terminal signals the whole group
         stdout=subprocess.PIPE,
@@ -445,3 +474,24 @@ def test_checkpoints_by_wall_time(tmp_path):
         "checkpoint_000000",  # iteration 1, by time
         "checkpoint_000001",  # iteration 2, by time (the end one is the same)
     ]
+
+
+def test_a_stop_in_minutes_ends_the_run_after_that_much_training(tmp_path):
+    """stop.minutes (the GPU profiles' 20 and 30) ends a run by Tune's training time, and the progress
+    lines' ETA counts down to it; a command-line stop replaces the config's."""
+    import csv
+
+    cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
+    proc = train(cfg, "--name", "minutes", "--dir", runs, "--stop-minutes", "0.05")  # 3 s
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    iterations = [line for line in proc.stdout.splitlines() if line.startswith("iter ")]
+    assert iterations and all("to 0.05 training minutes" in line for line in iterations), proc.stdout
+    (progress,) = (runs / "minutes").glob("*/progress.csv")
+    rows = list(csv.DictReader(progress.open()))
+    times = [float(row["time_total_s"]) for row in rows]
+    assert times[-1] >= 3.0 and all(t < 3.0 for t in times[:-1])  # stopped at the first result past 3 s
+    assert yaml.safe_load((runs / "minutes" / "carla_env_config.yaml").read_text())["training"]["stop"] == {
+        "timesteps": None,
+        "iterations": None,
+        "minutes": 0.05,
+    }

@@ -62,10 +62,10 @@ def test_inference_video_frames_show_the_ego():
         frame = env.render()
     finally:
         env.close()
-    spec = BirdviewSpec()
+    spec = env.config.experiment.sensors["birdview"]
     assert frame.shape == (spec.size, spec.size, 3)
     assert ego_pixels(frame)[spec.size - spec.ego_offset, spec.size // 2]
-    assert ego_pixels(frame).sum() > 100  # a car's box, not a dot
+    assert ego_pixels(frame).sum() > 4 * spec.pixels_per_meter**2  # a car's box (> 4 m^2), not a dot
 
 
 def test_preview_writes_under_runs_by_default_and_says_where(tmp_path):
