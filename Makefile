@@ -10,7 +10,8 @@ TOWN ?= GridTown01
 
 help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
-	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (or CHECKPOINT=...): table, JSON, video"
+	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (none yet: the shipped pretrained module;"
+	@echo "                     or CHECKPOINT=...): table, JSON, video"
 	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2|all] [EPISODES=10] [MAPS=../shared/maps]"
 	@echo "                     score a policy per town and overall, say where the targets are met; TOWNS=all:"
 	@echo "                     the held-out town + Town01/02/04/10HD from MAPS or CARLA_ROOT, 50 episodes each"
@@ -46,7 +47,8 @@ train: $(STAMP)
 	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
 endif
 
-CHECKPOINT ?= runs/$(EXP)
+# runs/EXP once trained; before that the module shipped in experiments/EXP/pretrained.
+CHECKPOINT ?= $(if $(wildcard runs/$(EXP)),runs/$(EXP),experiments/$(EXP)/pretrained)
 infer: $(STAMP)
 	$(PY) infer.py $(CHECKPOINT) --episodes 5 --video runs/$(EXP)-infer.mp4 --json runs/$(EXP)-infer.json
 
