@@ -83,12 +83,22 @@ def main(argv=None) -> int:
             writer.release()
     keys = ["return", *DrivingMetrics().summary()]
     mean = {key: float(np.mean([e.get(key, np.nan) for e in episodes])) for key in keys}
-    print(f"\ncheckpoint: {checkpoint}\n" + "".join(f"{key:>24}  {mean[key]:10.3f}\n" for key in keys))
+    town = env.simulator_config.town  # a config's town list: the first, as env runner 0 drives it
+    print(
+        f"\ncheckpoint: {checkpoint}\ntown: {town}, {config.simulator.traffic.vehicles} vehicles, "
+        f"{config.simulator.carla.walkers} walkers\n"
+        + "".join(f"{key:>30}  {mean[key]:10.3f}\n" for key in keys)
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "mean": mean, "episodes": episodes}, indent=2)
+            json.dumps(
+                {"checkpoint": str(checkpoint), "town": town, "mean": mean, "episodes": episodes}, indent=2
+            )
         )
+    written = [str(p) for p in (args.video if writer is not None else None, args.json) if p is not None]
+    if written:
+        print("wrote " + ", ".join(written))
     return 0
 
 

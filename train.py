@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     if args.restore and (args.stop_timesteps or args.stop_iters or args.stop_minutes):
         print(
             "--restore continues a run to the stop it was started with; drop --stop-timesteps/--stop-iters/"
-            "--stop-minutes",
+            "--stop-minutes (to train a finished run further: a new --name with --init-module <its checkpoint>)",
             file=sys.stderr,
         )
         return 2
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         # (profiles.gpu: 14) is for a 16-CPU machine.
         print(
             f"training.num_env_runners: {config.training.num_env_runners} env runners need a CPU each plus one "
-            f"for the learner; this machine has {cpus}: pass --num-env-runners {max(cpus - 2, 0)}",
+            f"for the learner; this machine has {cpus}: pass --num-env-runners {cpus - 1} or fewer",
             file=sys.stderr,
         )
         return 2

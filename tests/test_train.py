@@ -366,7 +366,7 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
     line = one_line(train(cfg, "--dir", runs, "--num-env-runners", str(cpus)))
     assert line == (
         f"training.num_env_runners: {cpus} env runners need a CPU each plus one for the learner; "
-        f"this machine has {cpus}: pass --num-env-runners {max(cpus - 2, 0)}"
+        f"this machine has {cpus}: pass --num-env-runners {cpus - 1} or fewer"
     )
 
     line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))

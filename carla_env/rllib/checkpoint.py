@@ -32,7 +32,8 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
-            f"checkpoint not found: {path}; give a checkpoint_* folder or a run folder of train.py"
+            f"checkpoint not found: {path}; give a checkpoint_* folder or a run folder of train.py "
+            "(none yet: train one, e.g. make train EXP=ppo)"
         )
     if (path / MODULE_PATH).is_dir():
         return path
