@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         frame = env.render()
         if frame is None:
             return
-        # A small BEV (the CPU profile's 64 px) scaled up by whole pixels, so it can be watched.
+        # A small BEV (the experiments' 64 px) scaled up by whole pixels, so it can be watched.
         scale = -(-MIN_VIDEO_PIXELS // max(frame.shape[:2]))
         if scale > 1:
             frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)

@@ -24,6 +24,7 @@ env_steps_per_s_cpu_time: the same steps over this thread's CPU time, for a mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -153,9 +154,17 @@ def measure_env(config, steps: int, warmup: int = 300, seed: int = 0) -> dict:
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def pin_to_one_core() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+@contextlib.contextmanager
+def one_core():
+    """This process on its first allowed core (where the OS lets a process choose), then as before."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if allowed:
+        os.sched_setaffinity(0, {sorted(allowed)[0]})
+    try:
+        yield
+    finally:
+        if allowed:
+            os.sched_setaffinity(0, allowed)
 
 
 def main() -> None:
@@ -168,13 +177,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args()
-    pin_to_one_core()
     from carla_env.config import load_config
 
     config = load_config(
         ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
     )
-    result = {"exp": args.exp, **measure_env(config, args.steps, args.warmup, args.seed)}
+    with one_core():
+        result = {"exp": args.exp, **measure_env(config, args.steps, args.warmup, args.seed)}
     result.update({"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)})
     print(json.dumps(result) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
 

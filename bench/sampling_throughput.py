@@ -150,15 +150,11 @@ def main() -> None:
     gpus = config.training.gpus_per_runner if args.gpus_per_runner is None else args.gpus_per_runner
     out = {"exp": args.exp, "cpus": os.cpu_count()}
     if args.ceiling_steps:
-        from bench.env_throughput import measure_env
+        from bench.env_throughput import measure_env, one_core
 
         ceiling_config = load_config(ROOT / "experiments" / args.ceiling_exp / "config.yaml", embedded)
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        if affinity:
-            os.sched_setaffinity(0, {sorted(affinity)[0]})  # one core, as env_throughput measures it
-        env = measure_env(ceiling_config, args.ceiling_steps)
-        if affinity:
-            os.sched_setaffinity(0, affinity)
+        with one_core():  # as env_throughput measures it
+            env = measure_env(ceiling_config, args.ceiling_steps)
         out.update(ceiling_exp=args.ceiling_exp, env_ceiling_per_s=env["env_steps_per_s"])
     init_ray(ROOT)
     if args.profile:
