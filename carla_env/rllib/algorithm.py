@@ -23,11 +23,11 @@ def build_algo_config(config):
 
     probe = CarlaEnv(config)  # spaces only: no world is built before reset
     tr = config.training
-    algo_class, module, catalog = {
+    config_class, module, catalog = {
         "DQN": (DQNConfig, BevDQNModule, BevDQNCatalog),
         "PPO": (PPOConfig, BevPPOModule, BevPPOCatalog),
     }[tr.algorithm]
-    algo = algo_class().environment(ENV_NAME, env_config=config.model_dump())
+    algo = config_class(algo_class=algorithm_class(config)).environment(ENV_NAME, env_config=config.model_dump())
     gpu = has_gpu()
     runner_gpus = tr.gpus_per_runner if gpu else 0.0
     if runner_gpus * max(tr.num_env_runners, 1) >= 1.0:
@@ -54,7 +54,7 @@ def build_algo_config(config):
         except TypeError as e:
             key = "settings" if section == "training" else section
             raise ConfigError(
-                f"config error: training.{key}: {e}; see {algo_class.__name__}.{section}() for valid keys"
+                f"config error: training.{key}: {e}; see {config_class.__name__}.{section}() for valid keys"
             ) from None
     algo = algo.fault_tolerance(**runner_fault_tolerance(config))
     algo = algo.callbacks(DrivingMetricsCallback)
@@ -63,6 +63,20 @@ def build_algo_config(config):
     return algo.learners(
         num_gpus_per_learner=round(1.0 - runner_gpus * tr.num_env_runners, 3) if runner_gpus else 1
     )
+
+
+def algorithm_class(config):
+    """RLlib's algorithm, or ArrayReplayDQN where DQN's replay_buffer_config.type is TransitionReplay."""
+    tr = config.training
+    buffer = tr.settings.get("replay_buffer_config", {}).get("type")
+    if tr.algorithm == "DQN" and buffer == "TransitionReplay":
+        from carla_env.rllib.replay import ArrayReplayDQN
+
+        return ArrayReplayDQN
+    from ray.rllib.algorithms.dqn import DQN
+    from ray.rllib.algorithms.ppo import PPO
+
+    return {"DQN": DQN, "PPO": PPO}[tr.algorithm]
 
 
 def runner_fault_tolerance(config) -> dict:

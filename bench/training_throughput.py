@@ -1,0 +1,117 @@
+"""Env steps per second end to end (sampling and learning) for an experiment's config, and where a
+training step's time goes (RLlib's own timers).
+
+    python bench/training_throughput.py --exp dqn --json
+    python bench/training_throughput.py --exp dqn --profile gpu --replay PrioritizedEpisodeReplayBuffer,TransitionReplay --json
+    python bench/training_throughput.py --exp ppo --profile gpu --iterations 3 --json
+
+Each variant builds the algorithm from the config (with profiles.NAME merged where --profile names
+one), trains --warmup iterations untimed (learning starts, kernels compile), then --iterations timed
+ones. --replay (DQN) runs one variant per replay buffer type, same config otherwise, so the rows
+compare in one run; the first row is the base of `speedup`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the experiment the config names ('module:Class') imports from here
+
+# RLlib's timers for a training step, in seconds a step (the mean over the timed iterations).
+TIMERS = (
+    "training_step",
+    "env_runner_sampling_timer",
+    "replay_buffer_add_data_timer",
+    "replay_buffer_sampling_timer",
+    "learner_update_timer",
+    "replay_buffer_update_prios_timer",
+    "synch_weights",
+    "restore_env_runners",
+)
+
+
+def measure(config, warmup: int, iterations: int) -> dict:
+    from carla_env.rllib.algorithm import build_algo_config
+
+    algo = build_algo_config(config).build_algo()
+    try:
+        for _ in range(warmup):
+            result = algo.train()
+        steps0 = result["env_runners"]["num_env_steps_sampled_lifetime"] if warmup else 0
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            result = algo.train()
+        elapsed = time.perf_counter() - t0
+    finally:
+        algo.stop()
+    steps = result["env_runners"]["num_env_steps_sampled_lifetime"] - steps0
+    timers = result.get("timers", {})
+    return {
+        "algorithm": type(algo).__name__,
+        "env_steps": int(steps),
+        "seconds": round(elapsed, 1),
+        "env_steps_per_s": round(steps / elapsed, 1),
+        "timers_s": {k: round(float(timers[k]), 4) for k in TIMERS if k in timers},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", default="dqn", help="experiment folder under experiments/")
+    p.add_argument("--profile", default=None, help="merge the config's profiles.NAME (e.g. gpu)")
+    p.add_argument("--runners", type=int, default=None, help="num_env_runners (default: the config's)")
+    p.add_argument("--replay", default=None, help="DQN: comma-separated replay_buffer_config.type, one row each")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training iterations first")
+    p.add_argument("--iterations", type=int, default=3, help="timed training iterations")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    import ray
+
+    from carla_env.config import apply_profile, load_config
+    from carla_env.rllib.algorithm import init_ray
+
+    source = ROOT / "experiments" / args.exp / "config.yaml"
+    overrides = {"simulator": {"backend": "embedded"}}
+    if args.runners is not None:
+        overrides["training"] = {"num_env_runners": args.runners}
+    config = load_config(source, overrides)
+    if args.profile:
+        config = apply_profile(config, args.profile, overrides, str(source))
+    replays = args.replay.split(",") if args.replay else [None]
+    init_ray(ROOT)
+    rows = []
+    for replay in replays:
+        variant = config
+        if replay:
+            settings = dict(config.training.settings)
+            settings["replay_buffer_config"] = {**settings.get("replay_buffer_config", {}), "type": replay}
+            variant = config.model_copy(
+                update={"training": config.training.model_copy(update={"settings": settings})}
+            )
+        row = measure(variant, args.warmup, args.iterations)
+        row["replay"] = replay or config.training.settings.get("replay_buffer_config", {}).get("type")
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = round(row["env_steps_per_s"] / rows[0]["env_steps_per_s"], 2)
+    tr = config.training
+    out = {
+        "exp": args.exp,
+        "profile": args.profile,
+        "cpus": os.cpu_count(),
+        "num_env_runners": tr.num_env_runners,
+        "envs_per_runner": tr.envs_per_runner,
+        "settings": {k: v for k, v in tr.settings.items() if k != "replay_buffer_config"},
+        "rows": rows,
+    }
+    print(json.dumps(out) if args.json else "\n".join(map(str, rows)))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""DQN with its replay in flat numpy arrays: what RLlib 2.60's new-stack DQN spends most of a training
+step on, done in a few vectorised operations.
+
+RLlib's PrioritizedEpisodeReplayBuffer keeps Python episode objects: each sample of 256 builds 256
+one-transition episodes with their n-step sums, and the learner connector turns them back into a batch
+(~50 ms a sample on one core, more than the GPU update it feeds). TransitionReplay stores each
+observation once in a frame ring, each n-step transition as indices into it, and samples a ready
+train batch (obs, new_obs, actions, rewards, terminateds, n_step, weights) by proportional priority.
+ArrayReplayDQN is RLlib's DQN with that buffer: sampling, learner, target network and weight sync
+are RLlib's own; only the buffer and the batch's way to the learner change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray.rllib.algorithms.dqn.dqn import DQN, calculate_rr_weights
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ALL_MODULES
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_AGENT_STEPS_SAMPLED_LIFETIME,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    REPLAY_BUFFER_ADD_DATA_TIMER,
+    REPLAY_BUFFER_SAMPLE_TIMER,
+    REPLAY_BUFFER_UPDATE_PRIOS_TIMER,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TD_ERROR_KEY,
+    TIMERS,
+)
+from ray.rllib.utils.numpy import convert_to_numpy
+
+BUFFER_TYPE = "TransitionReplay"  # replay_buffer_config.type that selects ArrayReplayDQN
+
+
+class TransitionReplay:
+    """Proportional prioritised n-step replay of single-agent episode chunks, in numpy arrays.
+
+    Observations live in a ring of frames (one per env step plus each episode's last); a transition
+    holds the frame counters of its observation and of the one n steps later, so nothing is copied
+    twice. Chunks of a running episode arrive one sample call at a time: the last n-1 steps of a
+    chunk wait (per episode id) until the steps after them, or the episode's end, arrive.
+    A truncated episode bootstraps from its last observation; a terminated one does not.
+    """
+
+    def __init__(self, capacity: int, *, n_step: int, gamma: float, alpha: float = 0.6, seed: int | None = None):
+        if capacity < 1 or n_step < 1:
+            raise ValueError(f"capacity ({capacity}) and n_step ({n_step}) must be at least 1")
+        self.capacity, self.n_step, self.gamma, self.alpha = capacity, n_step, gamma, alpha
+        # Each episode adds one frame past its steps; a quarter more frames than transitions covers
+        # episodes as short as 4 steps before a transition's frames could be overwritten.
+        self.frame_capacity = capacity + capacity // 4 + 1
+        self.frames: np.ndarray | None = None  # allocated at the first add, from the obs' shape and dtype
+        self.frames_written = 0
+        self.obs_frame = np.zeros(capacity, np.int64)  # frame counters, not ring slots
+        self.next_frame = np.zeros(capacity, np.int64)
+        self.actions = np.zeros(capacity, np.int64)
+        self.returns = np.zeros(capacity, np.float32)
+        self.steps = np.zeros(capacity, np.int64)  # n of the n-step return (fewer at an episode's end)
+        self.terminated = np.zeros(capacity, bool)
+        self.priority = np.zeros(capacity, np.float64)  # priority ** alpha; 0 = empty or stale
+        self.max_priority = 1.0
+        self.added = 0  # transitions ever added
+        self.open: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # id -> waiting frames, actions, rewards
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return min(self.added, self.capacity)
+
+    def add(self, episodes) -> None:
+        for episode in episodes:
+            self._add_chunk(episode)
+
+    def _write_frames(self, observations: np.ndarray) -> np.ndarray:
+        if self.frames is None:
+            self.frames = np.zeros((self.frame_capacity, *observations.shape[1:]), observations.dtype)
+        counters = self.frames_written + np.arange(len(observations))
+        self.frames[counters % self.frame_capacity] = observations
+        self.frames_written += len(observations)
+        return counters
+
+    def _add_chunk(self, episode) -> None:
+        observations = np.asarray(episode.get_observations())
+        actions = np.asarray(episode.get_actions(), np.int64)
+        rewards = np.asarray(episode.get_rewards(), np.float32)
+        waiting = self.open.pop(episode.id_, None)
+        if waiting is None:
+            frames = self._write_frames(observations)
+        else:  # a successor chunk: its first observation is the last one of the chunk before
+            frames = np.concatenate([waiting[0], self._write_frames(observations[1:])])
+            actions = np.concatenate([waiting[1], actions])
+            rewards = np.concatenate([waiting[2], rewards])
+        steps = len(actions)
+        done = episode.is_terminated or episode.is_truncated
+        n = self.n_step
+        # Transitions whose n-th next observation is here, or all of them once the episode has ended.
+        ready = steps if done else max(steps - n + 1, 0)
+        if not done:
+            start = ready
+            self.open[episode.id_] = (frames[start:], actions[start:], rewards[start:])
+        if ready == 0:
+            return
+        t = np.arange(ready)
+        span = np.minimum(n, steps - t)
+        returns = np.zeros(ready, np.float32)
+        for k in range(n):
+            inside = k < span
+            returns[inside] += self.gamma**k * rewards[t[inside] + k]
+        self._append(
+            frames[t], frames[t + span], actions[:ready], returns, span, episode.is_terminated & (t + span == steps)
+        )
+
+    def _append(self, obs_frame, next_frame, actions, returns, span, terminated) -> None:
+        slots = (self.added + np.arange(len(actions))) % self.capacity
+        self.obs_frame[slots] = obs_frame
+        self.next_frame[slots] = next_frame
+        self.actions[slots] = actions
+        self.returns[slots] = returns
+        self.steps[slots] = span
+        self.terminated[slots] = terminated
+        self.priority[slots] = self.max_priority
+        self.added += len(actions)
+
+    def sample(self, size: int, beta: float = 0.4) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A train batch of `size` transitions drawn by priority, and their slots (for
+        update_priorities). `weights` are the importance weights, normalised to a maximum of 1."""
+        self._drop_stale()
+        cumulative = np.cumsum(self.priority)
+        total = cumulative[-1]
+        if total <= 0:
+            raise ValueError("sample() from an empty replay buffer")
+        slots = np.searchsorted(cumulative, self.rng.uniform(0, total, size), side="right")
+        slots = np.minimum(slots, self.capacity - 1)
+        probability = self.priority[slots] / total
+        weights = (len(self) * probability) ** -beta
+        weights /= weights.max()
+        batch = {
+            Columns.OBS: self.frames[self.obs_frame[slots] % self.frame_capacity],
+            Columns.NEXT_OBS: self.frames[self.next_frame[slots] % self.frame_capacity],
+            Columns.ACTIONS: self.actions[slots],
+            Columns.REWARDS: self.returns[slots],
+            Columns.TERMINATEDS: self.terminated[slots],
+            "n_step": self.steps[slots].astype(np.float32),
+            "weights": weights.astype(np.float32),
+        }
+        return batch, slots
+
+    def _drop_stale(self) -> None:
+        """Transitions whose frames have been overwritten (only possible after very short episodes)
+        are never drawn."""
+        oldest_frame = self.frames_written - self.frame_capacity
+        if oldest_frame > 0:
+            stale = (self.obs_frame < oldest_frame) & (self.priority > 0)
+            self.priority[stale] = 0.0
+
+    def update_priorities(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
+        priority = (np.abs(td_errors) + 1e-6) ** self.alpha
+        self.priority[slots] = priority
+        self.max_priority = max(self.max_priority, float(priority.max()))
+
+
+class ArrayReplayDQN(DQN):
+    """RLlib's DQN, its replay a TransitionReplay (replay_buffer_config.type: TransitionReplay)."""
+
+    def _create_local_replay_buffer_if_necessary(self, config):
+        settings = config["replay_buffer_config"]
+        return TransitionReplay(
+            int(settings["capacity"]),
+            n_step=int(config["n_step"]),
+            gamma=float(config["gamma"]),
+            alpha=float(settings.get("alpha", 0.6)),
+            seed=config.get("seed"),
+        )
+
+    def _training_step_new_api_stack(self):
+        store_weight, sample_and_train_weight = calculate_rr_weights(self.config)
+        for _ in range(store_weight):
+            with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+                episodes, env_runner_results = synchronous_parallel_sample(
+                    worker_set=self.env_runner_group,
+                    concat=True,
+                    sample_timeout_s=self.config.sample_timeout_s,
+                    _uses_new_env_runners=True,
+                    _return_metrics=True,
+                )
+            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+                self.local_replay_buffer.add(episodes)
+
+        sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        if sampled < self.config.num_steps_sampled_before_learning_starts or not len(self.local_replay_buffer):
+            return
+        beta = self.config.replay_buffer_config.get("beta", 0.4)
+        for _ in range(sample_and_train_weight):
+            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
+                batch, slots = self.local_replay_buffer.sample(self.config.total_train_batch_size, beta)
+            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+                learner_results = self.learner_group.update(
+                    batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=len(slots)),
+                    timesteps={
+                        NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
+                        NUM_AGENT_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                            (ENV_RUNNER_RESULTS, NUM_AGENT_STEPS_SAMPLED_LIFETIME), default=0
+                        ),
+                    },
+                )
+                # TD errors are per sample: kept out of the logged results, used for the priorities.
+                td_errors = np.concatenate(
+                    [
+                        convert_to_numpy(res[DEFAULT_MODULE_ID].pop(TD_ERROR_KEY).peek())
+                        for res in learner_results
+                        if TD_ERROR_KEY in res.get(DEFAULT_MODULE_ID, {})
+                    ]
+                )
+                self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_UPDATE_PRIOS_TIMER)):
+                self.local_replay_buffer.update_priorities(slots, td_errors)
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group,
+                policies=set(learner_results[0].keys()) - {ALL_MODULES},
+                global_vars=None,
+                inference_only=True,
+            )

@@ -1,0 +1,157 @@
+"""TransitionReplay (carla_env/rllib/replay.py): n-step transitions from episode chunks as RLlib's env
+runners return them, checked against a brute-force n-step computation over whole episodes."""
+
+import numpy as np
+import pytest
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from carla_env.rllib.replay import TransitionReplay
+
+GAMMA = 0.9
+
+
+def episode_chunks(index: int, length: int, cut_every: int, *, terminated: bool, rng):
+    """One episode of `length` steps as an env runner hands it over: chunks of `cut_every` steps, each
+    successor starting from the last observation of the one before. Observation = (episode, t)."""
+    rewards = rng.normal(size=length).astype(np.float32)
+    actions = rng.integers(0, 5, size=length)
+    episode = SingleAgentEpisode(observations=[np.array([index, 0], np.int32)])
+    chunks = []
+    for t in range(length):
+        last = t == length - 1
+        episode.add_env_step(
+            np.array([index, t + 1], np.int32),
+            int(actions[t]),
+            float(rewards[t]),
+            terminated=last and terminated,
+            truncated=last and not terminated,
+        )
+        if last or (t + 1) % cut_every == 0:
+            chunks.append(episode.to_numpy())
+            if not last:
+                episode = episode.cut()
+    return chunks, actions, rewards
+
+
+def expected_transitions(index, actions, rewards, n, terminated):
+    length = len(actions)
+    out = {}
+    for t in range(length):
+        span = min(n, length - t)
+        out[(index, t)] = dict(
+            action=actions[t],
+            reward=sum(GAMMA**k * rewards[t + k] for k in range(span)),
+            next=(index, t + span),
+            n_step=span,
+            terminated=terminated and t + span == length,
+        )
+    return out
+
+
+def everything(buffer: TransitionReplay) -> dict:
+    """Every stored transition, keyed by its observation, drawn with a batch as large as the buffer's
+    contents many times over (priorities are all equal here)."""
+    batch, _ = buffer.sample(len(buffer) * 40)
+    got = {}
+    for i in range(len(batch[Columns.ACTIONS])):
+        key = tuple(int(v) for v in batch[Columns.OBS][i])
+        got[key] = dict(
+            action=int(batch[Columns.ACTIONS][i]),
+            reward=float(batch[Columns.REWARDS][i]),
+            next=tuple(int(v) for v in batch[Columns.NEXT_OBS][i]),
+            n_step=int(batch["n_step"][i]),
+            terminated=bool(batch[Columns.TERMINATEDS][i]),
+        )
+    return got
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_interleaved_chunks_give_the_n_step_transitions_of_whole_episodes(n):
+    rng = np.random.default_rng(0)
+    buffer = TransitionReplay(1000, n_step=n, gamma=GAMMA, seed=0)
+    episodes = [
+        episode_chunks(0, 17, 4, terminated=True, rng=rng),  # chunks of 4 steps, a collision at the end
+        episode_chunks(1, 9, 2, terminated=False, rng=rng),  # chunks shorter than n, a time-out
+        episode_chunks(2, 2, 5, terminated=True, rng=rng),  # shorter than n altogether
+        episode_chunks(3, 11, 1, terminated=False, rng=rng),
+    ]
+    want = {}
+    for i, (_, actions, rewards) in enumerate(episodes):
+        want.update(expected_transitions(i, actions, rewards, n, terminated=i in (0, 2)))
+    # Sample calls hand over one chunk of every running episode at a time, interleaved.
+    rounds = max(len(chunks) for chunks, _, _ in episodes)
+    for r in range(rounds):
+        buffer.add([chunks[r] for chunks, _, _ in episodes if r < len(chunks)])
+    assert len(buffer) == len(want) == 17 + 9 + 2 + 11
+    got = everything(buffer)
+    assert got.keys() == want.keys()
+    for key, transition in want.items():
+        assert got[key]["action"] == transition["action"], key
+        assert got[key]["reward"] == pytest.approx(transition["reward"], rel=1e-5), key
+        for field in ("next", "n_step", "terminated"):
+            assert got[key][field] == transition[field], (key, field)
+    assert not buffer.open  # every episode ended: nothing waits
+
+
+def test_steps_of_a_running_episode_wait_for_their_n_th_next_observation():
+    rng = np.random.default_rng(1)
+    buffer = TransitionReplay(100, n_step=3, gamma=GAMMA)
+    chunks, _, _ = episode_chunks(0, 10, 5, terminated=True, rng=rng)
+    buffer.add(chunks[:1])
+    assert len(buffer) == 3  # steps 0..2 have t+3 <= 5; steps 3 and 4 wait
+    assert set(everything(buffer)) == {(0, 0), (0, 1), (0, 2)}
+    buffer.add(chunks[1:])
+    assert len(buffer) == 10
+
+
+def test_priorities_steer_sampling_and_importance_weights_correct_it():
+    rng = np.random.default_rng(2)
+    buffer = TransitionReplay(100, n_step=1, gamma=GAMMA, alpha=1.0, seed=3)
+    chunks, _, _ = episode_chunks(0, 20, 20, terminated=True, rng=rng)
+    buffer.add(chunks)
+    # One transition 100x the others' TD error: drawn about 100/119 of the time, with the lowest weight.
+    buffer.update_priorities(np.arange(20), np.where(np.arange(20) == 7, 1.0, 0.01))
+    batch, slots = buffer.sample(4000)
+    share = np.mean(slots == 7)
+    assert 0.80 < share < 0.88
+    assert batch["weights"].max() == pytest.approx(1.0)
+    assert batch["weights"][slots == 7].max() < batch["weights"][slots != 7].min()
+
+
+def test_a_full_buffer_keeps_the_newest_transitions_and_their_frames():
+    rng = np.random.default_rng(4)
+    buffer = TransitionReplay(50, n_step=3, gamma=GAMMA, seed=5)
+    for index in range(12):  # 12 x 30 steps into room for 50
+        chunks, _, _ = episode_chunks(index, 30, 7, terminated=index % 2 == 0, rng=rng)
+        buffer.add(chunks)
+    assert len(buffer) == 50
+    got = everything(buffer)
+    # The newest 50 transitions: episode 11 (30) and the last 20 of episode 10, observation and next
+    # observation read back from the frame ring intact.
+    assert set(got) == {(11, t) for t in range(30)} | {(10, t) for t in range(10, 30)}
+    for (index, t), transition in got.items():
+        assert transition["next"] == (index, t + transition["n_step"])
+
+
+def test_transitions_whose_frames_were_overwritten_are_never_drawn():
+    rng = np.random.default_rng(6)
+    buffer = TransitionReplay(40, n_step=1, gamma=GAMMA, seed=7)
+    want = {}
+    for index in range(40):  # one-step episodes: two frames per transition, the frame ring runs out first
+        chunks, actions, rewards = episode_chunks(index, 1, 1, terminated=True, rng=rng)
+        want.update(expected_transitions(index, actions, rewards, 1, terminated=True))
+        buffer.add(chunks)
+    # 80 frames written into a ring of 51: episodes 15-39 still have both of theirs.
+    intact = {(index, 0) for index in range(15, 40)}
+    got = everything(buffer)
+    assert set(got) == intact
+    for key in intact:
+        assert got[key]["action"] == want[key]["action"] and got[key]["next"] == want[key]["next"]
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="n_step"):
+        TransitionReplay(10, n_step=0, gamma=GAMMA)
+    with pytest.raises(ValueError, match="empty"):
+        TransitionReplay(10, n_step=1, gamma=GAMMA).sample(4)
