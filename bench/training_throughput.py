@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--exp", default="dqn", help="experiment folder under experiments/")
     p.add_argument("--profile", default=None, help="merge the config's profiles.NAME (e.g. gpu)")
     p.add_argument("--runners", type=int, default=None, help="num_env_runners (default: the config's)")
-    p.add_argument("--replay", default=None, help="DQN: comma-separated replay_buffer_config.type, one row each")
+    p.add_argument(
+        "--replay", default=None, help="DQN: comma-separated replay_buffer_config.type, one row each"
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed training iterations first")
     p.add_argument("--iterations", type=int, default=3, help="timed training iterations")
     p.add_argument("--json", action="store_true")
@@ -82,7 +84,7 @@ def main() -> None:
         overrides["training"] = {"num_env_runners": args.runners}
     config = load_config(source, overrides)
     if args.profile:
-        config = apply_profile(config, args.profile, overrides, str(source))
+        config = apply_profile(config, args.profile, str(source), overrides)
     replays = args.replay.split(",") if args.replay else [None]
     init_ray(ROOT)
     rows = []

@@ -155,3 +155,47 @@ def test_bad_sizes_are_refused():
         TransitionReplay(10, n_step=0, gamma=GAMMA)
     with pytest.raises(ValueError, match="empty"):
         TransitionReplay(10, n_step=1, gamma=GAMMA).sample(4)
+
+
+@pytest.mark.timeout(600)
+def test_dqn_trains_from_it_while_a_remote_runner_samples_and_the_runner_gets_the_new_weights():
+    import ray
+
+    from carla_env.config import load_config
+    from carla_env.rllib.algorithm import build_algo_config, init_ray
+    from tests.test_env_runner import ROOT, SMALL
+
+    settings = {
+        **SMALL["training"]["settings"],
+        "num_steps_sampled_before_learning_starts": 60,
+        "replay_buffer_config": {"type": "TransitionReplay", "capacity": 2000},
+    }
+    config = load_config(
+        ROOT / "experiments/dqn/config.yaml",
+        {**SMALL, "training": {**SMALL["training"], "envs_per_runner": 2, "settings": settings}},
+    )
+    init_ray(ROOT)
+    try:
+        algo = build_algo_config(config).build_algo()
+        try:
+            before = algo.learner_group.get_weights()
+            for _ in range(2):
+                result = algo.train()
+            after = algo.learner_group.get_weights()
+            (on_runner,) = algo.env_runner_group.foreach_env_runner(
+                lambda runner: runner.module.get_state(inference_only=True), local_env_runner=False
+            )
+            stored = len(algo.local_replay_buffer)
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
+    assert type(algo).__name__ == "ArrayReplayDQN"
+    sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
+    assert sampled >= 240 and 0 < stored <= sampled
+    assert result["learners"]["default_policy"]["num_module_steps_trained_lifetime"] > 0
+    policy_before, policy_after = before["default_policy"], after["default_policy"]
+    changed = [k for k in policy_after if not np.array_equal(policy_after[k], policy_before[k])]
+    assert changed  # the learner trained
+    for key, value in on_runner.items():  # the runner acts with the learner's newest weights
+        np.testing.assert_array_equal(np.asarray(value), policy_after[key])

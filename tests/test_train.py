@@ -34,7 +34,7 @@ TINY = {
         "settings": {
             "train_batch_size_per_learner": 8,
             "num_steps_sampled_before_learning_starts": 100,
-            "replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
+            "replay_buffer_config": {"type": "TransitionReplay", "capacity": 2000},
             "training_intensity": 0.5,
         },
         "reporting": {"min_sample_timesteps_per_iteration": 150},

@@ -6,11 +6,14 @@ one-transition episodes with their n-step sums, and the learner connector turns 
 (~50 ms a sample on one core, more than the GPU update it feeds). TransitionReplay stores each
 observation once in a frame ring, each n-step transition as indices into it, and samples a ready
 train batch (obs, new_obs, actions, rewards, terminateds, n_step, weights) by proportional priority.
-ArrayReplayDQN is RLlib's DQN with that buffer: sampling, learner, target network and weight sync
-are RLlib's own; only the buffer and the batch's way to the learner change.
+ArrayReplayDQN is RLlib's DQN with that buffer, and with remote runners sampling the next round while
+the learner trains (RLlib's DQN waits for one, then the other). Runners, learner, loss, target network
+and weight sync are RLlib's own.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from ray.rllib.algorithms.dqn.dqn import DQN, calculate_rr_weights
@@ -35,7 +38,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.numpy import convert_to_numpy
 
-BUFFER_TYPE = "TransitionReplay"  # replay_buffer_config.type that selects ArrayReplayDQN
+SAMPLE_TAG = "replay_sample"  # the runners' sample() requests in flight
 
 
 class TransitionReplay:
@@ -48,7 +51,9 @@ class TransitionReplay:
     A truncated episode bootstraps from its last observation; a terminated one does not.
     """
 
-    def __init__(self, capacity: int, *, n_step: int, gamma: float, alpha: float = 0.6, seed: int | None = None):
+    def __init__(
+        self, capacity: int, *, n_step: int, gamma: float, alpha: float = 0.6, seed: int | None = None
+    ):
         if capacity < 1 or n_step < 1:
             raise ValueError(f"capacity ({capacity}) and n_step ({n_step}) must be at least 1")
         self.capacity, self.n_step, self.gamma, self.alpha = capacity, n_step, gamma, alpha
@@ -66,7 +71,9 @@ class TransitionReplay:
         self.priority = np.zeros(capacity, np.float64)  # priority ** alpha; 0 = empty or stale
         self.max_priority = 1.0
         self.added = 0  # transitions ever added
-        self.open: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # id -> waiting frames, actions, rewards
+        self.open: dict[
+            str, tuple[np.ndarray, np.ndarray, np.ndarray]
+        ] = {}  # id -> waiting frames, actions, rewards
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -112,7 +119,12 @@ class TransitionReplay:
             inside = k < span
             returns[inside] += self.gamma**k * rewards[t[inside] + k]
         self._append(
-            frames[t], frames[t + span], actions[:ready], returns, span, episode.is_terminated & (t + span == steps)
+            frames[t],
+            frames[t + span],
+            actions[:ready],
+            returns,
+            span,
+            episode.is_terminated & (t + span == steps),
         )
 
     def _append(self, obs_frame, next_frame, actions, returns, span, terminated) -> None:
@@ -165,7 +177,8 @@ class TransitionReplay:
 
 
 class ArrayReplayDQN(DQN):
-    """RLlib's DQN, its replay a TransitionReplay (replay_buffer_config.type: TransitionReplay)."""
+    """RLlib's DQN, its replay a TransitionReplay (replay_buffer_config.type: TransitionReplay), its
+    remote runners' sampling overlapped with learning: they act with weights one round old."""
 
     def _create_local_replay_buffer_if_necessary(self, config):
         settings = config["replay_buffer_config"]
@@ -178,36 +191,85 @@ class ArrayReplayDQN(DQN):
         )
 
     def _training_step_new_api_stack(self):
+        """Remote runners sample the next round while the learner trains on the replay; with no
+        remote runner, the local one samples first, as in RLlib's DQN."""
         store_weight, sample_and_train_weight = calculate_rr_weights(self.config)
-        for _ in range(store_weight):
-            with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-                episodes, env_runner_results = synchronous_parallel_sample(
-                    worker_set=self.env_runner_group,
-                    concat=True,
-                    sample_timeout_s=self.config.sample_timeout_s,
-                    _uses_new_env_runners=True,
-                    _return_metrics=True,
+        group = self.env_runner_group
+        overlap = group.num_remote_env_runners() > 0
+        if overlap and not group.num_in_flight_async_reqs(SAMPLE_TAG):
+            self._launch_sampling()  # the first round (or one lost to a runner's failure)
+        if not overlap:
+            for _ in range(store_weight):
+                self._store(*self._sample_locally())
+        learner_results = self._train(sample_and_train_weight)
+        if overlap:
+            for round_ in range(store_weight):
+                if round_:
+                    self._launch_sampling()
+                self._store(*self._collect_sampling())
+        if learner_results:
+            with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+                group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group,
+                    policies=set(learner_results[0].keys()) - {ALL_MODULES},
+                    global_vars=None,
+                    inference_only=True,
                 )
-            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
-            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
-                self.local_replay_buffer.add(episodes)
+        if overlap:
+            self._launch_sampling()  # runs through the next step's updates
 
+    def _sample_locally(self):
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            return synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                concat=True,
+                sample_timeout_s=self.config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+
+    def _launch_sampling(self) -> None:
+        self.env_runner_group.foreach_env_runner_async(
+            lambda runner: (runner.sample(), runner.get_metrics()), tag=SAMPLE_TAG
+        )
+
+    def _collect_sampling(self):
+        """The launched round's episodes and runner metrics: waits for every runner, up to
+        sample_timeout_s (a runner that fails is dropped from this round, as in RLlib's sampling)."""
+        group, results = self.env_runner_group, []
+        deadline = time.monotonic() + (self.config.sample_timeout_s or float("inf"))
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            while group.num_in_flight_async_reqs(SAMPLE_TAG) and time.monotonic() < deadline:
+                results += group.fetch_ready_async_reqs(tags=SAMPLE_TAG, timeout_seconds=1.0)
+        episodes = [episode for _, (chunk, _) in results for episode in chunk]
+        return episodes, [metrics for _, (_, metrics) in results]
+
+    def _store(self, episodes, env_runner_results) -> None:
+        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+            self.local_replay_buffer.add(episodes)
+
+    def _train(self, updates: int) -> list | None:
+        """`updates` learner updates on prioritised samples, once enough env steps were sampled."""
         sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-        if sampled < self.config.num_steps_sampled_before_learning_starts or not len(self.local_replay_buffer):
-            return
+        if sampled < self.config.num_steps_sampled_before_learning_starts or not len(
+            self.local_replay_buffer
+        ):
+            return None
         beta = self.config.replay_buffer_config.get("beta", 0.4)
-        for _ in range(sample_and_train_weight):
+        timesteps = {
+            NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
+            NUM_AGENT_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                (ENV_RUNNER_RESULTS, NUM_AGENT_STEPS_SAMPLED_LIFETIME), default=0
+            ),
+        }
+        for _ in range(updates):
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
                 batch, slots = self.local_replay_buffer.sample(self.config.total_train_batch_size, beta)
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
                 learner_results = self.learner_group.update(
                     batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=len(slots)),
-                    timesteps={
-                        NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
-                        NUM_AGENT_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                            (ENV_RUNNER_RESULTS, NUM_AGENT_STEPS_SAMPLED_LIFETIME), default=0
-                        ),
-                    },
+                    timesteps=timesteps,
                 )
                 # TD errors are per sample: kept out of the logged results, used for the priorities.
                 td_errors = np.concatenate(
@@ -220,10 +282,4 @@ class ArrayReplayDQN(DQN):
                 self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_UPDATE_PRIOS_TIMER)):
                 self.local_replay_buffer.update_priorities(slots, td_errors)
-        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            self.env_runner_group.sync_weights(
-                from_worker_or_learner_group=self.learner_group,
-                policies=set(learner_results[0].keys()) - {ALL_MODULES},
-                global_vars=None,
-                inference_only=True,
-            )
+        return learner_results
