@@ -27,7 +27,9 @@ def build_algo_config(config):
         "DQN": (DQNConfig, BevDQNModule, BevDQNCatalog),
         "PPO": (PPOConfig, BevPPOModule, BevPPOCatalog),
     }[tr.algorithm]
-    algo = config_class(algo_class=algorithm_class(config)).environment(ENV_NAME, env_config=config.model_dump())
+    algo = config_class(algo_class=algorithm_class(config)).environment(
+        ENV_NAME, env_config=config.model_dump()
+    )
     gpu = has_gpu()
     runner_gpus = tr.gpus_per_runner if gpu else 0.0
     if runner_gpus * max(tr.num_env_runners, 1) >= 1.0:
