@@ -4,11 +4,14 @@ training step's time goes (RLlib's own timers).
     python bench/training_throughput.py --exp dqn --json
     python bench/training_throughput.py --exp dqn --profile gpu --replay PrioritizedEpisodeReplayBuffer,TransitionReplay --json
     python bench/training_throughput.py --exp ppo --profile gpu --iterations 3 --json
+    python bench/training_throughput.py --exp dqn --profile gpu --update-profile 200 --json   # one DQN update
 
 Each variant builds the algorithm from the config (with profiles.NAME merged where --profile names
 one), trains --warmup iterations untimed (learning starts, kernels compile), then --iterations timed
 ones. --replay (DQN) runs one variant per replay buffer type, same config otherwise, so the rows
-compare in one run; the first row is the base of `speedup`.
+compare in one run; the first row is the base of `speedup`. --update-profile N (DQN with TransitionReplay)
+instead times N learner updates alone (draw from the replay, update, priorities) after filling the replay
+through a local runner, and lists where their time goes (cProfile, by own time).
 """
 
 from __future__ import annotations
@@ -61,6 +64,48 @@ def measure(config, warmup: int, iterations: int) -> dict:
     }
 
 
+def profile_updates(config, updates: int) -> dict:
+    """Milliseconds per DQN update (replay draw, learner update, priorities) and the functions that
+    take their time; the replay is filled by the local runner first."""
+    import cProfile
+    import pstats
+
+    from carla_env.rllib.algorithm import build_algo_config
+
+    settings = {**config.training.settings, "num_steps_sampled_before_learning_starts": 0}
+    tr = config.training.model_copy(update={"num_env_runners": 0, "envs_per_runner": 8, "settings": settings})
+    algo = build_algo_config(config.model_copy(update={"training": tr})).build_algo()
+    try:
+        algo.train()  # fills the replay, compiles, warms the allocator
+        algo._train(10)
+        t0 = time.perf_counter()
+        algo._train(updates)
+        ms = 1000 * (time.perf_counter() - t0) / updates
+        profiler = cProfile.Profile()
+        profiler.enable()
+        algo._train(updates)
+        profiler.disable()
+    finally:
+        algo.stop()
+    stats = pstats.Stats(profiler).stats
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+    return {
+        "batch": config.training.settings.get("train_batch_size_per_learner"),
+        "device": "cuda" if has_cuda() else "cpu",
+        "ms_per_update": round(ms, 2),
+        "ms_per_update_by_own_time": {
+            f"{Path(path).name}:{name}": round(1000 * own / updates, 3)
+            for (path, _, name), (_, _, own, _, _) in top
+        },
+    }
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", default="dqn", help="experiment folder under experiments/")
@@ -71,6 +116,7 @@ def main() -> None:
     )
     p.add_argument("--warmup", type=int, default=2, help="untimed training iterations first")
     p.add_argument("--iterations", type=int, default=3, help="timed training iterations")
+    p.add_argument("--update-profile", type=int, default=0, metavar="N", help="DQN: profile N updates alone")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     import ray
@@ -85,8 +131,13 @@ def main() -> None:
     config = load_config(source, overrides)
     if args.profile:
         config = apply_profile(config, args.profile, str(source), overrides)
-    replays = args.replay.split(",") if args.replay else [None]
     init_ray(ROOT)
+    if args.update_profile:
+        out = {"exp": args.exp, "profile": args.profile, **profile_updates(config, args.update_profile)}
+        print(json.dumps(out) if args.json else out)
+        ray.shutdown()
+        return
+    replays = args.replay.split(",") if args.replay else [None]
     rows = []
     for replay in replays:
         variant = config

@@ -142,12 +142,12 @@ class TransitionReplay:
         """A train batch of `size` transitions drawn by priority, and their slots (for
         update_priorities). `weights` are the importance weights, normalised to a maximum of 1."""
         self._drop_stale()
-        cumulative = np.cumsum(self.priority)
-        total = cumulative[-1]
+        cumulative = np.cumsum(self.priority[: len(self)])  # slots past len() were never written
+        total = cumulative[-1] if len(cumulative) else 0.0
         if total <= 0:
             raise ValueError("sample() from an empty replay buffer")
         slots = np.searchsorted(cumulative, self.rng.uniform(0, total, size), side="right")
-        slots = np.minimum(slots, self.capacity - 1)
+        slots = np.minimum(slots, len(self) - 1)
         probability = self.priority[slots] / total
         weights = (len(self) * probability) ** -beta
         weights /= weights.max()
