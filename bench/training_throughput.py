@@ -109,6 +109,7 @@ def has_cuda() -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", default="dqn", help="experiment folder under experiments/")
+    p.add_argument("--config", default=None, help="a config file instead of the experiment's")
     p.add_argument("--profile", default=None, help="merge the config's profiles.NAME (e.g. gpu)")
     p.add_argument("--runners", type=int, default=None, help="num_env_runners (default: the config's)")
     p.add_argument(
@@ -124,7 +125,7 @@ def main() -> None:
     from carla_env.config import apply_profile, load_config
     from carla_env.rllib.algorithm import init_ray
 
-    source = ROOT / "experiments" / args.exp / "config.yaml"
+    source = Path(args.config) if args.config else ROOT / "experiments" / args.exp / "config.yaml"
     overrides = {"simulator": {"backend": "embedded"}}
     if args.runners is not None:
         overrides["training"] = {"num_env_runners": args.runners}
@@ -133,7 +134,7 @@ def main() -> None:
         config = apply_profile(config, args.profile, str(source), overrides)
     init_ray(ROOT)
     if args.update_profile:
-        out = {"exp": args.exp, "profile": args.profile, **profile_updates(config, args.update_profile)}
+        out = {"config": str(source), "profile": args.profile, **profile_updates(config, args.update_profile)}
         print(json.dumps(out) if args.json else out)
         ray.shutdown()
         return
@@ -154,7 +155,7 @@ def main() -> None:
         row["speedup"] = round(row["env_steps_per_s"] / rows[0]["env_steps_per_s"], 2)
     tr = config.training
     out = {
-        "exp": args.exp,
+        "config": str(source),
         "profile": args.profile,
         "cpus": os.cpu_count(),
         "num_env_runners": tr.num_env_runners,

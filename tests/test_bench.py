@@ -210,3 +210,34 @@ def test_imitation_bench_refuses_too_few_samples():
         [sys.executable, "bench/imitation.py", "--samples", "10"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2 and "--samples: at least 256" in proc.stderr
+
+
+@pytest.mark.timeout(600)
+def test_training_throughput_compares_replay_types_and_profiles_an_update(tmp_path):
+    from tests.test_train import tiny_config
+
+    config = tiny_config(tmp_path)
+    out = run_json(
+        ROOT / "bench/training_throughput.py",
+        "--config", config, "--replay", "PrioritizedEpisodeReplayBuffer,TransitionReplay",
+        "--warmup", "1", "--iterations", "1", "--json",
+    )  # fmt: skip
+    assert [r["replay"] for r in out["rows"]] == ["PrioritizedEpisodeReplayBuffer", "TransitionReplay"]
+    assert [r["algorithm"] for r in out["rows"]] == ["DQN", "ArrayReplayDQN"]
+    for row in out["rows"]:
+        assert row["env_steps"] >= 150 and row["env_steps_per_s"] > 0
+        assert (
+            row["timers_s"]["learner_update_timer"] > 0
+            and row["timers_s"]["replay_buffer_sampling_timer"] > 0
+        )
+    assert out["rows"][0]["speedup"] == 1.0
+    assert out["rows"][1]["speedup"] == round(
+        out["rows"][1]["env_steps_per_s"] / out["rows"][0]["env_steps_per_s"], 2
+    )
+    profile = run_json(
+        ROOT / "bench/training_throughput.py", "--config", config, "--update-profile", "5", "--json"
+    )
+    assert profile["batch"] == 8 and profile["device"] == "cpu" and profile["ms_per_update"] > 0
+    own = profile["ms_per_update_by_own_time"]
+    assert len(own) == 15 and all(ms >= 0 for ms in own.values())
+    assert any("run_backward" in name for name in own)  # each update ran the learner's backward pass
