@@ -199,3 +199,25 @@ def test_dqn_trains_from_it_while_a_remote_runner_samples_and_the_runner_gets_th
     assert changed  # the learner trained
     for key, value in on_runner.items():  # the runner acts with the learner's newest weights
         np.testing.assert_array_equal(np.asarray(value), policy_after[key])
+
+
+def test_learning_waits_for_a_refilled_replay_after_a_restore():
+    """A restored run has sampled millions of steps but its replay starts empty (it is not saved):
+    no update until the replay again holds num_steps_sampled_before_learning_starts transitions."""
+    from types import SimpleNamespace
+
+    from carla_env.rllib.replay import ArrayReplayDQN
+
+    replay = TransitionReplay(1000, n_step=1, gamma=GAMMA)
+    chunks, _, _ = episode_chunks(0, 50, 50, terminated=True, rng=np.random.default_rng(8))
+    replay.add(chunks)
+    restored = SimpleNamespace(
+        local_replay_buffer=replay,
+        config=SimpleNamespace(num_steps_sampled_before_learning_starts=100),
+        learner_group=None,  # any update would fail on it
+    )
+    assert ArrayReplayDQN._train(restored, 4) is None
+    restored.config.num_steps_sampled_before_learning_starts = 5000  # more than the replay can hold
+    replay.add(episode_chunks(1, 960, 960, terminated=True, rng=np.random.default_rng(9))[0])
+    with pytest.raises(AttributeError):  # full at 1,000: learning goes ahead (and reaches the learner)
+        ArrayReplayDQN._train(restored, 1)

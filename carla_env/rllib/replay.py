@@ -250,12 +250,12 @@ class ArrayReplayDQN(DQN):
             self.local_replay_buffer.add(episodes)
 
     def _train(self, updates: int) -> list | None:
-        """`updates` learner updates on prioritised samples, once enough env steps were sampled."""
-        sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-        if sampled < self.config.num_steps_sampled_before_learning_starts or not len(
-            self.local_replay_buffer
-        ):
+        """`updates` learner updates on prioritised samples, once the replay holds
+        num_steps_sampled_before_learning_starts transitions (again after --restore: it is not saved)."""
+        replay = self.local_replay_buffer
+        if len(replay) < max(1, min(self.config.num_steps_sampled_before_learning_starts, replay.capacity)):
             return None
+        sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
         beta = self.config.replay_buffer_config.get("beta", 0.4)
         timesteps = {
             NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
