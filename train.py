@@ -163,6 +163,20 @@ def cut_off_experiment_state(run_dir: Path) -> Path | None:
     return None
 
 
+def reached_its_stop(run_dir: Path) -> bool:
+    """Tune marks the result that met the run's stop `done`; restoring such a run trains nothing."""
+    import json
+
+    results = list(run_dir.glob("*/result.json"))
+    if len(results) != 1:
+        return False
+    lines = results[0].read_text().strip().splitlines()
+    try:
+        return bool(lines) and bool(json.loads(lines[-1]).get("done"))
+    except ValueError:
+        return False
+
+
 def first_line(config, backend, name: str, storage: str) -> str:
     """Backend (pinned, and why), device, where results and TensorBoard files go: the first thing a run prints."""
     if has_gpu():
@@ -291,6 +305,13 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.restore and run_dir is not None and reached_its_stop(run_dir):
+        newest = max(run_dir.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+        print(
+            f"done: {name} had already reached its stop; last checkpoint: {newest}; to train it further: "
+            f"python train.py {args.config} --name NEW_NAME --init-module {newest} [--stop-minutes M]"
+        )
+        return 0
     if args.init_module:
         try:
             check_init_module(args.init_module, config)

@@ -143,6 +143,11 @@ def test_train_checkpoint_kill_resume(tmp_path):
     # It continued from the last checkpoint, not from scratch.
     assert "iter    4" in resumed.stdout and "iter    1 " not in resumed.stdout
     assert list(run.glob("*/checkpoint_000003"))
+    # Restored again once finished: nothing to train, said in one line with how to train it further.
+    finished = train(cfg, "--name", "e2e", "--dir", runs, "--restore")
+    assert finished.returncode == 0 and iterations(run)[-1] == 4
+    assert finished.stdout.startswith("done: e2e had already reached its stop; last checkpoint: ")
+    assert "--init-module " in finished.stdout and "checkpoint_00000" in finished.stdout
     # Killed while Tune rewrote its experiment state (Ray writes it in place): Tune would start over
     # from iteration 1 in a new folder; --restore says so and points at the newest checkpoint instead.
     state = max(run.glob("experiment_state-*.json"))  # the newest: names carry the session's time
