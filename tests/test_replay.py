@@ -119,6 +119,50 @@ def test_priorities_steer_sampling_and_importance_weights_correct_it():
     assert batch["weights"][slots == 7].max() < batch["weights"][slots != 7].min()
 
 
+def test_importance_weights_are_normalised_over_the_buffer_not_the_batch():
+    rng = np.random.default_rng(10)
+    buffer = TransitionReplay(100, n_step=1, gamma=GAMMA, alpha=1.0, seed=11)
+    buffer.add(episode_chunks(0, 10, 10, terminated=True, rng=rng)[0])
+    errors = np.linspace(0.1, 1.0, 10)
+    buffer.update_priorities(np.arange(10), errors)
+    batch, slots = buffer.sample(2000, beta=0.5)
+    priority = (errors + 1e-6) / (errors + 1e-6).sum()
+    want = (10 * priority[slots]) ** -0.5 / (10 * priority.min()) ** -0.5  # RLlib's PER
+    np.testing.assert_allclose(batch["weights"], want, rtol=1e-5)
+    # A batch of the most likely transition alone keeps its small weight (not scaled up to 1).
+    batch, slots = buffer.sample(1, beta=0.5)
+    lone = (10 * priority[slots[0]]) ** -0.5 / (10 * priority.min()) ** -0.5
+    assert batch["weights"][0] == pytest.approx(lone, rel=1e-5) and (lone < 1 or slots[0] == 0)
+
+
+def test_a_lost_chunk_is_never_spliced_over():
+    """A runner that fails after cutting an episode loses that chunk: the next one starts later than
+    the waiting steps end, and no transition may span the gap."""
+    rng = np.random.default_rng(12)
+    buffer = TransitionReplay(100, n_step=3, gamma=GAMMA, seed=13)
+    chunks, actions, rewards = episode_chunks(0, 12, 4, terminated=True, rng=rng)
+    buffer.add([chunks[0], chunks[2]])  # steps 4-7 never arrive
+    want = expected_transitions(0, actions, rewards, 3, terminated=True)
+    got = everything(buffer)
+    assert set(got) == {(0, 0), (0, 1)} | {(0, t) for t in range(8, 12)}
+    for key, transition in got.items():
+        assert transition["next"] == want[key]["next"] and transition["reward"] == pytest.approx(
+            want[key]["reward"]
+        )
+
+
+def test_episodes_that_never_go_on_stop_waiting_once_their_frames_are_gone():
+    rng = np.random.default_rng(14)
+    buffer = TransitionReplay(30, n_step=3, gamma=GAMMA, seed=15)
+    abandoned, _, _ = episode_chunks(99, 10, 5, terminated=False, rng=rng)
+    buffer.add(abandoned[:1])  # its runner restarted: the rest never comes
+    assert len(buffer.open) == 1
+    for index in range(5):
+        buffer.add(episode_chunks(index, 10, 10, terminated=True, rng=rng)[0])
+    buffer.sample(8)
+    assert not buffer.open
+
+
 def test_a_full_buffer_keeps_the_newest_transitions_and_their_frames():
     rng = np.random.default_rng(4)
     buffer = TransitionReplay(50, n_step=3, gamma=GAMMA, seed=5)
@@ -221,3 +265,37 @@ def test_learning_waits_for_a_refilled_replay_after_a_restore():
     replay.add(episode_chunks(1, 960, 960, terminated=True, rng=np.random.default_rng(9))[0])
     with pytest.raises(AttributeError):  # full at 1,000: learning goes ahead (and reaches the learner)
         ArrayReplayDQN._train(restored, 1)
+
+
+@pytest.mark.parametrize(
+    "settings, model, key",
+    [
+        ({"store_buffer_in_checkpoints": True}, {}, "settings.store_buffer_in_checkpoints"),
+        ({"n_step": [1, 5]}, {}, "settings.n_step"),
+        ({}, {"use_lstm": True}, "model.use_lstm"),
+    ],
+)
+def test_what_the_array_replay_cannot_do_is_refused_in_one_line(tmp_path, settings, model, key):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_train import ROOT, tiny_config
+
+    path = tiny_config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["training"]["settings"].update(settings)
+    data["training"]["model"].update(model)
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), str(path), "--dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"config error: training.{key}: ") and "PrioritizedEpisodeReplayBuffer" in line
+    assert not (tmp_path / "runs").exists()  # nothing written

@@ -74,6 +74,18 @@ def algorithm_class(config):
     if tr.algorithm == "DQN" and buffer == "TransitionReplay":
         from carla_env.rllib.replay import ArrayReplayDQN
 
+        refusals = {
+            "settings.store_buffer_in_checkpoints": tr.settings.get("store_buffer_in_checkpoints"),
+            "settings.n_step": not isinstance(tr.settings.get("n_step", 1), int),
+            "model.use_lstm": tr.model.get("use_lstm"),
+        }
+        for key, refused in refusals.items():
+            if refused:
+                raise ConfigError(
+                    f"config error: training.{key}: the TransitionReplay buffer takes one integer n_step, "
+                    "stateless modules, and is not saved in checkpoints; drop the key or use "
+                    "replay_buffer_config.type: PrioritizedEpisodeReplayBuffer"
+                )
         return ArrayReplayDQN
     from ray.rllib.algorithms.dqn import DQN
     from ray.rllib.algorithms.ppo import PPO

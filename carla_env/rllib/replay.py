@@ -71,9 +71,9 @@ class TransitionReplay:
         self.priority = np.zeros(capacity, np.float64)  # priority ** alpha; 0 = empty or stale
         self.max_priority = 1.0
         self.added = 0  # transitions ever added
-        self.open: dict[
-            str, tuple[np.ndarray, np.ndarray, np.ndarray]
-        ] = {}  # id -> waiting frames, actions, rewards
+        # Episode id -> the timestep its next chunk starts at, and its steps waiting for that chunk
+        # (their frame counters, actions and rewards).
+        self.open: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -96,12 +96,14 @@ class TransitionReplay:
         actions = np.asarray(episode.get_actions(), np.int64)
         rewards = np.asarray(episode.get_rewards(), np.float32)
         waiting = self.open.pop(episode.id_, None)
+        if waiting is not None and waiting[0] != episode.t_started:
+            waiting = None  # a chunk between was lost (e.g. with a failed runner): never splice across it
         if waiting is None:
             frames = self._write_frames(observations)
         else:  # a successor chunk: its first observation is the last one of the chunk before
-            frames = np.concatenate([waiting[0], self._write_frames(observations[1:])])
-            actions = np.concatenate([waiting[1], actions])
-            rewards = np.concatenate([waiting[2], rewards])
+            frames = np.concatenate([waiting[1], self._write_frames(observations[1:])])
+            actions = np.concatenate([waiting[2], actions])
+            rewards = np.concatenate([waiting[3], rewards])
         steps = len(actions)
         done = episode.is_terminated or episode.is_truncated
         n = self.n_step
@@ -109,7 +111,7 @@ class TransitionReplay:
         ready = steps if done else max(steps - n + 1, 0)
         if not done:
             start = ready
-            self.open[episode.id_] = (frames[start:], actions[start:], rewards[start:])
+            self.open[episode.id_] = (episode.t, frames[start:], actions[start:], rewards[start:])
         if ready == 0:
             return
         t = np.arange(ready)
@@ -140,17 +142,19 @@ class TransitionReplay:
 
     def sample(self, size: int, beta: float = 0.4) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """A train batch of `size` transitions drawn by priority, and their slots (for
-        update_priorities). `weights` are the importance weights, normalised to a maximum of 1."""
+        update_priorities). `weights` are the importance weights (N P(i)) ** -beta over the largest
+        any stored transition could get, as RLlib's prioritised replay normalises them."""
         self._drop_stale()
-        cumulative = np.cumsum(self.priority[: len(self)])  # slots past len() were never written
+        priority = self.priority[: len(self)]  # slots past len() were never written
+        cumulative = np.cumsum(priority)
         total = cumulative[-1] if len(cumulative) else 0.0
         if total <= 0:
             raise ValueError("sample() from an empty replay buffer")
         slots = np.searchsorted(cumulative, self.rng.uniform(0, total, size), side="right")
         slots = np.minimum(slots, len(self) - 1)
-        probability = self.priority[slots] / total
-        weights = (len(self) * probability) ** -beta
-        weights /= weights.max()
+        stored = priority > 0
+        count, lowest = np.count_nonzero(stored), priority[stored].min()
+        weights = (count * self.priority[slots] / total) ** -beta / (count * lowest / total) ** -beta
         batch = {
             Columns.OBS: self.frames[self.obs_frame[slots] % self.frame_capacity],
             Columns.NEXT_OBS: self.frames[self.next_frame[slots] % self.frame_capacity],
@@ -169,6 +173,9 @@ class TransitionReplay:
         if oldest_frame > 0:
             stale = (self.obs_frame < oldest_frame) & (self.priority > 0)
             self.priority[stale] = 0.0
+            # Episodes that never went on (a runner restarted or reset its envs) stop waiting here.
+            for key in [k for k, (_, frames, _, _) in self.open.items() if frames[0] < oldest_frame]:
+                del self.open[key]
 
     def update_priorities(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
         priority = (np.abs(td_errors) + 1e-6) ** self.alpha
