@@ -33,6 +33,9 @@ class DrivingState:
     speed: float  # m/s, planar
     moved: float  # metres driven this step
     pedestrian_collisions: int = 0  # of this step's collision events, those with a walker
+    # Red stop lines the hero's front crossed this step: entering a junction on red, which a stricter
+    # rule than the leaderboard's can end an episode on (experiments' red_light_line: front).
+    red_light_entries: int = 0
 
 
 class RouteTracker:
@@ -90,6 +93,7 @@ class DrivingStateTracker:
             collisions=count_events(self.sensors, sensor_data, "sensor.other.collision"),
             lane_invasions=count_events(self.sensors, sensor_data, "sensor.other.lane_invasion"),
             red_light_runs=self.red_lights.step(hero, t),
+            red_light_entries=self.red_lights.entered(hero, t),
             speed=math.hypot(v.x, v.y),
             moved=moved,
             pedestrian_collisions=count_events(
@@ -141,6 +145,7 @@ class RedLightMonitor:
         self.ends = np.array(ends, float).reshape(-1, 2, 2)
         self.keys, self.forward = keys, np.array(forward, float).reshape(-1, 2)
         self._last_run = None  # the light run last: not counted again until another is
+        self._last_front = None  # the front bumper's centre at the last entered() call
 
     def step(self, hero, transform: carla.Transform) -> int:
         """1 if the hero's tail crossed a red light's stop line at `transform`, else 0."""
@@ -165,6 +170,25 @@ class RedLightMonitor:
                 tail_wp = self.map.get_waypoint(carla.Location(float(tail_far[0]), float(tail_far[1]), loc.z))
             if tail_wp is not None and (tail_wp.road_id, tail_wp.lane_id) == self.keys[k]:
                 self._last_run = light
+                return 1
+        return 0
+
+    def entered(self, hero, transform: carla.Transform) -> int:
+        """1 if the front bumper's centre crossed a red light's stop line since the last call, heading
+        along its lane, else 0. A driver stops before the line: a car that stops with its front in
+        the junction is not a leaderboard run while its tail has not crossed, but it entered on red.
+        Standing still never crosses, so a car caught in a junction by the red is not counted."""
+        loc, yaw = transform.location, math.radians(transform.rotation.yaw)
+        heading = np.array([math.cos(yaw), math.sin(yaw)])
+        front = np.array([loc.x, loc.y]) + hero.bounding_box.extent.x * heading
+        last, self._last_front = self._last_front, front
+        if last is None or not len(self.ends):
+            return 0
+        near = np.flatnonzero(np.linalg.norm(self.ends.mean(axis=1) - front, axis=1) <= RED_LIGHT_DISTANCE)
+        for k in near.tolist():
+            if heading @ self.forward[k] <= 0 or not _segments_cross(last, front, *self.ends[k]):
+                continue
+            if self.lights[k].get_state() == carla.TrafficLightState.Red:
                 return 1
         return 0
 

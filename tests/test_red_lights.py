@@ -60,3 +60,41 @@ def test_a_red_light_run_ends_the_episode_with_its_penalty(monkeypatch):
     assert penalty > 0 and ran, "the light-ignoring driver ran no red light on these routes"
     for terminated, reward in ran:
         assert terminated and reward <= -penalty + 0.5  # at most 5 m of progress (0.1 per metre) that step
+
+
+def test_with_red_light_line_front_the_episode_ends_when_the_front_enters_on_red(monkeypatch):
+    """red_light_line: front ends the episode (with red_light_penalty) the step the front bumper crosses
+    a red stop line: before the leaderboard's run (the car's tail over the line) on the same drive."""
+    from carla_env.env import CarlaEnv
+    from carla_env.evaluate import AutopilotPolicy
+
+    monkeypatch.setattr(route_autopilot, "STOP_STATES", ())  # drives through red and yellow alike
+
+    def first_red(rule: str) -> tuple[int, bool, float, dict] | None:
+        overrides = {
+            "simulator": {"backend": "embedded", "town": "GridTown03"},
+            "experiment": {"options": {"red_light_line": rule}},
+        }
+        env = CarlaEnv(load_config("experiments/ppo/config.yaml", overrides))
+        policy = AutopilotPolicy(env)
+        try:
+            for seed in SEEDS:
+                obs, _ = env.reset(seed=seed)
+                policy.reset(env, seed)
+                for step in range(1, 10_000):
+                    obs, reward, terminated, truncated, info = env.step(policy(obs, env))
+                    state = env.experiment.driving_state
+                    event = state.red_light_entries if rule == "front" else state.red_light_runs
+                    if event:
+                        return seed, step, terminated, reward, info
+                    if terminated or truncated:
+                        break
+        finally:
+            env.close()
+        return None
+
+    tail, front = first_red("tail"), first_red("front")
+    assert tail and front, "the light-ignoring driver ran no red light on these routes"
+    assert front[0] == tail[0] and front[1] < tail[1]  # same episode, the front crosses first
+    _, _, terminated, reward, info = front
+    assert terminated and reward <= -10.0 + 0.5 and info["red_light_runs"] == 0  # not a leaderboard run (yet)
