@@ -33,8 +33,8 @@ class DrivingState:
     speed: float  # m/s, planar
     moved: float  # metres driven this step
     pedestrian_collisions: int = 0  # of this step's collision events, those with a walker
-    # Red stop lines the hero's front crossed this step: entering a junction on red, which a stricter
-    # rule than the leaderboard's can end an episode on (experiments' red_light_line: front).
+    # Red stop lines the hero's front bumper crossed this step (RedLightMonitor.entered): a driver stops
+    # before the line, the leaderboard's run counts only the tail.
     red_light_entries: int = 0
 
 
@@ -145,7 +145,7 @@ class RedLightMonitor:
         self.ends = np.array(ends, float).reshape(-1, 2, 2)
         self.keys, self.forward = keys, np.array(forward, float).reshape(-1, 2)
         self._last_run = None  # the light run last: not counted again until another is
-        self._last_front = None  # the front bumper's centre at the last entered() call
+        self._last_front = self._front(hero, hero.get_transform())  # entered() checks the move from here
 
     def step(self, hero, transform: carla.Transform) -> int:
         """1 if the hero's tail crossed a red light's stop line at `transform`, else 0."""
@@ -173,22 +173,35 @@ class RedLightMonitor:
                 return 1
         return 0
 
-    def entered(self, hero, transform: carla.Transform) -> int:
-        """1 if the front bumper's centre crossed a red light's stop line since the last call, heading
-        along its lane, else 0. A driver stops before the line: a car that stops with its front in
-        the junction is not a leaderboard run while its tail has not crossed, but it entered on red.
-        Standing still never crosses, so a car caught in a junction by the red is not counted."""
+    @staticmethod
+    def _front(hero, transform: carla.Transform) -> np.ndarray:
         loc, yaw = transform.location, math.radians(transform.rotation.yaw)
-        heading = np.array([math.cos(yaw), math.sin(yaw)])
-        front = np.array([loc.x, loc.y]) + hero.bounding_box.extent.x * heading
+        return np.array([loc.x, loc.y]) + hero.bounding_box.extent.x * np.array(
+            [math.cos(yaw), math.sin(yaw)]
+        )
+
+    def entered(self, hero, transform: carla.Transform) -> int:
+        """1 if the front bumper's centre crossed a red light's stop line since the last call, from that
+        light's lane and heading along it, else 0. A car that stops with its front in the junction is no
+        leaderboard run while its tail is behind the line, yet it entered on red. Standing still
+        crosses nothing: a car caught in the junction by the red is not counted."""
+        front = self._front(hero, transform)
         last, self._last_front = self._last_front, front
-        if last is None or not len(self.ends):
+        if not len(self.ends):
             return 0
+        yaw = math.radians(transform.rotation.yaw)
+        heading = np.array([math.cos(yaw), math.sin(yaw)])
         near = np.flatnonzero(np.linalg.norm(self.ends.mean(axis=1) - front, axis=1) <= RED_LIGHT_DISTANCE)
         for k in near.tolist():
             if heading @ self.forward[k] <= 0 or not _segments_cross(last, front, *self.ends[k]):
                 continue
-            if self.lights[k].get_state() == carla.TrafficLightState.Red:
+            if self.lights[k].get_state() != carla.TrafficLightState.Red:
+                continue
+            # The line's ends reach 0.1 lane widths into the neighbouring lanes: the lane it came from decides.
+            came_from = self.map.get_waypoint(
+                carla.Location(float(last[0]), float(last[1]), transform.location.z)
+            )
+            if came_from is not None and (came_from.road_id, came_from.lane_id) == self.keys[k]:
                 return 1
         return 0
 

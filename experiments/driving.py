@@ -6,7 +6,6 @@ route done or (optionally) leaving the route."""
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,12 +26,11 @@ class DrivingOptions(BaseModel):
     # A red light run ends the episode with this penalty, as a collision does: counted like the
     # leaderboard's RunningRedLightTest, it is an infraction the targets allow none of.
     red_light_penalty: float = 10.0
-    # Which crossing of a red light's stop line ends the episode: "tail", the leaderboard's run (the
-    # segment behind the car over the line), which a policy learns to game by stopping with its front
-    # in the junction, its centre ~1.5 m past the line, and then overshoots on other towns'
-    # geometry (docs/results); or "front", the front bumper crossing the line on red, so it learns
-    # to stop before the line as a driver does. The metrics count the leaderboard's runs either way.
-    red_light_line: Literal["tail", "front"] = "tail"
+    # Per crossing of a red light's stop line by the front bumper (the episode goes on; the
+    # leaderboard's run, the tail over the line, ends it). Only the tail counts otherwise, and a policy
+    # learns to stop with its front in the junction, its centre ~1.5 m past the line, then overshoots
+    # on other towns' geometry (docs/results): this asks it to stop before the line.
+    red_light_entry_penalty: float = 0.0
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
     max_route_deviation: float = Field(0.0, ge=0.0)
@@ -63,14 +61,10 @@ class RouteDrivingExperiment(BaseExperiment):
         limit = self.options.max_route_deviation
         return limit > 0 and state.route_deviation > limit
 
-    def _ran_red(self, state: DrivingState) -> bool:
-        entered = self.options.red_light_line == "front" and state.red_light_entries
-        return bool(state.red_light_runs or entered)
-
     def get_done_status(self, observation, core):
         s = self.driving_state
         return bool(
-            s.collisions or self._ran_red(s) or s.off_road or s.route_done or self._off_route(s)
+            s.collisions or s.red_light_runs or s.off_road or s.route_done or self._off_route(s)
         ), False
 
     def compute_reward(self, observation, core) -> float:
@@ -86,8 +80,9 @@ class RouteDrivingExperiment(BaseExperiment):
             reward -= o.wrong_heading_penalty
         if s.collisions:
             reward -= o.collision_penalty
-        if self._ran_red(s):
+        if s.red_light_runs:
             reward -= o.red_light_penalty
+        reward -= o.red_light_entry_penalty * s.red_light_entries
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -62,39 +62,40 @@ def test_a_red_light_run_ends_the_episode_with_its_penalty(monkeypatch):
         assert terminated and reward <= -penalty + 0.5  # at most 5 m of progress (0.1 per metre) that step
 
 
-def test_with_red_light_line_front_the_episode_ends_when_the_front_enters_on_red(monkeypatch):
-    """red_light_line: front ends the episode (with red_light_penalty) the step the front bumper crosses
-    a red stop line: before the leaderboard's run (the car's tail over the line) on the same drive."""
+def test_an_entry_on_red_costs_its_penalty_before_the_leaderboard_run_ends_the_episode(monkeypatch):
+    """red_light_entry_penalty is charged the step the front bumper crosses a red stop line; the episode
+    goes on until the leaderboard's run (the tail over the line) ends it, as before."""
     from carla_env.env import CarlaEnv
     from carla_env.evaluate import AutopilotPolicy
 
     monkeypatch.setattr(route_autopilot, "STOP_STATES", ())  # drives through red and yellow alike
-
-    def first_red(rule: str) -> tuple[int, bool, float, dict] | None:
-        overrides = {
-            "simulator": {"backend": "embedded", "town": "GridTown03"},
-            "experiment": {"options": {"red_light_line": rule}},
-        }
-        env = CarlaEnv(load_config("experiments/ppo/config.yaml", overrides))
-        policy = AutopilotPolicy(env)
-        try:
-            for seed in SEEDS:
-                obs, _ = env.reset(seed=seed)
-                policy.reset(env, seed)
-                for step in range(1, 10_000):
-                    obs, reward, terminated, truncated, info = env.step(policy(obs, env))
-                    state = env.experiment.driving_state
-                    event = state.red_light_entries if rule == "front" else state.red_light_runs
-                    if event:
-                        return seed, step, terminated, reward, info
-                    if terminated or truncated:
-                        break
-        finally:
-            env.close()
-        return None
-
-    tail, front = first_red("tail"), first_red("front")
-    assert tail and front, "the light-ignoring driver ran no red light on these routes"
-    assert front[0] == tail[0] and front[1] < tail[1]  # same episode, the front crosses first
-    _, _, terminated, reward, info = front
-    assert terminated and reward <= -10.0 + 0.5 and info["red_light_runs"] == 0  # not a leaderboard run (yet)
+    overrides = {
+        "simulator": {"backend": "embedded", "town": "GridTown03"},
+        "experiment": {"options": {"red_light_entry_penalty": 3.0}},
+    }
+    env = CarlaEnv(load_config("experiments/ppo/config.yaml", overrides))
+    policy = AutopilotPolicy(env)
+    entry = run = None
+    try:
+        for seed in SEEDS:
+            obs, _ = env.reset(seed=seed)
+            policy.reset(env, seed)
+            terminated = truncated = False
+            step = 0
+            while not (terminated or truncated):
+                obs, reward, terminated, truncated, info = env.step(policy(obs, env))
+                step += 1
+                state = env.experiment.driving_state
+                if state.red_light_entries and entry is None:
+                    entry = (seed, step, terminated, reward, info["red_light_runs"])
+                if state.red_light_runs:
+                    run = (seed, step, terminated)
+                    break
+            if run:
+                break
+    finally:
+        env.close()
+    assert entry and run, "the light-ignoring driver ran no red light on these routes"
+    seed, step, terminated, reward, runs_so_far = entry
+    assert seed == run[0] and step < run[1] and run[2]  # the same light: entered first, the run ends it
+    assert not terminated and runs_so_far == 0 and reward <= -3.0 + 0.5
