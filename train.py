@@ -167,13 +167,16 @@ def reached_its_stop(run_dir: Path) -> bool:
     """Tune marks the result that met the run's stop `done`; restoring such a run trains nothing."""
     import json
 
-    results = list(run_dir.glob("*/result.json"))
-    if len(results) != 1:
+    checkpoints = list(run_dir.glob("*/checkpoint_*"))
+    if not checkpoints:
         return False
-    lines = results[0].read_text().strip().splitlines()
+    trial = max(checkpoints, key=lambda p: p.stat().st_mtime).parent  # the trial --restore continues
     try:
-        return bool(lines) and bool(json.loads(lines[-1]).get("done"))
-    except ValueError:
+        with open(trial / "result.json", "rb") as f:  # only its last line (the file grows all run)
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1]
+        return bool(json.loads(last).get("done"))
+    except (OSError, ValueError, IndexError):
         return False
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the experiment the config names ('module:Class') imports from here
 
-# RLlib's timers for a training step, in seconds a step (the mean over the timed iterations).
+# RLlib's timers for a training step, in seconds: its exponential averages since the build (warm-up
+# included), so a guide to where the time goes; env_steps_per_s is timed here.
 TIMERS = (
     "training_step",
     "env_runner_sampling_timer",
@@ -76,7 +77,7 @@ def profile_updates(config, updates: int) -> dict:
     tr = config.training.model_copy(update={"num_env_runners": 0, "envs_per_runner": 8, "settings": settings})
     algo = build_algo_config(config.model_copy(update={"training": tr})).build_algo()
     try:
-        algo.train()  # fills the replay, compiles, warms the allocator
+        algo.train()  # fills the replay (one iteration's env steps), compiles, warms the allocator
         algo._train(10)
         t0 = time.perf_counter()
         algo._train(updates)
@@ -91,6 +92,7 @@ def profile_updates(config, updates: int) -> dict:
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
     return {
         "batch": config.training.settings.get("train_batch_size_per_learner"),
+        "replay_transitions": len(algo.local_replay_buffer),  # a draw's cumulative sum grows with it
         "device": "cuda" if has_cuda() else "cpu",
         "ms_per_update": round(ms, 2),
         "ms_per_update_by_own_time": {

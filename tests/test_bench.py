@@ -238,6 +238,7 @@ def test_training_throughput_compares_replay_types_and_profiles_an_update(tmp_pa
         ROOT / "bench/training_throughput.py", "--config", config, "--update-profile", "5", "--json"
     )
     assert profile["batch"] == 8 and profile["device"] == "cpu" and profile["ms_per_update"] > 0
+    assert profile["replay_transitions"] > 0
     own = profile["ms_per_update_by_own_time"]
     assert len(own) == 15 and all(ms >= 0 for ms in own.values())
     assert any("run_backward" in name for name in own)  # each update ran the learner's backward pass

@@ -197,6 +197,11 @@ def test_transitions_whose_frames_were_overwritten_are_never_drawn():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="n_step"):
         TransitionReplay(10, n_step=0, gamma=GAMMA)
+    # One round of long episodes overwrites the frames of everything stored: the capacity is named.
+    tiny = TransitionReplay(2, n_step=3, gamma=GAMMA)
+    tiny.add(episode_chunks(0, 60, 30, terminated=False, rng=np.random.default_rng(16))[0][:1])  # running
+    with pytest.raises(ValueError, match="replay_buffer_config.capacity: 2 transitions"):
+        tiny.sample(4)
     with pytest.raises(ValueError, match="empty"):
         TransitionReplay(10, n_step=1, gamma=GAMMA).sample(4)
 
@@ -255,15 +260,22 @@ def test_learning_waits_for_a_refilled_replay_after_a_restore():
     replay = TransitionReplay(1000, n_step=1, gamma=GAMMA)
     chunks, _, _ = episode_chunks(0, 50, 50, terminated=True, rng=np.random.default_rng(8))
     replay.add(chunks)
+
+    class PastTheGate(Exception):
+        pass
+
+    def lifetime_steps(*_, **__):  # the first thing _train reads once it decides to learn
+        raise PastTheGate
+
     restored = SimpleNamespace(
         local_replay_buffer=replay,
         config=SimpleNamespace(num_steps_sampled_before_learning_starts=100),
-        learner_group=None,  # any update would fail on it
+        metrics=SimpleNamespace(peek=lifetime_steps),
     )
-    assert ArrayReplayDQN._train(restored, 4) is None
+    assert ArrayReplayDQN._train(restored, 4) is None  # 50 of 100: waits
     restored.config.num_steps_sampled_before_learning_starts = 5000  # more than the replay can hold
     replay.add(episode_chunks(1, 960, 960, terminated=True, rng=np.random.default_rng(9))[0])
-    with pytest.raises(AttributeError):  # full at 1,000: learning goes ahead (and reaches the learner)
+    with pytest.raises(PastTheGate):  # full at 1,000: learning goes ahead
         ArrayReplayDQN._train(restored, 1)
 
 

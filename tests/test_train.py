@@ -500,3 +500,28 @@ def test_a_stop_in_minutes_ends_the_run_after_that_much_training(tmp_path):
         "iterations": None,
         "minutes": 0.05,
     }
+
+
+def test_reached_its_stop_reads_the_trial_that_restore_continues(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+
+    def trial(name: str, done: bool, age: float) -> Path:
+        folder = tmp_path / name
+        (folder / "checkpoint_000001").mkdir(parents=True)
+        lines = [json.dumps({"training_iteration": i, "done": done and i == 3}) for i in (1, 2, 3)]
+        (folder / "result.json").write_text("\n".join(lines) + "\n")
+        os.utime(folder / "checkpoint_000001", (time.time() - age,) * 2)
+        return folder
+
+    assert not train_script.reached_its_stop(tmp_path)  # no checkpoint yet
+    trial("old_finished", done=True, age=100)
+    newest = trial("restarted", done=False, age=0)  # a newer trial (a restart): its state decides
+    assert not train_script.reached_its_stop(tmp_path)
+    (newest / "result.json").write_text(json.dumps({"done": True}) + "\n")
+    assert train_script.reached_its_stop(tmp_path)
+    (newest / "result.json").write_text('{"done": tr')  # cut off mid-write
+    assert not train_script.reached_its_stop(tmp_path)

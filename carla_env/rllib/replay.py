@@ -3,7 +3,7 @@ step on, done in a few vectorised operations.
 
 RLlib's PrioritizedEpisodeReplayBuffer keeps Python episode objects: each sample of 256 builds 256
 one-transition episodes with their n-step sums, and the learner connector turns them back into a batch
-(~50 ms a sample on one core, more than the GPU update it feeds). TransitionReplay stores each
+(20 ms a 32-sample draw on the 2-core machine, docs/results; more than a GPU update). TransitionReplay stores each
 observation once in a frame ring, each n-step transition as indices into it, and samples a ready
 train batch (obs, new_obs, actions, rewards, terminateds, n_step, weights) by proportional priority.
 ArrayReplayDQN is RLlib's DQN with that buffer, and with remote runners sampling the next round while
@@ -148,6 +148,11 @@ class TransitionReplay:
         priority = self.priority[: len(self)]  # slots past len() were never written
         cumulative = np.cumsum(priority)
         total = cumulative[-1] if len(cumulative) else 0.0
+        if total <= 0 and len(self):
+            raise ValueError(
+                f"replay_buffer_config.capacity: {self.capacity} transitions is less than one sampling round "
+                "writes (every stored transition's frames were overwritten); raise it"
+            )
         if total <= 0:
             raise ValueError("sample() from an empty replay buffer")
         slots = np.searchsorted(cumulative, self.rng.uniform(0, total, size), side="right")
