@@ -235,11 +235,13 @@ def test_dqn_trains_from_it_while_a_remote_runner_samples_and_the_runner_gets_th
                 lambda runner: runner.module.get_state(inference_only=True), local_env_runner=False
             )
             stored = len(algo.local_replay_buffer)
+            in_flight = algo.env_runner_group.num_in_flight_async_reqs("replay_sample")
         finally:
             algo.stop()
     finally:
         ray.shutdown()
     assert type(algo).__name__ == "ArrayReplayDQN"
+    assert in_flight == 1  # the runner was already sampling the next round when train() returned
     sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
     assert sampled >= 240 and 0 < stored <= sampled
     assert result["learners"]["default_policy"]["num_module_steps_trained_lifetime"] > 0

@@ -76,7 +76,7 @@ def algorithm_class(config):
 
         refusals = {
             "settings.store_buffer_in_checkpoints": tr.settings.get("store_buffer_in_checkpoints"),
-            "settings.n_step": not isinstance(tr.settings.get("n_step", 1), int),
+            "settings.n_step": type(tr.settings.get("n_step", 1)) is not int,
             "model.use_lstm": tr.model.get("use_lstm"),
         }
         for key, refused in refusals.items():
