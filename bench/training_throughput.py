@@ -71,8 +71,10 @@ def profile_updates(config, updates: int) -> dict:
     import cProfile
     import pstats
 
-    from carla_env.rllib.algorithm import build_algo_config
+    from carla_env.rllib.algorithm import algorithm_class, build_algo_config, has_gpu
 
+    if algorithm_class(config).__name__ != "ArrayReplayDQN":
+        sys.exit("--update-profile: needs a DQN config with replay_buffer_config.type: TransitionReplay")
     settings = {**config.training.settings, "num_steps_sampled_before_learning_starts": 0}
     tr = config.training.model_copy(update={"num_env_runners": 0, "envs_per_runner": 8, "settings": settings})
     algo = build_algo_config(config.model_copy(update={"training": tr})).build_algo()
@@ -93,19 +95,13 @@ def profile_updates(config, updates: int) -> dict:
     return {
         "batch": config.training.settings.get("train_batch_size_per_learner"),
         "replay_transitions": len(algo.local_replay_buffer),  # a draw's cumulative sum grows with it
-        "device": "cuda" if has_cuda() else "cpu",
+        "device": "cuda" if has_gpu() else "cpu",
         "ms_per_update": round(ms, 2),
         "ms_per_update_by_own_time": {
             f"{Path(path).name}:{name}": round(1000 * own / updates, 3)
             for (path, _, name), (_, _, own, _, _) in top
         },
     }
-
-
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main() -> None:

@@ -3,9 +3,10 @@ step on, done in a few vectorised operations.
 
 RLlib's PrioritizedEpisodeReplayBuffer keeps Python episode objects: each sample of 256 builds 256
 one-transition episodes with their n-step sums, and the learner connector turns them back into a batch
-(20 ms a 32-sample draw on the 2-core machine, docs/results; more than a GPU update). TransitionReplay stores each
-observation once in a frame ring, each n-step transition as indices into it, and samples a ready
-train batch (obs, new_obs, actions, rewards, terminateds, n_step, weights) by proportional priority.
+(20 ms for a 32-sample draw on the 2-core machine, docs/results: more than a GPU update takes).
+TransitionReplay stores each observation once in a frame ring, each n-step transition as indices into
+it, and samples a ready train batch (obs, new_obs, actions, rewards, terminateds, n_step, weights) by
+proportional priority.
 ArrayReplayDQN is RLlib's DQN with that buffer, and with remote runners sampling the next round while
 the learner trains (RLlib's DQN waits for one, then the other). Runners, learner, loss, target network
 and weight sync are RLlib's own.
