@@ -166,4 +166,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from carla_env.config import ConfigError
+
+    try:
+        main()
+    except (ConfigError, ValueError) as e:  # bad input: a config, a replay type RLlib does not know
+        print(str(e).strip().splitlines()[-1], file=sys.stderr)
+        sys.exit(2)

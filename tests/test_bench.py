@@ -242,3 +242,15 @@ def test_training_throughput_compares_replay_types_and_profiles_an_update(tmp_pa
     own = profile["ms_per_update_by_own_time"]
     assert len(own) == 15 and all(ms >= 0 for ms in own.values())
     assert any("run_backward" in name for name in own)  # each update ran the learner's backward pass
+
+
+def test_training_throughput_bad_input_is_one_line_and_exit_2():
+    proc = subprocess.run(
+        [sys.executable, "bench/training_throughput.py", "--exp", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "experiments/nope/config.yaml" in line and "not found" in line
