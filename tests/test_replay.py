@@ -286,10 +286,25 @@ def test_learning_waits_for_a_refilled_replay_after_a_restore():
     [
         ({"store_buffer_in_checkpoints": True}, {}, "settings.store_buffer_in_checkpoints"),
         ({"n_step": [1, 5]}, {}, "settings.n_step"),
+        ({"n_step": True}, {}, "settings.n_step"),
         ({}, {"use_lstm": True}, "model.use_lstm"),
     ],
 )
-def test_what_the_array_replay_cannot_do_is_refused_in_one_line(tmp_path, settings, model, key):
+def test_what_the_array_replay_cannot_do_is_refused(settings, model, key):
+    from carla_env.config import ConfigError, load_config
+    from carla_env.rllib.algorithm import algorithm_class
+    from tests.test_train import ROOT, TINY
+
+    training = {**TINY["training"], "settings": {**TINY["training"]["settings"], **settings}}
+    training["model"] = {**training["model"], **model}
+    config = load_config(ROOT / "experiments/dqn/config.yaml", {"training": training})
+    with pytest.raises(ConfigError) as refused:
+        algorithm_class(config)
+    assert str(refused.value).startswith(f"config error: training.{key}: ")
+    assert "PrioritizedEpisodeReplayBuffer" in str(refused.value)
+
+
+def test_train_refuses_it_in_one_line_and_writes_nothing(tmp_path):
     import subprocess
     import sys
 
@@ -299,8 +314,7 @@ def test_what_the_array_replay_cannot_do_is_refused_in_one_line(tmp_path, settin
 
     path = tiny_config(tmp_path)
     data = yaml.safe_load(path.read_text())
-    data["training"]["settings"].update(settings)
-    data["training"]["model"].update(model)
+    data["training"]["settings"]["store_buffer_in_checkpoints"] = True
     path.write_text(yaml.safe_dump(data))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), str(path), "--dir", str(tmp_path / "runs")],
@@ -311,5 +325,5 @@ def test_what_the_array_replay_cannot_do_is_refused_in_one_line(tmp_path, settin
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"config error: training.{key}: ") and "PrioritizedEpisodeReplayBuffer" in line
-    assert not (tmp_path / "runs").exists()  # nothing written
+    assert line.startswith("config error: training.settings.store_buffer_in_checkpoints: ")
+    assert not (tmp_path / "runs").exists()
