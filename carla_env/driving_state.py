@@ -143,67 +143,63 @@ class RedLightMonitor:
                 keys.append((wp.road_id, wp.lane_id))
                 forward.append((math.cos(yaw), math.sin(yaw)))
         self.ends = np.array(ends, float).reshape(-1, 2, 2)
+        self.centres = self.ends.mean(axis=1)
         self.keys, self.forward = keys, np.array(forward, float).reshape(-1, 2)
         self._last_run = None  # the light run last: not counted again until another is
-        self._last_front = self._front(hero, hero.get_transform())  # entered() checks the move from here
+        centre, heading = _position_heading(hero.get_transform())
+        self._last_front = (
+            centre + hero.bounding_box.extent.x * heading
+        )  # entered() checks the move from here
+
+    def _red_line_crossed(self, a, b, heading, near, lane_point, z: float, skip=None) -> int | None:
+        """The stop line of a red light (not `skip`) within RED_LIGHT_DISTANCE of `near` that segment ab
+        crosses heading along its lane, with `lane_point` on that lane (the line's ends reach 0.1 lane
+        widths into the neighbouring lanes); None if none."""
+        if not len(self.ends):
+            return None
+        lane = None
+        for k in np.flatnonzero(np.linalg.norm(self.centres - near, axis=1) <= RED_LIGHT_DISTANCE).tolist():
+            light = self.lights[k]
+            if light is skip or light.get_state() != carla.TrafficLightState.Red:
+                continue
+            if heading @ self.forward[k] <= 0 or not _segments_cross(a, b, *self.ends[k]):
+                continue
+            if lane is None:
+                lane = self.map.get_waypoint(carla.Location(float(lane_point[0]), float(lane_point[1]), z))
+            if lane is not None and (lane.road_id, lane.lane_id) == self.keys[k]:
+                return k
+        return None
 
     def step(self, hero, transform: carla.Transform) -> int:
         """1 if the hero's tail crossed a red light's stop line at `transform`, else 0."""
-        if not len(self.ends):
-            return 0
-        loc, yaw = transform.location, math.radians(transform.rotation.yaw)
-        centre = np.array([loc.x, loc.y])
-        near = np.flatnonzero(np.linalg.norm(self.ends.mean(axis=1) - centre, axis=1) <= RED_LIGHT_DISTANCE)
-        if not len(near):
-            return 0
-        heading = np.array([math.cos(yaw), math.sin(yaw)])
+        centre, heading = _position_heading(transform)
         extent = hero.bounding_box.extent.x
         tail_close, tail_far = centre - 0.8 * extent * heading, centre - (extent + 1.0) * heading
-        tail_wp = None
-        for k in near.tolist():
-            light = self.lights[k]
-            if light is self._last_run or light.get_state() != carla.TrafficLightState.Red:
-                continue
-            if heading @ self.forward[k] <= 0 or not _segments_cross(tail_close, tail_far, *self.ends[k]):
-                continue
-            if tail_wp is None:
-                tail_wp = self.map.get_waypoint(carla.Location(float(tail_far[0]), float(tail_far[1]), loc.z))
-            if tail_wp is not None and (tail_wp.road_id, tail_wp.lane_id) == self.keys[k]:
-                self._last_run = light
-                return 1
-        return 0
-
-    @staticmethod
-    def _front(hero, transform: carla.Transform) -> np.ndarray:
-        loc, yaw = transform.location, math.radians(transform.rotation.yaw)
-        return np.array([loc.x, loc.y]) + hero.bounding_box.extent.x * np.array(
-            [math.cos(yaw), math.sin(yaw)]
+        k = self._red_line_crossed(
+            tail_close, tail_far, heading, centre, tail_far, transform.location.z, skip=self._last_run
         )
+        if k is None:
+            return 0
+        self._last_run = self.lights[k]
+        return 1
 
     def entered(self, hero, transform: carla.Transform) -> int:
         """1 if the front bumper's centre crossed a red light's stop line since the last call, from that
         light's lane and heading along it, else 0. A car that stops with its front in the junction is no
         leaderboard run while its tail is behind the line, yet it entered on red. Standing still
         crosses nothing: a car caught in the junction by the red is not counted."""
-        front = self._front(hero, transform)
+        centre, heading = _position_heading(transform)
+        front = centre + hero.bounding_box.extent.x * heading
         last, self._last_front = self._last_front, front
-        if not len(self.ends):
-            return 0
-        yaw = math.radians(transform.rotation.yaw)
-        heading = np.array([math.cos(yaw), math.sin(yaw)])
-        near = np.flatnonzero(np.linalg.norm(self.ends.mean(axis=1) - front, axis=1) <= RED_LIGHT_DISTANCE)
-        for k in near.tolist():
-            if heading @ self.forward[k] <= 0 or not _segments_cross(last, front, *self.ends[k]):
-                continue
-            if self.lights[k].get_state() != carla.TrafficLightState.Red:
-                continue
-            # The line's ends reach 0.1 lane widths into the neighbouring lanes: the lane it came from decides.
-            came_from = self.map.get_waypoint(
-                carla.Location(float(last[0]), float(last[1]), transform.location.z)
-            )
-            if came_from is not None and (came_from.road_id, came_from.lane_id) == self.keys[k]:
-                return 1
-        return 0
+        return int(
+            self._red_line_crossed(last, front, heading, front, last, transform.location.z) is not None
+        )
+
+
+def _position_heading(transform: carla.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) and the unit heading of a transform, in the ground plane."""
+    yaw = math.radians(transform.rotation.yaw)
+    return np.array([transform.location.x, transform.location.y]), np.array([math.cos(yaw), math.sin(yaw)])
 
 
 def _segments_cross(a, b, c, d) -> bool:
