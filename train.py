@@ -143,8 +143,9 @@ def lock_run(storage: str, name: str):
     return lock
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any(run_dir.glob("*/checkpoint_*"))
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's newest checkpoint folder: the one --restore continues from."""
+    return max(run_dir.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime, default=None)
 
 
 def cut_off_experiment_state(run_dir: Path) -> Path | None:
@@ -167,12 +168,11 @@ def reached_its_stop(run_dir: Path) -> bool:
     """Tune marks the result that met the run's stop `done`; restoring such a run trains nothing."""
     import json
 
-    checkpoints = list(run_dir.glob("*/checkpoint_*"))
-    if not checkpoints:
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
         return False
-    trial = max(checkpoints, key=lambda p: p.stat().st_mtime).parent  # the trial --restore continues
     try:
-        with open(trial / "result.json", "rb") as f:  # only its last line (the file grows all run)
+        with open(newest.parent / "result.json", "rb") as f:  # only its last line (the file grows all run)
             f.seek(max(0, f.seek(0, 2) - 65536))
             last = f.read().decode(errors="replace").strip().splitlines()[-1]
         return bool(json.loads(last).get("done"))
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     if args.restore and run_dir is not None and not run_dir.exists():
         print(f"--restore: no run at {run_dir}; drop --restore to start one", file=sys.stderr)
         return 2
-    if args.restore and run_dir is not None and not has_checkpoint(run_dir):
+    if args.restore and run_dir is not None and newest_checkpoint(run_dir) is None:
         print(
             f"--restore: run {run_dir} has no checkpoint yet, nothing to resume; "
             "start it afresh with --overwrite",
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         return 2
     cut_off = cut_off_experiment_state(run_dir) if args.restore and run_dir is not None else None
     if cut_off is not None:
-        newest = max(run_dir.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+        newest = newest_checkpoint(run_dir)
         print(
             f"--restore: {cut_off} was cut off (the run was killed while Tune wrote it), so Tune would "
             f"start the run over; continue from its newest checkpoint as a new run: --init-module {newest} "
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
         )
         return 2
     if args.restore and run_dir is not None and reached_its_stop(run_dir):
-        newest = max(run_dir.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+        newest = newest_checkpoint(run_dir)
         print(
             f"done: {name} had already reached its stop; last checkpoint: {newest}; to train it further: "
             f"python train.py {args.config} --name NEW_NAME --init-module {newest} [--stop-minutes M]"
