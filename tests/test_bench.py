@@ -249,6 +249,7 @@ def test_training_throughput_bad_input_is_one_line_and_exit_2():
         [sys.executable, "bench/training_throughput.py", "--exp", "nope"],
         capture_output=True,
         text=True,
+        timeout=120,
         cwd=ROOT,
     )
     assert proc.returncode == 2

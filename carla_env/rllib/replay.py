@@ -149,13 +149,13 @@ class TransitionReplay:
         priority = self.priority[: len(self)]  # slots past len() were never written
         cumulative = np.cumsum(priority)
         total = cumulative[-1] if len(cumulative) else 0.0
-        if total <= 0 and len(self):
+        if total <= 0 and not len(self):
+            raise ValueError("sample() from an empty replay buffer")
+        if total <= 0:
             raise ValueError(
                 f"replay_buffer_config.capacity: {self.capacity} transitions is less than one sampling round "
                 "writes (every stored transition's frames were overwritten); raise it"
             )
-        if total <= 0:
-            raise ValueError("sample() from an empty replay buffer")
         slots = np.searchsorted(cumulative, self.rng.uniform(0, total, size), side="right")
         slots = np.minimum(slots, len(self) - 1)
         stored = priority > 0
@@ -209,11 +209,11 @@ class ArrayReplayDQN(DQN):
         store_weight, sample_and_train_weight = calculate_rr_weights(self.config)
         group = self.env_runner_group
         overlap = group.num_remote_env_runners() > 0
-        if overlap and not group.num_in_flight_async_reqs(SAMPLE_TAG):
-            self._launch_sampling()  # the first round (or one lost to a runner's failure)
         if not overlap:
             for _ in range(store_weight):
                 self._store(*self._sample_locally())
+        elif not group.num_in_flight_async_reqs(SAMPLE_TAG):
+            self._launch_sampling()  # the first round (or one lost to a runner's failure)
         learner_results = self._train(sample_and_train_weight)
         if overlap:
             for round_ in range(store_weight):
@@ -278,7 +278,7 @@ class ArrayReplayDQN(DQN):
         }
         for _ in range(updates):
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
-                batch, slots = self.local_replay_buffer.sample(self.config.total_train_batch_size, beta)
+                batch, slots = replay.sample(self.config.total_train_batch_size, beta)
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
                 learner_results = self.learner_group.update(
                     batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=len(slots)),
@@ -294,5 +294,5 @@ class ArrayReplayDQN(DQN):
                 )
                 self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_UPDATE_PRIOS_TIMER)):
-                self.local_replay_buffer.update_priorities(slots, td_errors)
+                replay.update_priorities(slots, td_errors)
         return learner_results
