@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import carla
 import numpy as np
+from numba import njit
 
 from carla_env.maps.route import Route
 
@@ -158,11 +159,13 @@ class RedLightMonitor:
         if not len(self.ends):
             return None
         lane = None
-        for k in np.flatnonzero(np.linalg.norm(self.centres - near, axis=1) <= RED_LIGHT_DISTANCE).tolist():
+        # The geometry first, compiled: a line is seldom crossed, and a light's state is a backend call.
+        crossed = _lines_crossed(
+            self.centres, self.ends, self.forward, near, a, b, heading, RED_LIGHT_DISTANCE
+        )
+        for k in crossed.tolist():
             light = self.lights[k]
             if light is skip or light.get_state() != carla.TrafficLightState.Red:
-                continue
-            if heading @ self.forward[k] <= 0 or not _segments_cross(a, b, *self.ends[k]):
                 continue
             if lane is None:
                 lane = self.map.get_waypoint(carla.Location(float(lane_point[0]), float(lane_point[1]), z))
@@ -202,11 +205,30 @@ def _position_heading(transform: carla.Transform) -> tuple[np.ndarray, np.ndarra
     return np.array([transform.location.x, transform.location.y]), np.array([math.cos(yaw), math.sin(yaw)])
 
 
+@njit(cache=True)
+def _lines_crossed(centres, ends, forward, near, a, b, heading, distance: float) -> np.ndarray:
+    """Indices, in order, of the lines (centre within `distance` of `near`) that segment ab crosses
+    heading along their forward direction."""
+    out = np.empty(len(centres), np.int64)
+    n = 0
+    for k in range(len(centres)):
+        if np.hypot(centres[k, 0] - near[0], centres[k, 1] - near[1]) > distance:
+            continue
+        if heading[0] * forward[k, 0] + heading[1] * forward[k, 1] <= 0:
+            continue
+        if _segments_cross(a, b, ends[k, 0], ends[k, 1]):
+            out[n] = k
+            n += 1
+    return out[:n]
+
+
+@njit(cache=True)
 def _segments_cross(a, b, c, d) -> bool:
     """Whether the segments ab and cd intersect (touching counts, as shapely's intersection does)."""
-
-    def side(p, q, r) -> float:
-        return float((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
-
-    d1, d2, d3, d4 = side(c, d, a), side(c, d, b), side(a, b, c), side(a, b, d)
+    d1, d2, d3, d4 = _side(c, d, a), _side(c, d, b), _side(a, b, c), _side(a, b, d)
     return d1 * d2 <= 0 and d3 * d4 <= 0
+
+
+@njit(cache=True, inline="always")
+def _side(p, q, r) -> float:
+    return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from carla_env.maps.geometry import lane_pose
-from carla_env.sensors.birdview import BOX_CORNERS
+from carla_env.sensors.birdview_kernels import BOX_CORNERS
 
 INF = np.inf
 

@@ -12,6 +12,7 @@ Dynamic layers are drawn from a `Scene` (plain arrays), so the carla backend
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -20,13 +21,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from carla_env.maps.lane_graph import MARKING, LaneGraph
+from carla_env.sensors.birdview_kernels import (
+    apply_affine,
+    frame_boxes,
+    group_by_state,
+    near_box_pixels,
+    near_runs,
+    nearest_point_from,
+    pack_planes,
+    stop_lines_on_screen,
+    unpack_static,
+)
 
 STATIC = ("road", "lane_solid", "lane_broken")
 WALKER_MIN_PIXELS = 3  # a walker's box is drawn at least this many pixels across
-BOX_CORNERS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], float)  # box_corners' polygon order
 _SOLID = {MARKING[k] for k in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb", "Grass")}
 _BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
-RED, YELLOW, GREEN = 0, 1, 2
+RED, YELLOW, GREEN = 0, 1, 2  # carla.TrafficLightState's values
 
 
 # Every channel the renderer draws. "ego" is off by default, as in Roach (the ego always sits at the
@@ -101,13 +112,11 @@ class BirdviewSpec(BaseModel):
 
 def box_corners(boxes: np.ndarray) -> np.ndarray:
     """(N, 4, 2) world corners, in polygon order, of (N, 5) boxes x, y, yaw (rad), half_length, half_width."""
-    x, y, yaw, hl, hw = np.asarray(boxes, float).reshape(-1, 5).T
-    c, s = np.cos(yaw), np.sin(yaw)
-    f = BOX_CORNERS[None, :, 0] * hl[:, None]
-    r = BOX_CORNERS[None, :, 1] * hw[:, None]
-    wx = x[:, None] + f * c[:, None] - r * s[:, None]
-    wy = y[:, None] + f * s[:, None] + r * c[:, None]
-    return np.stack([wx, wy], -1)
+    corners, _ = frame_boxes(np.asarray(boxes, float).reshape(-1, 5), _NO_BOXES, 0.0)
+    return corners
+
+
+_NO_BOXES = np.zeros((0, 5))
 
 
 @dataclass
@@ -119,6 +128,26 @@ class Scene:
     walkers: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
     light_states: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per lane-graph light
     ego_speed: float = 0.0  # m/s in the ground plane
+
+
+@dataclass
+class _Frame:
+    """A scene with its boxes' world corners, computed once: the renderer draws a scene again in the
+    history channels of later frames."""
+
+    scene: Scene
+    corners: np.ndarray  # (N, 4, 2) world corners: the vehicles' boxes, then the walkers'
+    centres: np.ndarray  # (N, 2) the boxes' centres
+    num_vehicles: int
+
+    @classmethod
+    def of(cls, scene: Scene, spec: BirdviewSpec, walker_half: float) -> _Frame:
+        vehicles = np.vstack([scene.ego[None, :], scene.vehicles]) if spec.ego_history else scene.vehicles
+        vehicles = np.asarray(vehicles, float).reshape(-1, 5)
+        # Walker boxes at least WALKER_MIN_PIXELS across: a 0.5 m pedestrian is one pixel at 2 px/m, too
+        # small for a CNN to see reliably (Roach enlarges walkers in its BEV for the same reason).
+        corners, centres = frame_boxes(vehicles, np.asarray(scene.walkers, float).reshape(-1, 5), walker_half)
+        return cls(scene, corners, centres, len(vehicles))
 
 
 class StaticRaster:
@@ -191,8 +220,24 @@ class BirdviewRenderer:
         self.history_ticks = [
             max(0, round(-t / delta_seconds) - round(0.1 / delta_seconds)) for t in self.spec.history
         ]
-        self._frames: list[Scene] = []
+        self._frames: list[_Frame] = []  # newest first
         self._stop_lines = self._stop_line_segments(lanes)
+        s = self.spec
+        # Metres from the ego beyond which no point is on screen: its farthest corner, plus 1 m.
+        self._screen_reach = (
+            math.hypot(s.size / 2, max(s.ego_offset, s.size - s.ego_offset)) / s.pixels_per_meter + 1
+        )
+        self._walker_half = 0.5 * WALKER_MIN_PIXELS / s.pixels_per_meter
+        self._static_channels = np.array([self.index.get(name, -1) for name in STATIC])  # per raster bit
+        # Per history time, the channel of each box layer (-1: not shown).
+        self._box_channels = {
+            t: {k: self.index.get(f"{k}@{t:g}s", -1) for k in ("vehicles", "walkers")} for t in s.history
+        }
+        self._light_channels = {
+            name: state
+            for name, state in (("lights_green", GREEN), ("lights_yellow", YELLOW), ("lights_red", RED))
+            if name in s.channels
+        }
         self.route: np.ndarray | None = None  # (M, 2) world points of the planned route
         self._route_next = 0  # index of the route point nearest the ego so far
         self._ego: np.ndarray | None = None  # the newest rendered ego box, for colorize
@@ -210,15 +255,22 @@ class BirdviewRenderer:
 
     # ------------------------------------------------------------------ rendering
     def __call__(self, scene: Scene) -> np.ndarray:
-        self._frames.insert(0, scene)
+        self._frames.insert(0, _Frame.of(scene, self.spec, self._walker_half))
         del self._frames[max(self.history_ticks) + 1 :]
-        return self.render(scene)
+        return self._render(self._frames)
 
     def render(self, scene: Scene) -> np.ndarray:
-        spec, size = self.spec, self.spec.size
-        out = np.zeros((len(self.names), size, size), np.uint8)
+        """The observation of `scene` alone, its history layers showing the scene itself."""
         self._ego = scene.ego
-        to_bev = self._world_to_bev(scene.ego)
+        return self._render([_Frame.of(scene, self.spec, self._walker_half)])
+
+    def _render(self, frames: list[_Frame]) -> np.ndarray:
+        spec, size, index = self.spec, self.spec.size, self.index
+        scene = frames[0].scene
+        ego = scene.ego
+        out = np.zeros((len(self.names), size, size), np.uint8)
+        self._ego = ego
+        to_bev = self._world_to_bev(ego)
         static = cv2.warpAffine(
             self.raster.image,
             self._raster_to_bev(to_bev),
@@ -226,121 +278,103 @@ class BirdviewRenderer:
             flags=cv2.INTER_NEAREST,
             borderValue=0,
         )
-        for bit, name in enumerate(STATIC):
-            if name in self.index:
-                layer = out[self.index[name]]
-                np.right_shift(static, bit, out=layer)
-                layer &= 1
-        if "speed" in self.index:
+        unpack_static(static, out, self._static_channels)
+        if "speed" in index:
             fraction = min(max(scene.ego_speed / spec.speed_range, 0.0), 1.0)
-            out[self.index["speed"], :, : round(fraction * size)] = 1
-        if "route" in self.index and self.route is not None:
-            self._polyline(
-                out[self.index["route"]],
-                to_bev,
-                self._remaining_route(scene.ego),
-                scene.ego,
-                thickness=int(2 * spec.pixels_per_meter),
-            )
-        frames = self._frames or [scene]
-        seg_light, segs = self._stop_lines
-        seg_px = self._apply(to_bev, segs.reshape(-1, 2)).reshape(-1, 2, 2)
-        on_screen = ((seg_px >= 0) & (seg_px < size)).any(axis=(1, 2))
-        seg_light, seg_px = seg_light[on_screen], seg_px[on_screen]
-        light_width = max(1, int(0.5 * spec.pixels_per_meter))
-        # Every box of every layer goes through one corner transform, then one fillPoly per channel.
-        box_sets = [(self.index["ego"], scene.ego[None, :])] if "ego" in self.index else []
+            out[index["speed"], :, : round(fraction * size)] = 1
+        if "route" in index and self.route is not None:
+            self._draw_route(out[index["route"]], to_bev, ego)
         pasts = [frames[min(ticks, len(frames) - 1)] for ticks in self.history_ticks]
-        for t, past in zip(spec.history, pasts, strict=True):
-            if "vehicles" in spec.channels:
-                boxes = np.vstack([past.ego[None, :], past.vehicles]) if spec.ego_history else past.vehicles
-                box_sets.append((self.index[f"vehicles@{t:g}s"], boxes))
-            if "walkers" in spec.channels:
-                box_sets.append((self.index[f"walkers@{t:g}s"], self._visible_walkers(past.walkers)))
-        self._fill_boxes(out, to_bev, box_sets, scene.ego)
-        # Lights seldom change within the history: a set of stop lines already drawn is copied, not redrawn.
-        drawn: dict[bytes, int] = {}
-        for t, past in zip(spec.history, pasts, strict=True):
-            if not len(seg_px) or not len(past.light_states):
-                continue
-            seg_state = past.light_states[seg_light]
-            for state, name in ((GREEN, "lights_green"), (YELLOW, "lights_yellow"), (RED, "lights_red")):
-                if name not in spec.channels:
-                    continue
-                chosen = seg_state == state
-                if not chosen.any():
-                    continue
-                channel = self.index[f"{name}@{t:g}s"]
-                key = chosen.tobytes()
-                if key in drawn:
-                    out[channel] = out[drawn[key]]
-                else:
-                    cv2.polylines(out[channel], list(seg_px[chosen]), False, 1, light_width)
-                    drawn[key] = channel
+        self._fill_boxes(out, to_bev, pasts, ego)
+        self._draw_lights(out, to_bev, pasts, ego)
         return out
 
-    def _remaining_route(self, ego: np.ndarray) -> np.ndarray:
-        """The route on from just behind the ego's nearest point; the search starts at the last such
-        point, so a passed part never comes back."""
-        rest = self.route[self._route_next :]
-        self._route_next += int(np.argmin(np.hypot(rest[:, 0] - ego[0], rest[:, 1] - ego[1])))
-        return self.route[max(0, self._route_next - 2) :]
+    def _fill_boxes(self, out: np.ndarray, to_bev: np.ndarray, pasts: list[_Frame], ego: np.ndarray) -> None:
+        """Every box of every history frame near enough to show through one kernel (corners in the world
+        were computed once per frame), then one fillPoly per channel."""
+        spec, index = self.spec, self.index
+        channels, corners, centres, sizes = [], [], [], []
+        if "ego" in index:
+            channels.append(index["ego"])
+            corners.append(box_corners(ego))
+            centres.append(ego[None, :2])
+            sizes.append(1)
+        for t, past in zip(spec.history, pasts, strict=True):
+            v = past.num_vehicles
+            channels += [self._box_channels[t]["vehicles"], self._box_channels[t]["walkers"]]
+            corners.append(past.corners)
+            centres.append(past.centres)
+            sizes += [v, len(past.corners) - v]
+        reach = spec.size / spec.pixels_per_meter + 10.0  # metres: anything farther is off screen
+        pts, counts = near_box_pixels(
+            to_bev, np.concatenate(corners), np.concatenate(centres), np.array(sizes), ego[0], ego[1], reach
+        )
+        a = 0
+        for channel, count in zip(channels, counts.tolist(), strict=True):
+            if count and channel >= 0:
+                cv2.fillPoly(out[channel], pts[a : a + count], 1)
+            a += count
+
+    def _draw_lights(self, out: np.ndarray, to_bev: np.ndarray, pasts: list[_Frame], ego: np.ndarray) -> None:
+        """Stop lines in the channel of their light's state, per history frame. Lights seldom change
+        within the history: a frame whose on-screen lights match an earlier one's copies its channels."""
+        seg_light, segs = self._stop_lines
+        if not self._light_channels or not len(seg_light):
+            return
+        shown, seg_px = stop_lines_on_screen(to_bev, segs, ego[0], ego[1], self._screen_reach, self.spec.size)
+        if not len(shown):
+            return
+        seg_light = seg_light[shown]
+        width = max(1, int(0.5 * self.spec.pixels_per_meter))
+        drawn: dict[bytes, float] = {}  # states of the on-screen lines -> the history time drawn with them
+        for t, past in zip(self.spec.history, pasts, strict=True):
+            states = past.scene.light_states
+            if not len(states):
+                continue
+            seg_state = states[seg_light]
+            key = seg_state.tobytes()
+            if key in drawn:
+                for name in self._light_channels:
+                    out[self.index[f"{name}@{t:g}s"]] = out[self.index[f"{name}@{drawn[key]:g}s"]]
+                continue
+            drawn[key] = t
+            lines, counts = group_by_state(seg_state, seg_px, 3)
+            starts = (np.cumsum(counts) - counts).tolist()
+            for name, state in self._light_channels.items():
+                a, n = starts[state], int(counts[state])
+                if n:
+                    cv2.polylines(out[self.index[f"{name}@{t:g}s"]], lines[a : a + n], False, 1, width)
+
+    def _draw_route(self, canvas: np.ndarray, to_bev: np.ndarray, ego: np.ndarray) -> None:
+        """The route on from just behind the ego's nearest point, where it is near enough to show; the
+        search for that point starts at the last one, so a passed part never comes back."""
+        self._route_next = nearest_point_from(self.route, self._route_next, ego[0], ego[1])
+        rest = self.route[max(0, self._route_next - 2) :]
+        reach = self.spec.size / self.spec.pixels_per_meter * 1.5
+        px, runs = near_runs(to_bev, rest, ego[0], ego[1], reach)
+        thickness = int(2 * self.spec.pixels_per_meter)
+        for start, stop in runs.tolist():
+            cv2.polylines(canvas, [px[start:stop]], False, 1, thickness)
 
     def _world_to_bev(self, ego: np.ndarray) -> np.ndarray:
         """2x3 affine map from CARLA world (x, y) to BEV pixels (col, row)."""
-        x, y, yaw = ego[:3]
+        x, y, yaw = float(ego[0]), float(ego[1]), float(ego[2])
         ppm, size = self.spec.pixels_per_meter, self.spec.size
-        c, s = np.cos(yaw), np.sin(yaw)
+        c, s = math.cos(yaw), math.sin(yaw)
         # forward f = c*dx + s*dy -> up; right r = -s*dx + c*dy -> right.
-        col = ppm * np.array([-s, c]), size / 2
-        row = -ppm * np.array([c, s]), size - self.spec.ego_offset
-        m = np.array([[*col[0], 0.0], [*row[0], 0.0]])
-        m[:, 2] = np.array([col[1], row[1]]) - m[:, :2] @ np.array([x, y])
-        return m
+        a, b, d, e = -ppm * s, ppm * c, -ppm * c, -ppm * s
+        col, row = size / 2, size - self.spec.ego_offset
+        return np.array([[a, b, col - (a * x + b * y)], [d, e, row - (d * x + e * y)]])
 
     def _raster_to_bev(self, to_bev: np.ndarray) -> np.ndarray:
         # raster (u, v) = (world - origin) * ppm  ->  world = (u, v) / ppm + origin
-        r = self.raster
-        m = to_bev.copy()
-        m[:, 2] = to_bev[:, :2] @ r.origin + to_bev[:, 2]
-        m[:, :2] = to_bev[:, :2] / r.ppm
-        return m
+        (a, b, c), (d, e, f) = to_bev.tolist()
+        (ox, oy), ppm = self.raster.origin.tolist(), self.raster.ppm
+        return np.array([[a / ppm, b / ppm, a * ox + b * oy + c], [d / ppm, e / ppm, d * ox + e * oy + f]])
 
     @staticmethod
     def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        return np.round(xy @ m[:, :2].T + m[:, 2]).astype(np.int32)
-
-    def _visible_walkers(self, walkers: np.ndarray) -> np.ndarray:
-        """Walker boxes at least WALKER_MIN_PIXELS across: a 0.5 m pedestrian is one pixel at 2 px/m, too
-        small for a CNN to see reliably (Roach enlarges walkers in its BEV for the same reason)."""
-        if not len(walkers):
-            return walkers
-        half = 0.5 * WALKER_MIN_PIXELS / self.spec.pixels_per_meter
-        out = walkers.copy()
-        out[:, 3:5] = np.maximum(out[:, 3:5], half)
-        return out
-
-    def _fill_boxes(self, out: np.ndarray, to_bev: np.ndarray, box_sets: list, ego: np.ndarray) -> None:
-        if not box_sets:  # no box channel in this spec
-            return
-        channel = np.concatenate([np.full(len(b), c) for c, b in box_sets])
-        boxes = np.concatenate([b for _, b in box_sets]).reshape(-1, 5)
-        view = self.spec.size / self.spec.pixels_per_meter  # metres: anything farther is off screen
-        near = np.hypot(boxes[:, 0] - ego[0], boxes[:, 1] - ego[1]) < view + 10.0
-        channel, boxes = channel[near], boxes[near]
-        if not len(boxes):
-            return
-        pts = self._apply(to_bev, box_corners(boxes).reshape(-1, 2)).reshape(-1, 4, 2)
-        for ch in np.unique(channel):
-            cv2.fillPoly(out[ch], list(pts[channel == ch]), 1)
-
-    def _polyline(self, canvas, to_bev, xy, ego, thickness: int) -> None:
-        near = (
-            np.hypot(xy[:, 0] - ego[0], xy[:, 1] - ego[1]) < self.spec.size / self.spec.pixels_per_meter * 1.5
-        )
-        for run in _runs(near):
-            if len(run) > 1:
-                cv2.polylines(canvas, [self._apply(to_bev, xy[run])], False, 1, thickness)
+        return apply_affine(m, np.asarray(xy, float).reshape(-1, 2))
 
     @staticmethod
     def _stop_line_segments(lanes: LaneGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -397,12 +431,9 @@ def pack(obs: np.ndarray) -> np.ndarray:
     c = obs.shape[0]
     if obs.dtype != np.uint8 or obs[0].size % 8 or not obs.flags.c_contiguous:
         return np.packbits(obs.astype(bool), axis=0)
-    # Values are 0/1, so shifting 8 pixels at once as one uint64 never carries across bytes.
     planes = obs.reshape(c, -1).view(np.uint64)
     out = np.zeros(((c + 7) // 8, planes.shape[1]), np.uint64)
-    for k in range(min(8, c)):
-        group = planes[k::8]
-        out[: len(group)] |= group << np.uint64(7 - k)
+    pack_planes(planes, out)
     return out.view(np.uint8).reshape((len(out),) + obs.shape[1:])
 
 
