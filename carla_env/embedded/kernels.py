@@ -663,3 +663,17 @@ def painted_markings(
         if left < 0 and lateral < -half_w and mark_left[at] != unmarked:
             left = mark_left[at]
     return right, left
+
+
+@njit(cache=True)
+def carla_boxes(xy, yaw, half):
+    """(N, 5) boxes x, y, yaw (rad), half length, half width as the CARLA API gives them: its types
+    store float32, and yaw in degrees."""
+    out = np.empty((xy.shape[0], 5))
+    for i in range(xy.shape[0]):
+        out[i, 0] = np.float64(np.float32(xy[i, 0]))
+        out[i, 1] = np.float64(np.float32(xy[i, 1]))
+        out[i, 2] = np.radians(np.float64(np.float32(np.degrees(yaw[i]))))
+        out[i, 3] = np.float64(np.float32(half[i, 0]))
+        out[i, 4] = np.float64(np.float32(half[i, 1]))
+    return out

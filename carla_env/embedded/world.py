@@ -29,7 +29,13 @@ from carla_env.embedded.blueprints import (
     BlueprintLibrary,
 )
 from carla_env.embedded.dynamics import step_bicycle
-from carla_env.embedded.kernels import STEERED, overlapping_pairs, overlapping_pairs_between, painted_markings
+from carla_env.embedded.kernels import (
+    STEERED,
+    carla_boxes,
+    overlapping_pairs,
+    overlapping_pairs_between,
+    painted_markings,
+)
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.embedded.walkers import WalkerCrowd
 from carla_env.maps.geometry import lane_pose
@@ -342,15 +348,9 @@ class EmbeddedWorld:
 
     def birdview_scene(self, hero: Vehicle) -> Scene:
         """The birdview Scene around `hero`, straight from the arrays (what `scene_from_world` builds
-        through the CARLA API, rounded the same way: carla types store float32, yaw in degrees)."""
-
-        def boxes(xy, yaw, half):
-            f32 = np.float32
-            yaw = np.radians(np.degrees(yaw).astype(f32).astype(float))
-            return np.column_stack([xy.astype(f32).astype(float), yaw, half.astype(f32).astype(float)])
-
+        through the CARLA API, rounded the same way)."""
         pos, yaws, halves = self._all_boxes()
-        all_boxes = boxes(pos[:, :2], yaws, halves[:, :2])
+        all_boxes = carla_boxes(pos, yaws, halves)
         hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
@@ -358,7 +358,7 @@ class EmbeddedWorld:
         walkers = np.zeros((0, 5))
         if self._crowd is not None:
             c = self._crowd
-            walkers = boxes(c.state.xyz[:, :2], c.state.yaw, c.half[:, :2])
+            walkers = carla_boxes(c.state.xyz, c.state.yaw, c.half)
         return Scene(
             ego=all_boxes[hero_row],
             vehicles=all_boxes[others],

@@ -83,3 +83,16 @@ def nearest_point(
         if cost < best_cost:
             best, best_cost, best_dist = p, cost, d
     return best, best_dist
+
+
+@njit(cache=True)
+def nearest_in_window(points, start: int, end: int, x: float, y: float):
+    """(index, planar distance) of the point of points[start:end] nearest (x, y): the first of equals,
+    as numpy.argmin. A window past the last point ends there."""
+    end = min(end, points.shape[0])
+    best, best_d = start, np.inf
+    for i in range(start, end):
+        d = np.hypot(points[i, 0] - x, points[i, 1] - y)
+        if d < best_d:
+            best, best_d = i, d
+    return best, best_d

@@ -8,6 +8,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, dijkstra
 
+from carla_env.maps.geometry import nearest_in_window
 from carla_env.maps.lane_graph import LaneGraph
 
 LANE_CHANGE_COST = 20.0  # metres added per lane change, so the planner changes lanes only when it pays
@@ -46,10 +47,10 @@ class Route:
         """(index, distance in metres) of the route point nearest xy, among points [start, end) of
         `window` (default: the whole route)."""
         start, end = window or (0, len(self.points))
-        pts = self.points[start:end]
-        d = np.hypot(pts[:, 0] - xy[0], pts[:, 1] - xy[1])
-        k = int(np.argmin(d))
-        return start + k, float(d[k])
+        if not start < min(end, len(self.points)):
+            raise ValueError(f"no route point in window {window} of a {len(self.points)}-point route")
+        k, d = nearest_in_window(self.points, start, end, float(xy[0]), float(xy[1]))
+        return int(k), float(d)
 
     def progress(self, xy) -> float:
         """Distance along the route of the point nearest xy (metres), searching the whole route: a

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from carla_env.maps.geometry import nearest_in_window
 from carla_env.maps.lane_graph import MARKING, LaneGraph
 from carla_env.sensors.birdview_kernels import (
     apply_affine,
@@ -27,7 +28,6 @@ from carla_env.sensors.birdview_kernels import (
     group_by_state,
     near_box_pixels,
     near_runs,
-    nearest_point_from,
     pack_planes,
     stop_lines_on_screen,
     unpack_static,
@@ -348,7 +348,7 @@ class BirdviewRenderer:
     def _draw_route(self, canvas: np.ndarray, to_bev: np.ndarray, ego: np.ndarray) -> None:
         """The route on from just behind the ego's nearest point, where it is near enough to show; the
         search for that point starts at the last one, so a passed part never comes back."""
-        self._route_next = nearest_point_from(self.route, self._route_next, ego[0], ego[1])
+        self._route_next, _ = nearest_in_window(self.route, self._route_next, len(self.route), ego[0], ego[1])
         rest = self.route[max(0, self._route_next - 2) :]
         reach = self.spec.size / self.spec.pixels_per_meter * 1.5
         px, runs = near_runs(to_bev, rest, ego[0], ego[1], reach)

@@ -102,17 +102,6 @@ def stop_lines_on_screen(m, segments, cx: float, cy: float, reach: float, size: 
 
 
 @njit(cache=True)
-def nearest_point_from(points: np.ndarray, start: int, x: float, y: float) -> int:
-    """Index of the point nearest (x, y) among points[start:] (the first of equals, as numpy.argmin)."""
-    best, best_d = start, np.inf
-    for i in range(start, points.shape[0]):
-        d = np.hypot(points[i, 0] - x, points[i, 1] - y)
-        if d < best_d:
-            best, best_d = i, d
-    return best
-
-
-@njit(cache=True)
 def near_runs(m, points: np.ndarray, x: float, y: float, reach: float):
     """Pixels of `points` and the (R, 2) [start, stop) runs of consecutive points within `reach` metres
     of (x, y) that have at least two points (a polyline each)."""
