@@ -108,3 +108,22 @@ def test_town_sources(tmp_path, monkeypatch):
     bad.write_text("<OpenDRIVE></OpenDRIVE>")
     with pytest.raises(TownError, match="no driving lanes|cannot parse"):
         load_town(str(bad))
+
+
+def test_route_nearest_is_the_first_nearest_point_of_its_window():
+    """The compiled search answers as numpy's argmin over the window's slice: ties go to the first point,
+    a window past the route's end stops there, and an empty window is an error, not index 0."""
+    from carla_env.maps.route import Route
+
+    route = Route.__new__(Route)  # the search needs only the points
+    rng = np.random.default_rng(0)
+    route.points = np.round(rng.uniform(0, 20, (200, 2)))  # integer grid: many exact ties
+    for _ in range(300):
+        xy = rng.uniform(-5, 25, 2)
+        start = int(rng.integers(0, 199))
+        end = int(rng.integers(start + 1, 260))
+        window = route.points[start:end]
+        d = np.hypot(window[:, 0] - xy[0], window[:, 1] - xy[1])
+        assert route.nearest(xy, (start, end)) == (start + int(np.argmin(d)), float(d.min()))
+    with pytest.raises(ValueError, match="no route point"):
+        route.nearest((0.0, 0.0), (200, 210))
