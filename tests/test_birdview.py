@@ -300,3 +300,44 @@ def test_renderers_of_one_town_share_a_read_only_raster(town):
     assert a.raster is b.raster
     assert not a.raster.image.flags.writeable
     assert BirdviewRenderer(town.lanes, BirdviewSpec(pixels_per_meter=2.0)).raster is not a.raster
+
+
+def test_boxes_that_overlap_are_drawn_whole(town, renderer):
+    """OpenCV fills the polygons of one call even-odd; a group of walkers, or two cars in a crash, must
+    not cancel each other out where they overlap."""
+    ego = box(100.0, 50.0, 0.0)
+    walkers = np.array([[110.0, 50.0, 0.0, 0.6, 0.6], [110.5, 50.3, 0.3, 0.6, 0.6]])
+    cars = np.array([box(115.0, 48.0, 0.0), box(116.0, 48.5, 0.2)])
+    obs = renderer.render(Scene(ego=ego, vehicles=cars, walkers=walkers))
+    for name, boxes in (("walkers@-0.1s", walkers), ("vehicles@-0.1s", cars)):
+        alone = [
+            channel(renderer, renderer.render(Scene(ego=ego, vehicles=b[None], walkers=b[None])), name)
+            for b in boxes
+        ]
+        np.testing.assert_array_equal(channel(renderer, obs, name), alone[0] | alone[1])
+
+
+def test_light_states_of_any_numeric_type_draw_alike(town, renderer):
+    g = town.lanes
+    lane = int(np.flatnonzero(g.lane_light >= 0)[0])
+    ego = ego_on_lane(g, lane, g.lane_length[lane] - 10.0)
+    red = np.zeros(len(g.light_id), np.int64)  # 0: red
+    expected = renderer.render(Scene(ego=ego, vehicles=np.zeros((0, 5)), light_states=red))
+    for states in (red.astype(float), red.astype(np.int32), red.astype(np.uint8)):
+        obs = renderer.render(Scene(ego=ego, vehicles=np.zeros((0, 5)), light_states=states))
+        np.testing.assert_array_equal(obs, expected)
+
+
+def test_a_stop_line_across_a_zoomed_in_view_is_drawn(town):
+    """At 50 px/m a 16 px view is 0.3 m across: a stop line through it has both ends far off screen."""
+    g = town.lanes
+    r = BirdviewRenderer(
+        g,
+        BirdviewSpec(size=16, pixels_per_meter=50.0, ego_offset=8, channels=("lights_red",), history=(-0.1,)),
+    )
+    lane = int(np.flatnonzero(g.lane_light >= 0)[0])
+    ego = ego_on_lane(g, lane, g.lane_length[lane])  # on the stop line, heading along the lane
+    obs = r.render(
+        Scene(ego=ego, vehicles=np.zeros((0, 5)), light_states=np.zeros(len(g.light_id), np.int64))
+    )
+    assert obs[0].sum() > 16  # a band across the whole view, not nothing

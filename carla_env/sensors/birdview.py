@@ -28,6 +28,7 @@ from carla_env.sensors.birdview_kernels import (
     group_by_state,
     near_box_pixels,
     near_runs,
+    overlapping,
     pack_planes,
     stop_lines_on_screen,
     unpack_static,
@@ -38,6 +39,7 @@ WALKER_MIN_PIXELS = 3  # a walker's box is drawn at least this many pixels acros
 _SOLID = {MARKING[k] for k in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb", "Grass")}
 _BROKEN = {MARKING[k] for k in ("Broken", "BrokenBroken", "BottsDots")}
 RED, YELLOW, GREEN = 0, 1, 2  # carla.TrafficLightState's values
+NUM_LIGHT_STATES = 3  # the ones drawn
 
 
 # Every channel the renderer draws. "ego" is off by default, as in Roach (the ego always sits at the
@@ -198,6 +200,19 @@ def static_raster(lanes: LaneGraph, pixels_per_meter: float) -> StaticRaster:
     return _RASTERS[key]
 
 
+def _fill_polygons(canvas: np.ndarray, polygons: np.ndarray) -> None:
+    """Fill (K, N, 2) pixel polygons with 1: those apart in one fillPoly call, each overlapping one in a
+    call of its own (in one call, overlaps would cancel out)."""
+    apart = ~overlapping(polygons)
+    if apart.all():
+        cv2.fillPoly(canvas, polygons, 1)
+        return
+    if apart.any():
+        cv2.fillPoly(canvas, polygons[apart], 1)
+    for polygon in polygons[~apart]:
+        cv2.fillPoly(canvas, polygon[None], 1)
+
+
 def _runs(mask: np.ndarray) -> list[np.ndarray]:
     idx = np.flatnonzero(mask)
     if not len(idx):
@@ -223,10 +238,11 @@ class BirdviewRenderer:
         self._frames: list[_Frame] = []  # newest first
         self._stop_lines = self._stop_line_segments(lanes)
         s = self.spec
-        # Metres from the ego beyond which no point is on screen: its farthest corner, plus 1 m.
-        self._screen_reach = (
-            math.hypot(s.size / 2, max(s.ego_offset, s.size - s.ego_offset)) / s.pixels_per_meter + 1
-        )
+        # Metres from the ego within which the whole screen lies: its farthest corner, plus a line's
+        # width and a pixel of rounding.
+        corner = math.hypot(s.size / 2, max(s.ego_offset, s.size - s.ego_offset))
+        self._line_width = max(1, int(0.5 * s.pixels_per_meter))  # stop lines, px
+        self._screen_reach = (corner + self._line_width + 1) / s.pixels_per_meter
         self._walker_half = 0.5 * WALKER_MIN_PIXELS / s.pixels_per_meter
         self._static_channels = np.array([self.index.get(name, -1) for name in STATIC])  # per raster bit
         # Per history time, the channel of each box layer (-1: not shown).
@@ -261,7 +277,6 @@ class BirdviewRenderer:
 
     def render(self, scene: Scene) -> np.ndarray:
         """The observation of `scene` alone, its history layers showing the scene itself."""
-        self._ego = scene.ego
         return self._render([_Frame.of(scene, self.spec, self._walker_half)])
 
     def _render(self, frames: list[_Frame]) -> np.ndarray:
@@ -305,14 +320,19 @@ class BirdviewRenderer:
             corners.append(past.corners)
             centres.append(past.centres)
             sizes += [v, len(past.corners) - v]
-        reach = spec.size / spec.pixels_per_meter + 10.0  # metres: anything farther is off screen
         pts, counts = near_box_pixels(
-            to_bev, np.concatenate(corners), np.concatenate(centres), np.array(sizes), ego[0], ego[1], reach
+            to_bev,
+            np.concatenate(corners),
+            np.concatenate(centres),
+            np.array(sizes),
+            ego[0],
+            ego[1],
+            self._screen_reach,
         )
         a = 0
         for channel, count in zip(channels, counts.tolist(), strict=True):
             if count and channel >= 0:
-                cv2.fillPoly(out[channel], pts[a : a + count], 1)
+                _fill_polygons(out[channel], pts[a : a + count])
             a += count
 
     def _draw_lights(self, out: np.ndarray, to_bev: np.ndarray, pasts: list[_Frame], ego: np.ndarray) -> None:
@@ -325,25 +345,26 @@ class BirdviewRenderer:
         if not len(shown):
             return
         seg_light = seg_light[shown]
-        width = max(1, int(0.5 * self.spec.pixels_per_meter))
         drawn: dict[bytes, float] = {}  # states of the on-screen lines -> the history time drawn with them
         for t, past in zip(self.spec.history, pasts, strict=True):
             states = past.scene.light_states
             if not len(states):
                 continue
-            seg_state = states[seg_light]
+            seg_state = np.asarray(states, np.int64)[seg_light]
             key = seg_state.tobytes()
             if key in drawn:
                 for name in self._light_channels:
                     out[self.index[f"{name}@{t:g}s"]] = out[self.index[f"{name}@{drawn[key]:g}s"]]
                 continue
             drawn[key] = t
-            lines, counts = group_by_state(seg_state, seg_px, 3)
+            lines, counts = group_by_state(seg_state, seg_px, NUM_LIGHT_STATES)
             starts = (np.cumsum(counts) - counts).tolist()
             for name, state in self._light_channels.items():
                 a, n = starts[state], int(counts[state])
                 if n:
-                    cv2.polylines(out[self.index[f"{name}@{t:g}s"]], lines[a : a + n], False, 1, width)
+                    cv2.polylines(
+                        out[self.index[f"{name}@{t:g}s"]], lines[a : a + n], False, 1, self._line_width
+                    )
 
     def _draw_route(self, canvas: np.ndarray, to_bev: np.ndarray, ego: np.ndarray) -> None:
         """The route on from just behind the ego's nearest point, where it is near enough to show; the

@@ -57,16 +57,16 @@ def apply_affine(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 @njit(cache=True)
 def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach: float):
-    """Pixels (K, 4, 2) of the boxes whose centre is within `reach` metres of (cx, cy), in order, and how
-    many of each consecutive set of `set_sizes` boxes they are (farther ones are off screen)."""
+    """Pixels (K, 4, 2) of the boxes that may show, in order, and how many of each consecutive set of
+    `set_sizes` boxes they are: those whose corners come within `reach` metres of (cx, cy) (the screen
+    lies within it; farther ones are off screen)."""
     out = np.empty((corners.shape[0], 4, 2), np.int32)
     counts = np.zeros(set_sizes.shape[0], np.int64)
-    reach2 = reach * reach
     i = k = 0
     for s in range(set_sizes.shape[0]):
         for _ in range(set_sizes[s]):
-            dx, dy = centres[i, 0] - cx, centres[i, 1] - cy
-            if dx * dx + dy * dy < reach2:
+            radius = np.hypot(corners[i, 0, 0] - centres[i, 0], corners[i, 0, 1] - centres[i, 1])
+            if np.hypot(centres[i, 0] - cx, centres[i, 1] - cy) <= reach + radius:
                 for j in range(4):
                     out[k, j, 0], out[k, j, 1] = _pixel(m, corners[i, j, 0], corners[i, j, 1])
                 k += 1
@@ -76,19 +76,41 @@ def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach:
 
 
 @njit(cache=True)
+def overlapping(polygons: np.ndarray) -> np.ndarray:
+    """Which (K, N, 2) pixel polygons have a bounding box (grown by a pixel) meeting another's: OpenCV's
+    fillPoly fills several polygons even-odd, so where two overlap in one call they cancel out."""
+    k = polygons.shape[0]
+    lo = np.empty((k, 2), np.int64)
+    hi = np.empty((k, 2), np.int64)
+    for i in range(k):
+        for a in range(2):
+            lo[i, a] = polygons[i, :, a].min() - 1
+            hi[i, a] = polygons[i, :, a].max() + 1
+    out = np.zeros(k, np.bool_)
+    for i in range(k):
+        for j in range(i + 1, k):
+            if (
+                lo[i, 0] <= hi[j, 0]
+                and lo[j, 0] <= hi[i, 0]
+                and lo[i, 1] <= hi[j, 1]
+                and lo[j, 1] <= hi[i, 1]
+            ):
+                out[i] = out[j] = True
+    return out
+
+
+@njit(cache=True)
 def stop_lines_on_screen(m, segments, cx: float, cy: float, reach: float, size: int):
-    """Indices and (K, 2, 2) pixels of the (S, 2, 2) segments with a pixel coordinate on screen. Lines
-    with both ends beyond `reach` metres of (cx, cy) (the screen's farthest corner) are skipped unmapped."""
+    """Indices and (K, 2, 2) pixels of the (S, 2, 2) segments with a pixel coordinate on screen. A line
+    that passes farther than `reach` metres from (cx, cy) cannot touch the screen and is skipped unmapped."""
     index = np.empty(segments.shape[0], np.int64)
     out = np.empty((segments.shape[0], 2, 2), np.int32)
-    reach2 = reach * reach
     k = 0
     for i in range(segments.shape[0]):
-        close = False
-        for e in range(2):
-            dx, dy = segments[i, e, 0] - cx, segments[i, e, 1] - cy
-            close = close or dx * dx + dy * dy < reach2
-        if not close:
+        ax, ay = segments[i, 0, 0], segments[i, 0, 1]
+        ux, uy = segments[i, 1, 0] - ax, segments[i, 1, 1] - ay
+        t = min(max(((cx - ax) * ux + (cy - ay) * uy) / max(ux * ux + uy * uy, 1e-12), 0.0), 1.0)
+        if np.hypot(ax + t * ux - cx, ay + t * uy - cy) > reach:
             continue
         shown = False
         for e in range(2):
