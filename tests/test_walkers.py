@@ -405,3 +405,43 @@ def test_the_demo_drives_among_walkers():
     )
     assert proc.returncode == 0, proc.stderr
     assert "; 15 walkers" in proc.stdout
+
+
+def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_on():
+    """CARLA's walker crowd holds every vehicle as an obstacle (its box grown by 0.8 m); a walker
+    half-way over a crossing does not walk into a car that stopped on it, it waits, then goes on."""
+    town = load_town(TOWN)
+    world = EmbeddedWorld(town, seed=0)
+    graph = world._walk_graph()
+    crossings = np.flatnonzero(graph.edge_kind == CROSSING)
+    e = int(crossings[np.argmax(graph.cross_ptr[crossings + 1] - graph.cross_ptr[crossings])])
+    a, b = graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+    walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
+    brain.start()
+    brain.go_to_location(carla.Location(*map(float, b)))
+    way = (b - a)[:2] / np.linalg.norm((b - a)[:2])
+    for _ in range(400):  # until it is 1 m onto the crossing
+        world.tick()
+        loc = walker.get_location()
+        if np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0:
+            break
+    assert np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0
+    # A car stops across its way, 2.5 m ahead of it: its side 1.5 m from the walker.
+    ahead = np.array([loc.x, loc.y]) + 2.5 * way
+    car_yaw = np.degrees(np.arctan2(way[0], -way[1]))  # across the walker's way
+    car = world.spawn_actor(
+        world.get_blueprint_library().find("vehicle.tesla.model3"),
+        carla.Transform(carla.Location(float(ahead[0]), float(ahead[1]), 0.5), carla.Rotation(yaw=car_yaw)),
+    )
+    for _ in range(100):  # 5 s
+        car.apply_control(carla.VehicleControl(brake=1.0))
+        world.tick()
+        assert (car.id, walker.id) not in world.collisions
+    held = walker.get_location()
+    gap = np.dot((ahead[0] - held.x, ahead[1] - held.y), way) - car.bounding_box.extent.y
+    assert 0.7 < gap < 1.2  # it stands at the clearance, on the crossing, waiting
+    car.destroy()
+    for _ in range(200):
+        world.tick()
+    loc = walker.get_location()
+    assert np.dot((loc.x - a[0], loc.y - a[1]), way) > np.dot((held.x - a[0], held.y - a[1]), way) + 3.0

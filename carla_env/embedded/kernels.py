@@ -458,6 +458,11 @@ CHECK_RADIUS = 15.0  # m: a vehicle moving towards the crossing this near it kee
 CHECK_MARGIN = 0.6  # m: a vehicle whose box comes this near the crossing line keeps it waiting
 WAITING_GAP = 4.0  # m: so does one standing with its front this near, facing it (its turn to go)
 NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
+# CARLA's walker crowd holds every vehicle as an obstacle: its box grown by 0.8 m, 1.0 m ahead
+# (Navigation::AddOrUpdateVehicle); walkers steer clear of it instead of walking into a standing car.
+VEHICLE_CLEARANCE = 0.8  # m around a vehicle's box
+VEHICLE_CLEARANCE_AHEAD = 0.2  # m more ahead of it
+UNBLOCK_TIME = 4.0  # s a walker held on a sidewalk waits before taking a new route (AGENT_UNBLOCK_TIME)
 PASSED = 2.5  # m beyond a lane's centre line: a walker this far past it no longer holds that lane
 
 
@@ -511,6 +516,37 @@ def _crossing_clear(a, b, veh_xyz, veh_yaw, veh_v, veh_half_len):
 
 
 @njit(cache=True, inline="always")
+def _clearance_depth(x, y, veh_xyz, veh_yaw, veh_half):
+    """How deep (x, y) lies in the clearance around the vehicles, in metres (the deepest; <= 0: clear)."""
+    deepest = -INF
+    for j in range(veh_xyz.shape[0]):
+        dx, dy = x - veh_xyz[j, 0], y - veh_xyz[j, 1]
+        reach = veh_half[j, 0] + veh_half[j, 1] + VEHICLE_CLEARANCE + VEHICLE_CLEARANCE_AHEAD
+        if dx * dx + dy * dy > reach * reach:
+            continue
+        c, s = np.cos(veh_yaw[j]), np.sin(veh_yaw[j])
+        ahead, left = dx * c + dy * s, abs(-dx * s + dy * c)
+        along = veh_half[j, 0] + VEHICLE_CLEARANCE + (VEHICLE_CLEARANCE_AHEAD if ahead > 0 else 0.0)
+        deepest = max(deepest, min(along - abs(ahead), veh_half[j, 1] + VEHICLE_CLEARANCE - left))
+    return deepest
+
+
+@njit(cache=True, inline="always")
+def _held_by_vehicle(w, i, net, step, veh_xyz, veh_yaw, veh_half):
+    """Whether walker i's next `step` metres towards its next node go deeper into a vehicle's
+    clearance (a walker already inside may step out)."""
+    t = net.node_xyz[w.node_to[i]]
+    x, y = w.xyz[i, 0], w.xyz[i, 1]
+    dx, dy = t[0] - x, t[1] - y
+    d = np.sqrt(dx * dx + dy * dy)
+    if d < 1e-9:
+        return False
+    f = min(step / d, 1.0)
+    after = _clearance_depth(x + dx * f, y + dy * f, veh_xyz, veh_yaw, veh_half)
+    return after > 0.0 and after > _clearance_depth(x, y, veh_xyz, veh_yaw, veh_half) + 1e-9
+
+
+@njit(cache=True, inline="always")
 def _edge_between(net, a, b):
     for k in range(net.adj_ptr[a], net.adj_ptr[a + 1]):
         if net.adj_node[k] == b:
@@ -519,12 +555,14 @@ def _edge_between(net, a, b):
 
 
 @njit(cache=True)
-def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out_lane, out_s):
+def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lane, out_s):
     """Advance every walker one tick. A walker on a crossing is written to (out_lane, out_s) once for each
     driving lane the crossing spans that it has not yet crossed, for traffic to yield to (from the
     moment it steps on: vehicles still far enough to stop, as the stop-and-check made sure); returns
-    how many were written."""
+    how many were written. A walker whose step would take it into a vehicle's clearance stands; held
+    UNBLOCK_TIME on a sidewalk it takes a new route (on a crossing it waits: traffic yields to it)."""
     count = 0
+    veh_half_len = veh_half[:, 0]
     for i in range(w.xyz.shape[0]):
         w.reroute[i] = False
         mode = w.mode[i]
@@ -551,6 +589,14 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half_len, next_hop, out
                 continue
         budget = w.max_speed[i] * dt
         moved = 0.0
+        if _held_by_vehicle(w, i, net, budget, veh_xyz, veh_yaw, veh_half):
+            budget = 0.0
+            w.wait[i] += dt
+            e = w.edge[i]
+            if w.wait[i] > UNBLOCK_TIME and (e < 0 or net.edge_kind[e] == NON_SIDEWALK):
+                w.reroute[i] = True
+        else:
+            w.wait[i] = 0.0
         while budget > 1e-9:
             t = net.node_xyz[w.node_to[i]]
             dx, dy, dz = t[0] - w.xyz[i, 0], t[1] - w.xyz[i, 1], t[2] - w.xyz[i, 2]
@@ -608,7 +654,7 @@ def walkers_tick_from_fields(
     Returns (rows written to out_lane/out_s, vehicle indices, walker indices)."""
     state = WalkerState(*w)
     count = walker_step(
-        dt, state, WalkNetwork(*net), veh_xyz, veh_yaw, veh_v, veh_half[:, 0], next_hop, out_lane, out_s
+        dt, state, WalkNetwork(*net), veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lane, out_s
     )
     i, j = overlapping_pairs_between(veh_xyz, veh_yaw, veh_half, state.xyz, state.yaw, walker_half)
     return count, i, j
