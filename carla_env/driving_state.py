@@ -4,6 +4,7 @@ lane-invasion and red-light events, speed and distance moved."""
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import math
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class RouteTracker:
     def update(self, xy, moved: float = 0.0) -> tuple[int, float]:
         """(route index, distance in metres) of the route point matched to xy."""
         d = self.route.distance
-        end = int(np.searchsorted(d, d[self.index] + self.ahead + moved, side="right"))
+        end = bisect.bisect_right(d, d[self.index] + self.ahead + moved)  # on one number: no numpy call
         self.index, dist = self.route.nearest(xy, window=(self.index, max(end, self.index + 1)))
         return self.index, dist
 
@@ -83,6 +84,7 @@ class DrivingStateTracker:
         k, deviation = self.route.update((loc.x, loc.y), moved)
         progress = float(self.route.route.distance[k])
         error = math.radians(t.rotation.yaw) - self.route.route_yaw(k)
+        runs, entries = self.red_lights.update(hero, t)
         return DrivingState(
             route_index=k,
             progress=progress,
@@ -93,8 +95,8 @@ class DrivingStateTracker:
             off_road=is_off_road(core),
             collisions=count_events(self.sensors, sensor_data, "sensor.other.collision"),
             lane_invasions=count_events(self.sensors, sensor_data, "sensor.other.lane_invasion"),
-            red_light_runs=self.red_lights.step(hero, t),
-            red_light_entries=self.red_lights.entered(hero, t),
+            red_light_runs=runs,
+            red_light_entries=entries,
             speed=math.hypot(v.x, v.y),
             moved=moved,
             pedestrian_collisions=count_events(
@@ -173,30 +175,24 @@ class RedLightMonitor:
                 return k
         return None
 
-    def step(self, hero, transform: carla.Transform) -> int:
-        """1 if the hero's tail crossed a red light's stop line at `transform`, else 0."""
-        centre, heading = _position_heading(transform)
-        extent = hero.bounding_box.extent.x
-        tail_close, tail_far = centre - 0.8 * extent * heading, centre - (extent + 1.0) * heading
-        k = self._red_line_crossed(
-            tail_close, tail_far, heading, centre, tail_far, transform.location.z, skip=self._last_run
-        )
-        if k is None:
-            return 0
-        self._last_run = self.lights[k]
-        return 1
+    def update(self, hero, transform: carla.Transform) -> tuple[int, int]:
+        """(runs, entries) of this step, each 0 or 1.
 
-    def entered(self, hero, transform: carla.Transform) -> int:
-        """1 if the front bumper's centre crossed a red light's stop line since the last call, from that
-        light's lane and heading along it, else 0. A car that stops with its front in the junction is no
+        A run: the hero's tail crossed a red light's stop line at `transform` (the leaderboard's).
+        An entry: the front bumper's centre crossed a red light's stop line since the last call, from
+        that light's lane and heading along it. A car that stops with its front in the junction is no
         leaderboard run while its tail is behind the line, yet it entered on red. Standing still
         crosses nothing: a car caught in the junction by the red is not counted."""
         centre, heading = _position_heading(transform)
-        front = centre + hero.bounding_box.extent.x * heading
+        extent, z = hero.bounding_box.extent.x, transform.location.z
+        tail_close, tail_far = centre - 0.8 * extent * heading, centre - (extent + 1.0) * heading
+        run = self._red_line_crossed(tail_close, tail_far, heading, centre, tail_far, z, skip=self._last_run)
+        if run is not None:
+            self._last_run = self.lights[run]
+        front = centre + extent * heading
         last, self._last_front = self._last_front, front
-        return int(
-            self._red_line_crossed(last, front, heading, front, last, transform.location.z) is not None
-        )
+        entered = self._red_line_crossed(last, front, heading, front, last, z)
+        return int(run is not None), int(entered is not None)
 
 
 def _position_heading(transform: carla.Transform) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ path never touches Python objects.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,7 @@ class Actor:
     def get_transform(self) -> carla.Transform:
         p, yaw = self._pose()
         return carla.Transform(
-            carla.Location(float(p[0]), float(p[1]), float(p[2])), carla.Rotation(yaw=float(np.degrees(yaw)))
+            carla.Location(float(p[0]), float(p[1]), float(p[2])), carla.Rotation(yaw=math.degrees(yaw))
         )
 
     def get_location(self) -> carla.Location:

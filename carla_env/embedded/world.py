@@ -417,7 +417,7 @@ class EmbeddedWorld:
         if v._npc:
             return self.traffic.xyz[v._row], float(self.traffic.yaw[v._row])
         f = self._free
-        return np.array([f.x[v._row], f.y[v._row], f.z[v._row]]), float(f.yaw[v._row])
+        return (f.x[v._row], f.y[v._row], f.z[v._row]), float(f.yaw[v._row])
 
     def _vehicle_speed(self, v: Vehicle) -> float:
         return float(self.traffic.v[v._row] if v._npc else self._free.v[v._row])
