@@ -426,7 +426,7 @@ def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_o
         if np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0:
             break
     assert np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0
-    # A car stops across its way, 2.5 m ahead of it: its side 1.5 m from the walker.
+    # A car stops across its way, 2.5 m ahead of it: its side ~1.4 m from the walker.
     ahead = np.array([loc.x, loc.y]) + 2.5 * way
     car_yaw = np.degrees(np.arctan2(way[0], -way[1]))  # across the walker's way
     car = world.spawn_actor(
@@ -445,3 +445,40 @@ def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_o
         world.tick()
     loc = walker.get_location()
     assert np.dot((loc.x - a[0], loc.y - a[1]), way) > np.dot((held.x - a[0], held.y - a[1]), way) + 3.0
+
+
+@pytest.mark.parametrize("rear_gap", [0.5, 0.7, 0.9])
+def test_a_car_standing_just_past_a_crossing_never_holds_a_walker_in_the_road(rear_gap):
+    """The kerb check keeps a walker off a crossing while a car's box is within the clearance of it;
+    otherwise a walker stepping on behind the bumper would stand in the road as long as the car does."""
+    town = load_town(TOWN)
+    world = EmbeddedWorld(town, seed=0)
+    graph = world._walk_graph()
+    crossings = np.flatnonzero(graph.edge_kind == CROSSING)
+    e = int(crossings[np.argmax(graph.cross_ptr[crossings + 1] - graph.cross_ptr[crossings])])
+    a, b = graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+    k = min(range(graph.cross_ptr[e], graph.cross_ptr[e + 1]), key=lambda k: graph.cross_s[k])
+    lane, s = int(graph.cross_lane[k]), float(graph.cross_s[k])
+    bp = world.get_blueprint_library().find("vehicle.tesla.model3")
+    half_length = 2.396  # the model3's box, as the embedded blueprints give it
+    pos, yaw = town.lanes.interpolate(np.array([lane]), np.array([s + half_length + rear_gap]))
+    car = world.spawn_actor(
+        bp,
+        carla.Transform(carla.Location(*map(float, pos[0])), carla.Rotation(yaw=float(np.degrees(yaw[0])))),
+    )
+    assert car.bounding_box.extent.x == pytest.approx(half_length, abs=1e-3)
+    walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
+    brain.start()
+    brain.go_to_location(carla.Location(*map(float, b)))
+    way = (b - a)[:2] / np.linalg.norm((b - a)[:2])
+    width = np.linalg.norm((b - a)[:2])
+    on_road = 0
+    for _ in range(600):  # 30 s
+        car.apply_control(carla.VehicleControl(brake=1.0))
+        world.tick()
+        assert not [p for p in world.collisions if walker.id in p]
+        loc = walker.get_location()
+        along = np.dot((loc.x - a[0], loc.y - a[1]), way)
+        standing = np.hypot(walker.get_velocity().x, walker.get_velocity().y) < 0.05
+        on_road = on_road + 1 if standing and 0.5 < along < width - 0.5 else 0
+        assert on_road < 40  # never 2 s standing on the crossing

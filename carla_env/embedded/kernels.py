@@ -455,7 +455,6 @@ def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand)
 IDLE, WALKING, CHECKING, STEERED = 0, 1, 2, 3  # walker modes; STEERED: by carla.WalkerControl
 CHECK_TIMEOUT = 5.0  # s waiting at a crossing before the walker takes a new route (CARLA's timeout)
 CHECK_RADIUS = 15.0  # m: a vehicle moving towards the crossing this near it keeps it waiting
-CHECK_MARGIN = 0.6  # m: a vehicle whose box comes this near the crossing line keeps it waiting
 WAITING_GAP = 4.0  # m: so does one standing with its front this near, facing it (its turn to go)
 NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
 # CARLA's walker crowd holds every vehicle as an obstacle: its box grown by 0.8 m, 1.0 m ahead
@@ -463,6 +462,9 @@ NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
 VEHICLE_CLEARANCE = 0.8  # m around a vehicle's box
 VEHICLE_CLEARANCE_AHEAD = 0.2  # m more ahead of it
 UNBLOCK_TIME = 4.0  # s a walker held on a sidewalk waits before taking a new route (AGENT_UNBLOCK_TIME)
+# m: a vehicle whose box comes this near the crossing line keeps a walker waiting at the kerb; at least
+# the clearance, or a walker stepping on behind a car's bumper would be held in the road while it stands.
+CHECK_MARGIN = VEHICLE_CLEARANCE + VEHICLE_CLEARANCE_AHEAD
 PASSED = 2.5  # m beyond a lane's centre line: a walker this far past it no longer holds that lane
 
 
@@ -478,10 +480,10 @@ class WalkerState(NamedTuple):
     edge: np.ndarray  # (W,) int64: the edge between them, -1 none
     goal: np.ndarray  # (W,) int64: its route's last node, -1 none
     mode: np.ndarray  # (W,) int64: IDLE, WALKING, CHECKING or STEERED
-    wait: np.ndarray  # (W,) s spent checking at the current crossing
+    wait: np.ndarray  # (W,) s spent checking at the current crossing, or held by a vehicle
     steer_dir: np.ndarray  # (W, 3) carla.WalkerControl direction (unit)
     steer_speed: np.ndarray  # (W,) its speed
-    reroute: np.ndarray  # (W,) bool out: reached its goal, or timed out at a crossing
+    reroute: np.ndarray  # (W,) bool out: reached its goal, timed out at a crossing or held on a sidewalk
 
 
 class WalkNetwork(NamedTuple):
