@@ -407,15 +407,20 @@ def test_the_demo_drives_among_walkers():
     assert "; 15 walkers" in proc.stdout
 
 
+def widest_crossing(world):
+    """(walk graph, edge, its end a, its end b) of the crossing over the most driving lanes."""
+    graph = world._walk_graph()
+    crossings = np.flatnonzero(graph.edge_kind == CROSSING)
+    e = int(crossings[np.argmax(graph.cross_ptr[crossings + 1] - graph.cross_ptr[crossings])])
+    return graph, e, graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+
+
 def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_on():
     """CARLA's walker crowd holds every vehicle as an obstacle (its box grown by 0.8 m); a walker
     half-way over a crossing does not walk into a car that stopped on it, it waits, then goes on."""
     town = load_town(TOWN)
     world = EmbeddedWorld(town, seed=0)
-    graph = world._walk_graph()
-    crossings = np.flatnonzero(graph.edge_kind == CROSSING)
-    e = int(crossings[np.argmax(graph.cross_ptr[crossings + 1] - graph.cross_ptr[crossings])])
-    a, b = graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+    _, _, a, b = widest_crossing(world)
     walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
     brain.start()
     brain.go_to_location(carla.Location(*map(float, b)))
@@ -453,10 +458,7 @@ def test_a_car_standing_just_past_a_crossing_never_holds_a_walker_in_the_road(re
     otherwise a walker stepping on behind the bumper would stand in the road as long as the car does."""
     town = load_town(TOWN)
     world = EmbeddedWorld(town, seed=0)
-    graph = world._walk_graph()
-    crossings = np.flatnonzero(graph.edge_kind == CROSSING)
-    e = int(crossings[np.argmax(graph.cross_ptr[crossings + 1] - graph.cross_ptr[crossings])])
-    a, b = graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
+    graph, e, a, b = widest_crossing(world)
     k = min(range(graph.cross_ptr[e], graph.cross_ptr[e + 1]), key=lambda k: graph.cross_s[k])
     lane, s = int(graph.cross_lane[k]), float(graph.cross_s[k])
     bp = world.get_blueprint_library().find("vehicle.tesla.model3")
