@@ -19,6 +19,12 @@ phase gives the breakdown, in microseconds per env step:
 tick_per_s and bev_per_s are what the tick and the BEV alone would allow (steps over their own time);
 ceiling_per_s is tick and BEV together, the rate a step with no other work would reach.
 env_steps_per_s_cpu_time: the same steps over this thread's CPU time, for a machine others load.
+
+    python bench/env_throughput.py --exp ppo --steps 3000 --processes 1,8,14,16 --json
+
+--processes: the machine's own scaling, no RLlib: N copies of the untimed pass at once, each pinned to
+its own core, for each N; prints their total and mean env steps/s and the efficiency against N times
+the first count's per-process rate (give 1 first) (what N EnvRunners could reach at best).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -113,7 +120,7 @@ def drive(env, policy, steps: int, seed: int, timers: Timers | None = None) -> d
     }
 
 
-def measure_env(config, steps: int, warmup: int = 300, seed: int = 0) -> dict:
+def measure_env(config, steps: int, warmup: int = 300, seed: int = 0, breakdown: bool = True) -> dict:
     """The env's one-core figures for `config` (an experiment with the [steer, acceleration] action)."""
     from carla_env.env import CarlaEnv
     from carla_env.evaluate import AutopilotPolicy
@@ -122,6 +129,13 @@ def measure_env(config, steps: int, warmup: int = 300, seed: int = 0) -> dict:
     policy = AutopilotPolicy(env)
     drive(env, policy, warmup, seed)
     plain = drive(env, policy, steps, seed + 1)
+    if not breakdown:
+        env.close()
+        return {
+            "steps": steps,
+            "episodes": plain["episodes"],
+            "env_steps_per_s": round(steps / plain["env_seconds"], 1),
+        }
     timers = Timers()
     env.close()
     env = CarlaEnv(config)  # a fresh env: the wrappers go on its new core
@@ -155,16 +169,57 @@ def measure_env(config, steps: int, warmup: int = 300, seed: int = 0) -> dict:
 
 
 @contextlib.contextmanager
-def one_core():
-    """This process on its first allowed core (where the OS lets a process choose), then as before."""
+def one_core(index: int = 0):
+    """This process on its `index`-th allowed core (where the OS lets a process choose), then as before."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if allowed:
-        os.sched_setaffinity(0, {sorted(allowed)[0]})
+        os.sched_setaffinity(0, {sorted(allowed)[index % len(allowed)]})
     try:
         yield
     finally:
         if allowed:
             os.sched_setaffinity(0, allowed)
+
+
+def scaling(args, counts: list[int]) -> list[dict]:
+    """For each N: N children of this script at once, child i pinned to core i, seeds apart."""
+    rows = []
+    for n in counts:
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--exp",
+                    args.exp,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--seed",
+                    str(args.seed + 1000 * i),
+                    "--core",
+                    str(i),
+                    "--no-breakdown",
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(n)
+        ]
+        rates = []
+        for child in children:
+            out, _ = child.communicate()
+            if child.returncode:
+                raise SystemExit(f"a --processes child exited with {child.returncode}")
+            rates.append(json.loads(out.strip().splitlines()[-1])["env_steps_per_s"])
+        rows.append(
+            {"processes": n, "total_per_s": round(sum(rates), 1), "mean_per_s": round(sum(rates) / n, 1)}
+        )
+    for row in rows:
+        row["efficiency_vs_linear"] = round(row["mean_per_s"] / rows[0]["mean_per_s"], 3)
+    return rows
 
 
 def main() -> None:
@@ -176,14 +231,26 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=300, help="untimed steps first (kernel compilation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument(
+        "--processes", help="comma-separated process counts: the untimed pass in N pinned processes at once"
+    )
+    p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)  # a --processes child's core
+    p.add_argument("--no-breakdown", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.processes:
+        counts = [int(n) for n in args.processes.split(",")]
+        result = {"exp": args.exp, "steps": args.steps, "processes": scaling(args, counts)}
+        result.update({"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)})
+        print(json.dumps(result) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
+        return
     from carla_env.config import load_config
 
     config = load_config(
         ROOT / "experiments" / args.exp / "config.yaml", {"simulator": {"backend": "embedded"}}
     )
-    with one_core():
-        result = {"exp": args.exp, **measure_env(config, args.steps, args.warmup, args.seed)}
+    with one_core(args.core):
+        measured = measure_env(config, args.steps, args.warmup, args.seed, breakdown=not args.no_breakdown)
+        result = {"exp": args.exp, **measured}
     result.update({"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)})
     print(json.dumps(result) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
 
