@@ -18,6 +18,9 @@ from carla_env.maps.route import Route
 ROUTE_DONE_MARGIN = 2.0  # metres short of the route's end that count as having driven it
 TRACK_AHEAD = 10.0  # metres of route searched ahead of the last match, on top of the distance moved
 RED_LIGHT_DISTANCE = 15.0  # m: stop lines this near are checked (the leaderboard's DISTANCE_LIGHT)
+WALKER_PREDICTION_TIMES = np.linspace(0.0, 3.0, 7)  # s: a walker this soon on the path is in the way
+WALKER_HORIZON = 30.0  # m of route ahead searched for walkers
+WALKER_CLEARANCE = 0.8  # m from the car's side to a walker's centre that counts as on its path
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,57 @@ class DrivingStateTracker:
                 self.sensors, sensor_data, "sensor.other.collision", other_actor="walker.*"
             ),
         )
+
+
+def walker_gap(
+    walker_xy: np.ndarray,
+    walker_velocity: np.ndarray,
+    route: Route,
+    here: float,
+    half_width: float,
+    clearance: float = WALKER_CLEARANCE,
+    horizon: float = WALKER_HORIZON,
+) -> float | None:
+    """Distance along the route from `here` to the nearest pedestrian on the car's path within
+    `horizon` metres, now or at its velocity within WALKER_PREDICTION_TIMES (one crossing towards the
+    path counts); None if none. On the path: within the car's `half_width` + `clearance` of the route.
+    Walkers as (N, 2+) arrays of position and velocity (a Scene's, or read through the CARLA API)."""
+    d = route.distance
+    first = bisect.bisect_right(d, here)  # on one number: no numpy call
+    last = bisect.bisect_left(d, here + horizon)
+    if not len(walker_xy) or last <= first:
+        return None
+    gap = _nearest_on_path(
+        np.ascontiguousarray(walker_xy[:, :2], np.float64),
+        np.ascontiguousarray(walker_velocity[:, :2], np.float64),
+        route.points[first:last],
+        d[first:last],
+        WALKER_PREDICTION_TIMES,
+        half_width + clearance,
+    )
+    return None if gap == np.inf else gap - here
+
+
+@njit(cache=True)
+def _nearest_on_path(xy, velocity, points, distance, times, radius):
+    """The least route distance of a route point within `radius` of a walker at one of `times`."""
+    lo_x, lo_y = points[:, 0].min(), points[:, 1].min()
+    hi_x, hi_y = points[:, 0].max(), points[:, 1].max()
+    r2 = radius * radius
+    best = np.inf
+    for w in range(len(xy)):
+        for t in times:
+            x, y = xy[w, 0] + velocity[w, 0] * t, xy[w, 1] + velocity[w, 1] * t
+            if x < lo_x - radius or x > hi_x + radius or y < lo_y - radius or y > hi_y + radius:
+                continue
+            for j in range(len(points)):
+                if distance[j] >= best:
+                    break
+                dx, dy = points[j, 0] - x, points[j, 1] - y
+                if dx * dx + dy * dy < r2:
+                    best = distance[j]
+                    break
+    return best
 
 
 def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:

@@ -29,10 +29,11 @@ def test_the_arc_through_the_target_and_the_clip():
     assert pure_pursuit_steer(pose(), 0.1, 1.0, 2.88) == 1.0  # beyond full lock: clipped
 
 
-def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150):
-    """The autopilot on an empty GridTown01 (no traffic) along its route; a walker
-    stands on the route 30 m ahead, or not. Returns (route distance of that spot, the hero's furthest
-    progress, the least distance between the hero's centre and the spot)."""
+def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150, driver=None, options=None):
+    """A driver (the autopilot unless given: action(hero, route) -> [steer, acceleration]) on an empty
+    GridTown01 (no traffic) along its route; a walker stands on the route 30 m ahead, or not. Returns
+    (route distance of that spot, the hero's furthest progress, the least distance between the hero's
+    centre and the spot, the rewards of the steps)."""
     import numpy as np
 
     from carla_env.agents import RouteAutopilot
@@ -41,7 +42,10 @@ def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150):
 
     config = load_config(
         "experiments/ppo/config.yaml",
-        {"simulator": {"backend": "embedded", "traffic": {"vehicles": 0}}},
+        {
+            "simulator": {"backend": "embedded", "traffic": {"vehicles": 0}, "carla": {"walkers": 0}},
+            "experiment": {"options": options or {}},
+        },
     )
     env = CarlaEnv(config)
     env.reset(seed=3)
@@ -54,19 +58,46 @@ def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150):
         env.core.world.spawn_actor(
             lib.find("walker.pedestrian.0001"), carla.Transform(carla.Location(float(x), float(y), 1.0))
         )
-    autopilot, furthest, closest = RouteAutopilot(), here, math.inf
+    if driver is None:
+        autopilot = RouteAutopilot()
+        driver = lambda hero, route: autopilot.action(hero, route, config.simulator.timestep)  # noqa: E731
+    furthest, closest, rewards = here, math.inf, []
     for _ in range(steps):
-        env.step(autopilot.action(hero, route, config.simulator.timestep))
+        _, reward, terminated, truncated, _ = env.step(driver(hero, route))
+        rewards.append(reward)
         loc = hero.get_location()
         furthest = max(furthest, route.progress((loc.x, loc.y)))
         closest = min(closest, math.hypot(loc.x - x, loc.y - y))
+        if terminated or truncated:
+            break
     env.close()
-    return float(route.distance[k]), furthest, closest
+    return float(route.distance[k]), furthest, closest, rewards
 
 
 def test_the_autopilot_stops_for_a_pedestrian_on_its_path():
-    at, furthest, _ = drive_towards_a_standing_walker(with_walker=False)
+    at, furthest, _, _ = drive_towards_a_standing_walker(with_walker=False)
     assert furthest > at + 10  # without the walker it drives past that point
-    at, furthest, closest = drive_towards_a_standing_walker(with_walker=True)
+    at, furthest, closest, _ = drive_towards_a_standing_walker(with_walker=True)
     assert furthest < at - 2.5  # it stopped with its front short of the walker
     assert closest > 3.0
+
+
+def test_walker_speed_penalty_prices_driving_at_a_walker_too_fast_to_stop_and_not_the_autopilot():
+    """The reward's walker_speed_penalty: a driver that keeps the throttle on towards a walker standing
+    on its route pays it, step after step before it hits; the autopilot, which stops short, does not."""
+    from carla_env.agents import RouteAutopilot
+
+    autopilot = RouteAutopilot()
+
+    def reckless(hero, route):  # the autopilot's steering, the throttle held at 0.6
+        return [float(autopilot.action(hero, route, 0.1)[0]), 0.6]
+
+    penalty = {"walker_speed_penalty": 1.0}
+    _, _, _, fined = drive_towards_a_standing_walker(True, driver=reckless, options=penalty)
+    _, _, _, free = drive_towards_a_standing_walker(True, driver=reckless)
+    extra = [a - b for a, b in zip(free, fined, strict=True)]  # the penalty, step by step
+    assert len(fined) < 150  # it hit the walker: the episode ended
+    assert sum(e > 0.05 for e in extra) >= 5 and sum(extra) > 3.0
+    _, _, _, fined = drive_towards_a_standing_walker(True, options=penalty)
+    _, _, _, free = drive_towards_a_standing_walker(True)
+    assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2

@@ -90,6 +90,10 @@ def test_an_episode_through_the_contract(core):
     assert scene.ego.shape == (5,) and scene.vehicles.ndim == 2 and scene.vehicles.shape[1] == 5
     assert scene.light_states.shape == (len(core.town.lanes.light_id),)
     assert scene.ego_speed >= 0.0
+    assert scene.walker_velocities.shape == (len(scene.walkers), 2)
+    assert core.birdview_scene(hero) is scene  # built once a tick, however many ask
+    core.tick(None)
+    assert core.birdview_scene(hero) is not scene
     stats = core.stats()
     assert isinstance(stats, dict) and all(isinstance(v, float) for v in stats.values())
     core.reset(seed=4)  # a second episode on the same core
@@ -125,7 +129,11 @@ def test_the_bev_of_the_same_state_is_the_same_pixels_on_both_scene_paths():
     """The embedded core's array scene and the CARLA API scene (what the carla core renders) agree."""
     from carla_env.sensors.scene import scene_from_world
 
-    core = embedded_core(None, None)
+    core = EmbeddedCore(
+        SimulatorConfig(
+            backend="embedded", town=TOWN, timestep=0.05, traffic={"vehicles": 5}, carla={"walkers": 10}
+        )
+    )
     core.reset(seed=5)
     for _ in range(5):
         core.tick(carla.VehicleControl(throttle=0.6))
@@ -133,5 +141,8 @@ def test_the_bev_of_the_same_state_is_the_same_pixels_on_both_scene_paths():
     theirs = scene_from_world(core.world, core.hero, core.town.lanes)
     np.testing.assert_allclose(ours.ego, theirs.ego, atol=1e-6)
     np.testing.assert_allclose(ours.vehicles, theirs.vehicles, atol=1e-6)
+    assert len(ours.walkers) == 10 and np.abs(ours.walker_velocities).max() > 0.5  # walking
+    np.testing.assert_allclose(ours.walkers, theirs.walkers, atol=1e-6)
+    np.testing.assert_allclose(ours.walker_velocities, theirs.walker_velocities, atol=1e-6)
     np.testing.assert_array_equal(ours.light_states, theirs.light_states)
     core.close()

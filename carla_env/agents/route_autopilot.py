@@ -16,11 +16,11 @@ import carla
 import numpy as np
 
 from carla_env.agents.pursuit import pure_pursuit_steer
+from carla_env.driving_state import WALKER_CLEARANCE, walker_gap
 
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
 FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction follows it
-WALKER_PREDICTION_TIMES = np.linspace(0.0, 3.0, 7)  # s: a walker this soon on the path stops the hero
 
 
 class RouteAutopilot:
@@ -34,7 +34,7 @@ class RouteAutopilot:
         comfort_decel: float = 2.5,  # m/s^2: junctions within this braking distance are checked
         max_decel: float = 6.0,  # m/s^2: a junction nearer than this braking distance is committed to
         clearance: float = 0.5,  # m between the sides of two vehicles whose paths are taken to cross
-        walker_clearance: float = 0.8,  # m from the car's side to a walker's centre on its path
+        walker_clearance: float = WALKER_CLEARANCE,  # m from the car's side to a walker's centre on its path
         wheelbase: float = 2.88,
         lookahead: float = 2.0,  # m, pure pursuit's target distance at standstill
         lookahead_time: float = 0.3,  # s per m/s of speed; longer cuts the inside of bends over the line
@@ -111,27 +111,15 @@ class RouteAutopilot:
         on_route = d[np.arange(len(k)), k] < self.lane_half_width
         return float(dist[k[on_route]].min() - here) if on_route.any() else None
 
-    def _walker_gap(self, hero, route, here: float, horizon: float = 30.0) -> float | None:
-        """Distance along the route to the nearest pedestrian on the hero's path within `horizon` metres,
-        now or at its velocity within WALKER_PREDICTION_TIMES (one crossing towards the path counts)."""
-        walkers = hero.get_world().get_actors().filter("walker.*")
-        ahead = (route.distance > here) & (route.distance < here + horizon)
-        if not len(walkers) or not ahead.any():
-            return None
-        pos, vel = [], []
-        for w in walkers:
+    def _walker_gap(self, hero, route, here: float) -> float | None:
+        """walker_gap of the walkers as the CARLA API reports them."""
+        xy, velocity = [], []
+        for w in hero.get_world().get_actors().filter("walker.*"):
             loc, v = w.get_location(), w.get_velocity()
-            pos.append((loc.x, loc.y))
-            vel.append((v.x, v.y))
-        pts, dist = route.points[ahead], route.distance[ahead]
-        paths = np.array(pos)[:, None, :] + np.array(vel)[:, None, :] * WALKER_PREDICTION_TIMES[None, :, None]
-        d = np.hypot(
-            paths[:, :, None, 0] - pts[None, None, :, 0], paths[:, :, None, 1] - pts[None, None, :, 1]
-        )  # walker, time, route point
-        on_path = d < hero.bounding_box.extent.y + self.walker_clearance  # in the car's swept corridor
-        if not on_path.any():
-            return None
-        return float(np.where(on_path, dist[None, None, :], np.inf).min() - here)
+            xy.append((loc.x, loc.y))
+            velocity.append((v.x, v.y))
+        xy, velocity = np.array(xy, float).reshape(-1, 2), np.array(velocity, float).reshape(-1, 2)
+        return walker_gap(xy, velocity, route, here, hero.bounding_box.extent.y, self.walker_clearance)
 
     def _entry_to_yield_at(self, hero, others: _Others, route, index: int, speed: float) -> float | None:
         """Where along the route the hero must wait (the next junction's entry), or None to drive on.

@@ -162,6 +162,7 @@ class CarlaCore:
         self._walkers: list[tuple[int, int]] = []  # (walker, its AI controller)
         self._episodes_since_launch = 0
         self.health = new_health()
+        self._scene: tuple[int, Scene] | None = None  # (hero id, this tick's scene)
         self._connect()
 
     # --------------------------------------------------------------------------------- the server
@@ -291,6 +292,7 @@ class CarlaCore:
         )
 
     def _start_episode(self, seed: int | None, hero_transform: carla.Transform | None) -> None:
+        self._scene = None
         if self.world is None or self._loaded_town != self.config.town:
             self._load_world()
         self._destroy_actors()
@@ -375,13 +377,17 @@ class CarlaCore:
             self.restart(f"tick exceeded {self.server_config.tick_timeout:.0f} s ({e})")
         dt = time.perf_counter() - t0
         record_tick(self.health, dt)
+        self._scene = None
         return frame
 
     def on_driving_lane(self, actor) -> bool:
         return on_driving_lane(self.map, actor)
 
     def birdview_scene(self, hero) -> Scene:
-        return scene_from_world(self.world, hero, self.town.lanes)
+        """Built once a tick (the BEV and the reward ask; CARLA's snapshot changes only with a tick)."""
+        if self._scene is None or self._scene[0] != hero.id:
+            self._scene = (hero.id, scene_from_world(self.world, hero, self.town.lanes))
+        return self._scene[1]
 
     def stats(self) -> dict[str, float]:
         return health_stats(self.health)

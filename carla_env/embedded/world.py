@@ -138,6 +138,8 @@ class EmbeddedWorld:
         self._npc_half = np.zeros((0, 3))
         self._sensors: list[Sensor] = []
         self._actors: dict[int, Actor] = {}
+        self._actors_changed = 0  # spawns and destroys: a cached scene is stale after one
+        self._scene_cache: tuple | None = None  # ((frame, hero id, _actors_changed), Scene)
         self.collisions: list[tuple[int, int]] = []  # actor id pairs in contact at the last tick
 
         g = town.lanes
@@ -348,23 +350,31 @@ class EmbeddedWorld:
 
     def birdview_scene(self, hero: Vehicle) -> Scene:
         """The birdview Scene around `hero`, straight from the arrays (what `scene_from_world` builds
-        through the CARLA API, rounded the same way)."""
+        through the CARLA API, rounded the same way); built once a frame (the BEV and the reward ask)."""
+        key = (self.frame, hero.id, self._actors_changed)
+        if self._scene_cache is None or self._scene_cache[0] != key:
+            self._scene_cache = (key, self._build_scene(hero))
+        return self._scene_cache[1]
+
+    def _build_scene(self, hero: Vehicle) -> Scene:
         pos, yaws, halves = self._all_boxes()
         all_boxes = carla_boxes(pos, yaws, halves)
         hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
         v = hero.get_velocity()  # as scene_from_world reads it
-        walkers = np.zeros((0, 5))
+        walkers, walker_velocities = np.zeros((0, 5)), np.zeros((0, 2))
         if self._crowd is not None:
-            c = self._crowd
-            walkers = carla_boxes(c.state.xyz, c.state.yaw, c.half)
+            c = self._crowd.state
+            walkers = carla_boxes(c.xyz, c.yaw, self._crowd.half)
+            walker_velocities = np.column_stack([c.v * np.cos(c.yaw), c.v * np.sin(c.yaw)])
         return Scene(
             ego=all_boxes[hero_row],
             vehicles=all_boxes[others],
             walkers=walkers,
             light_states=self._light_state.copy(),
             ego_speed=math.hypot(v.x, v.y),
+            walker_velocities=walker_velocities,
         )
 
     def on_driving_lane(self, vehicle: Vehicle) -> bool:
@@ -384,10 +394,12 @@ class EmbeddedWorld:
 
     def _register(self, actor: Actor) -> Actor:
         self._actors[actor.id] = actor
+        self._actors_changed += 1
         return actor
 
     def _destroy(self, actor: Actor) -> None:
         self._actors.pop(actor.id, None)
+        self._actors_changed += 1
         if isinstance(actor, Sensor):
             self._sensors.remove(actor)
         elif isinstance(actor, WalkerAIController):

@@ -130,6 +130,8 @@ class Scene:
     walkers: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
     light_states: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per lane-graph light
     ego_speed: float = 0.0  # m/s in the ground plane
+    # (N, 2) vx, vy of each walker row: not drawn; the reward's walker gap reads where they are heading
+    walker_velocities: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 @dataclass

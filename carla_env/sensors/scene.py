@@ -31,10 +31,13 @@ def _signal_id(light) -> int | None:
 
 
 def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
-    """Scene of `world` around `hero`: other vehicles, walkers, light states (by OpenDRIVE signal id)."""
+    """Scene of `world` around `hero`: other vehicles, walkers (and their velocities), light states (by
+    OpenDRIVE signal id)."""
     actors = world.get_actors()
     vehicles = [_box(a) for a in actors.filter("vehicle.*") if a.id != hero.id]
-    walkers = [_box(a) for a in actors.filter("walker.*")]
+    people = list(actors.filter("walker.*"))
+    walkers = [_box(a) for a in people]
+    walker_velocities = [(v.x, v.y) for v in (a.get_velocity() for a in people)]
     states = np.full(len(lanes.light_id), -1, np.int64)
     index = {int(i): k for k, i in enumerate(lanes.light_id)}
     for light in actors.filter("traffic.traffic_light*"):
@@ -48,4 +51,5 @@ def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
         vehicles=np.array(vehicles, float).reshape(-1, 5),
         walkers=np.array(walkers, float).reshape(-1, 5),
         light_states=states,
+        walker_velocities=np.array(walker_velocities, float).reshape(-1, 2),
     )
