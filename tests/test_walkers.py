@@ -6,14 +6,17 @@ import dataclasses
 import carla
 import numpy as np
 import pytest
+from scipy.sparse.csgraph import dijkstra
 
 from carla_env.config import SimulatorConfig
 from carla_env.driving_state import DrivingStateTracker
 from carla_env.embedded import EmbeddedWorld
 from carla_env.embedded.core import EmbeddedCore
+from carla_env.embedded.kernels import IDLE
+from carla_env.embedded.walkers import WalkerCrowd
 from carla_env.maps import BUILTIN_TOWNS, build_lane_graph, generate_town, load_town
 from carla_env.maps.route import plan_route
-from carla_env.maps.sidewalks import CROSSING, ROAD, SIDEWALK, build_walk_graph
+from carla_env.maps.sidewalks import CROSSING, ROAD, SIDEWALK, WalkGraph, build_walk_graph
 from carla_env.metrics import DrivingMetrics
 from carla_env.sensors import BirdviewRenderer, BirdviewSpec, scene_from_world
 from tests.conftest import real_town_path
@@ -87,6 +90,94 @@ def test_generated_towns_carry_sidewalks_and_crosswalks_in_their_opendrive_and_t
         for k in range(graph.cross_ptr[e], graph.cross_ptr[e + 1]):
             lane, s = graph.cross_lane[k], graph.cross_s[k]
             assert min(s, g.lane_length[lane] - s) <= 2.5
+
+
+def _grid_walk_graph() -> WalkGraph:
+    """Two islands of nodes on a 1 m lattice (one node doubled), so that many points are equally near
+    several nodes, bit for bit."""
+    xy = [(x, y) for x in range(4) for y in range(3)] + [(1, 1)] + [(x + 10, 0) for x in range(3)]
+    along_y, along_x = [k for k in range(12) if k % 3 != 2], list(range(9))
+    a = np.array(along_y + along_x + [4, 13, 14])
+    b = np.array([k + 1 for k in along_y] + [k + 3 for k in along_x] + [12, 14, 15])
+    empty = np.zeros(0, np.int64)
+    return WalkGraph(
+        node_xyz=np.array([(x, y, 0.0) for x, y in xy], float),
+        node_width=np.ones(len(xy)),
+        edge_a=a,
+        edge_b=b,
+        edge_kind=np.full(len(a), SIDEWALK),
+        adj_ptr=empty,
+        adj_node=empty,
+        adj_edge=empty,
+        cross_ptr=empty,
+        cross_lane=empty,
+        cross_s=np.zeros(0),
+        cross_at=np.zeros(0),
+    )
+
+
+def test_nearest_node_is_the_brute_force_argmin_ties_included():
+    lattice, town = _grid_walk_graph(), load_town(TOWN)
+    sidewalks = build_walk_graph(town.map, town.xodr, town.lanes)
+    rng = np.random.default_rng(0)
+    for graph in (lattice, sidewalks):
+        xyz = graph.node_xyz
+        lo, hi = xyz.min(axis=0) - 20, xyz.max(axis=0) + 20
+        points = np.concatenate(
+            [
+                xyz,  # on a node (the doubled one: the lower index)
+                xyz + rng.normal(0, 0.7, xyz.shape),  # beside one
+                rng.uniform(lo, hi, (300, 3)),  # anywhere: also farther than the first look
+                (xyz[graph.edge_a] + xyz[graph.edge_b]) / 2,  # halfway along an edge
+                np.floor(rng.uniform(lo, hi, (300, 3))) + 0.5,  # lattice cell centres: 4-way ties
+            ]
+        )
+        for roads in (False, True):
+            comp = graph.components(roads)
+            for p in points:
+                assert graph.nearest_node(p) == np.linalg.norm(xyz - p, axis=1).argmin()
+                start = int(rng.integers(graph.num_nodes))
+                reachable = np.flatnonzero(comp == comp[start])
+                expected = reachable[np.linalg.norm(xyz[reachable] - p, axis=1).argmin()]
+                assert graph.nearest_node(p, reachable_from=start, roads=roads) == expected
+    assert lattice.nearest_node((1.0, 1.0, 0.0)) == 4 and lattice.nearest_node((10.5, 0.0, 0.0)) == 13
+    assert lattice.nearest_node((10.0, 0.0, 0.0), reachable_from=0) == 9  # the nearest on its island
+
+
+@pytest.mark.parametrize("name", [TOWN, "Town02"])
+def test_next_hops_match_an_undirected_dijkstra_for_every_goal(name):
+    town = load_town(real_town_path(name) if name.startswith("Town") else name)
+    graph = build_walk_graph(town.map, town.xodr, town.lanes)
+    for roads in (False, True):
+        _, pred = dijkstra(graph.csgraph(roads), directed=False, return_predecessors=True)
+        hops = np.array([graph.next_hops(goal, roads) for goal in range(graph.num_nodes)])
+        assert np.array_equal(hops, np.where(pred < 0, -1, pred))
+
+
+def test_crowd_rows_keep_their_order_through_adds_and_removes_and_a_reused_row_starts_blank():
+    town = load_town(TOWN)
+    graph = build_walk_graph(town.map, town.xodr, town.lanes)
+    crowd = WalkerCrowd(graph, np.random.default_rng(0))
+    for k in range(40):
+        row = crowd.add(graph.node_xyz[7 * k] + (0.1, 0.0, 0.0), (0.2, 0.2, 0.9 + k / 100))
+        crowd.start(row)
+        crowd.go_to(row, graph.node_xyz[7 * k + 100])
+        crowd.state.max_speed[row] = 1.0 + k / 100
+    assert crowd.count == 40 and (crowd.state.goal >= 0).all() and (crowd.next_hop >= 0).any(axis=1).all()
+    expected = [np.copy(a) for a in (*crowd.state, crowd.half, crowd.next_hop)]
+    for row in (5, 0, 37, 20):
+        crowd.remove(row)
+        expected = [np.delete(a, row, axis=0) for a in expected]
+    for got, want in zip((*crowd.state, crowd.half, crowd.next_hop), expected, strict=True):
+        assert np.array_equal(got, want)
+    row = crowd.add(graph.node_xyz[3], (0.3, 0.3, 1.0))  # into buffer rows the removed walkers held
+    assert row == 36 and crowd.count == 37
+    s = crowd.state
+    assert (s.goal[row], s.edge[row], s.mode[row], s.v[row], s.max_speed[row]) == (-1, -1, IDLE, 0.0, 1.4)
+    assert s.node_from[row] == s.node_to[row] == 3 and (crowd.next_hop[row] == -1).all()
+    assert np.array_equal(crowd.half[row], (0.3, 0.3, 1.0))
+    crowd.step(0.1, np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), np.zeros(0))
+    assert (crowd.state.v[:36] > 0).any()  # the kernel walks the rows it is shown
 
 
 # ------------------------------------------------------------------------------- the CARLA API

@@ -52,24 +52,10 @@ class WalkerCrowd:
         )
         self._components = {roads: graph.components(roads) for roads in (False, True)}
         self._destinations = graph.destinations()
-        n = 0
-        self.state = WalkerState(
-            xyz=np.zeros((n, 3)),
-            yaw=np.zeros(n),
-            v=np.zeros(n),
-            max_speed=np.zeros(n),
-            node_from=np.zeros(n, np.int64),
-            node_to=np.zeros(n, np.int64),
-            edge=np.zeros(n, np.int64),
-            goal=np.zeros(n, np.int64),
-            mode=np.zeros(n, np.int64),
-            wait=np.zeros(n),
-            steer_dir=np.zeros((n, 3)),
-            steer_speed=np.zeros(n),
-            reroute=np.zeros(n, bool),
-        )
-        self.half = np.zeros((0, 3))
-        self.next_hop = np.zeros((0, graph.num_nodes), np.int32)
+        # Rows live in buffers with room to spare (grown by doubling, so adding walkers one by one copies
+        # each row a bounded number of times); state, half and next_hop are views of the first `count`.
+        self._state_rows, self._half_rows, self._next_hop_rows = _blank_rows(0, graph.num_nodes)
+        self._show(0)
         self._out_lane = np.zeros(0, np.int64)
         self._out_s = np.zeros(0)
         self.in_the_way = (self._out_lane, self._out_s)  # (lane, s) of walkers on crossings
@@ -81,45 +67,49 @@ class WalkerCrowd:
 
     # ------------------------------------------------------------------ rows
     def nearest_node(self, xyz) -> int:
-        d = np.linalg.norm(self.graph.node_xyz - np.asarray(xyz, float), axis=1)
-        return int(d.argmin())
+        return self.graph.nearest_node(xyz)
 
     def add(self, xyz, half) -> int:
         """A walker standing at `xyz` (ground level); routes start from its nearest walk-graph node, which
         it first walks to in a straight line (CARLA projects a spawn onto its navigation mesh)."""
         node = self.nearest_node(xyz)
-        row = {
-            "xyz": np.asarray(xyz, float)[None],
-            "yaw": [0.0],
-            "v": [0.0],
-            "max_speed": [DEFAULT_MAX_SPEED],
-            "node_from": [node],
-            "node_to": [node],
-            "edge": [-1],
-            "goal": [-1],
-            "mode": [IDLE],
-            "wait": [0.0],
-            "steer_dir": np.zeros((1, 3)),
-            "steer_speed": [0.0],
-            "reroute": [False],
-        }
-        self.state = WalkerState(
-            *(
-                np.concatenate([old, np.asarray(row[name], old.dtype)])
-                for name, old in zip(WalkerState._fields, self.state, strict=True)
-            )
-        )
-        self.half = np.vstack([self.half, half])
-        self.next_hop = np.vstack([self.next_hop, np.full((1, self.graph.num_nodes), -1, np.int32)])
+        row = self.count
+        if row == len(self._state_rows.v):
+            self._grow(max(16, 2 * row))
+        self._show(row + 1)
+        s = self.state
+        s.xyz[row] = xyz
+        s.yaw[row] = s.v[row] = s.wait[row] = s.steer_speed[row] = 0.0
+        s.max_speed[row] = DEFAULT_MAX_SPEED
+        s.node_from[row] = s.node_to[row] = node
+        s.edge[row] = s.goal[row] = -1
+        s.mode[row] = IDLE
+        s.steer_dir[row] = 0.0
+        s.reroute[row] = False
+        self.half[row] = half
+        self.next_hop[row] = -1
         self._out_lane = np.zeros(MAX_CROSSING_ROWS * self.count, np.int64)
         self._out_s = np.zeros(MAX_CROSSING_ROWS * self.count)
-        return self.count - 1
+        return row
 
     def remove(self, row: int) -> None:
-        self.state = WalkerState(*(np.delete(a, row, axis=0) for a in self.state))
-        self.half = np.delete(self.half, row, axis=0)
-        self.next_hop = np.delete(self.next_hop, row, axis=0)
+        n = self.count
+        for rows in (*self._state_rows, self._half_rows, self._next_hop_rows):
+            rows[row : n - 1] = rows[row + 1 : n]
+        self._show(n - 1)
         self._count_steered()
+
+    def _grow(self, capacity: int) -> None:
+        state, half, next_hop = _blank_rows(capacity, self.graph.num_nodes)
+        for new, old in zip((*state, half, next_hop), (*self.state, self.half, self.next_hop), strict=True):
+            new[: len(old)] = old
+        self._state_rows, self._half_rows, self._next_hop_rows = state, half, next_hop
+
+    def _show(self, count: int) -> None:
+        """Point state, half and next_hop at the first `count` rows of the buffers."""
+        self.state = WalkerState(*(rows[:count] for rows in self._state_rows))
+        self.half = self._half_rows[:count]
+        self.next_hop = self._next_hop_rows[:count]
 
     # ------------------------------------------------------------------ the controller's verbs
     def start(self, row: int) -> None:
@@ -139,10 +129,8 @@ class WalkerCrowd:
     def go_to(self, row: int, xyz) -> None:
         """Route to the node nearest `xyz` that the walker can reach."""
         roads = bool(self.rng.random() < self.cross_factor)
-        here = self.state.node_to[row]
-        reachable = np.flatnonzero(self._components[roads] == self._components[roads][here])
-        d = np.linalg.norm(self.graph.node_xyz[reachable] - np.asarray(xyz, float), axis=1)
-        self._route(row, int(reachable[d.argmin()]), roads)
+        node = self.graph.nearest_node(xyz, reachable_from=int(self.state.node_to[row]), roads=roads)
+        self._route(row, node, roads)
 
     def random_node(self) -> int:
         return int(self.rng.integers(self.graph.num_nodes))
@@ -206,3 +194,24 @@ class WalkerCrowd:
                     self.state.node_to[row] = self.state.node_from[row]
                 self._new_random_route(row)
         return vi, wj
+
+
+def _blank_rows(capacity: int, num_nodes: int) -> tuple[WalkerState, np.ndarray, np.ndarray]:
+    """Buffers for `capacity` walkers: their state, half extents and next-hop tables."""
+    n = capacity
+    state = WalkerState(
+        xyz=np.zeros((n, 3)),
+        yaw=np.zeros(n),
+        v=np.zeros(n),
+        max_speed=np.zeros(n),
+        node_from=np.zeros(n, np.int64),
+        node_to=np.zeros(n, np.int64),
+        edge=np.zeros(n, np.int64),
+        goal=np.zeros(n, np.int64),
+        mode=np.zeros(n, np.int64),
+        wait=np.zeros(n),
+        steer_dir=np.zeros((n, 3)),
+        steer_speed=np.zeros(n),
+        reroute=np.zeros(n, bool),
+    )
+    return state, np.zeros((n, 3)), np.full((n, num_nodes), -1, np.int32)

@@ -29,6 +29,7 @@ CROSSWALK_REACH = 4.0  # m from a crosswalk's end to the sidewalk node it lands 
 MAX_DESTINATIONS = 256  # nodes random walker routes lead to (their routing tables are cached)
 MID_BLOCK_SPACING = 40.0  # m between mid-block road crossings along a road
 MID_BLOCK_MARGIN = 15.0  # m from a road's ends (junction crossings are there)
+NEAR = 5.0  # m: a nearest-node search looks this far first (nodes are SAMPLE apart along a sidewalk)
 WALKER_HALF_WIDTH = 0.35  # m: clearance from a lane's edge for a link to count as off the road
 
 
@@ -77,6 +78,35 @@ class WalkGraph:
             self.__dict__[key] = connected_components(self.csgraph(roads), directed=False)[1]
         return self.__dict__[key]
 
+    def nearest_node(self, xyz, reachable_from: int | None = None, roads: bool = False) -> int:
+        """The node nearest `xyz`, of those reachable from node `reachable_from` if given (across roads
+        anywhere if `roads`): np.argmin over np.linalg.norm distances, so of equally near ones the lowest."""
+        if reachable_from is None:
+            nodes, tree = self._node_tree(None)
+        else:
+            nodes, tree = self._node_tree(roads, int(self.components(roads)[reachable_from]))
+        p = np.asarray(xyz, float)
+        # Only the nodes within NEAR when the nearest is clearly inside (the tree's distances may differ
+        # from the norm's in the last bits), else all of them.
+        near = tree.query_ball_point(p, NEAR, return_sorted=True)
+        if near:
+            d = np.linalg.norm(tree.data[near] - p, axis=1)
+            if d.min() < NEAR * (1 - 1e-9):
+                return int(nodes[near[d.argmin()]])
+        return int(nodes[np.linalg.norm(tree.data - p, axis=1).argmin()])
+
+    def _node_tree(self, roads: bool | None, label: int = -1):
+        """(nodes in ascending order, a cKDTree of their points): all nodes if `roads` is None, else those
+        of component `label` of components(roads). Built once each."""
+        key = ("tree", roads, label)
+        if key not in self.__dict__:
+            if roads is None:
+                nodes = np.arange(self.num_nodes)
+            else:
+                nodes = np.flatnonzero(self.components(roads) == label)
+            self.__dict__[key] = (nodes, cKDTree(self.node_xyz[nodes]))
+        return self.__dict__[key]
+
     def destinations(self) -> np.ndarray:
         """Nodes random routes lead to: up to MAX_DESTINATIONS spread along the sidewalks, so that each
         one's routing table is computed once per town and reused."""
@@ -89,7 +119,9 @@ class WalkGraph:
         if (goal, roads) not in cache:
             goals = self.destinations() if ("bulk", roads) not in cache else np.array([goal])
             cache[("bulk", roads)] = True
-            _, pred = dijkstra(self.csgraph(roads), directed=False, indices=goals, return_predecessors=True)
+            # csgraph() is symmetric already: directed=True spares scipy symmetrising it on every call
+            # (same predecessors: tests/test_walkers.py checks every goal of a town).
+            _, pred = dijkstra(self.csgraph(roads), directed=True, indices=goals, return_predecessors=True)
             for g, row in zip(goals.tolist(), pred.reshape(len(goals), -1), strict=True):
                 cache[(g, roads)] = np.where(row < 0, -1, row).astype(np.int32)
             if (goal, roads) not in cache:
