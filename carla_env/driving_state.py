@@ -121,6 +121,10 @@ def walker_gap(
     `horizon` metres, now or at its velocity within WALKER_PREDICTION_TIMES (one crossing towards the
     path counts); None if none. On the path: within the car's `half_width` + `clearance` of the route.
     Walkers as (N, 2+) arrays of position and velocity (a Scene's, or read through the CARLA API)."""
+    if len(walker_xy) != len(walker_velocity):
+        raise ValueError(
+            f"walker_gap: {len(walker_xy)} walker positions but {len(walker_velocity)} velocities"
+        )
     d = route.distance
     first = bisect.bisect_right(d, here)  # on one number: no numpy call
     last = bisect.bisect_left(d, here + horizon)

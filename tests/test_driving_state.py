@@ -4,12 +4,19 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from carla_env.config import load_config
-from carla_env.driving_state import ROUTE_DONE_MARGIN, TRACK_AHEAD, RouteTracker
+from carla_env.driving_state import (
+    ROUTE_DONE_MARGIN,
+    TRACK_AHEAD,
+    WALKER_PREDICTION_TIMES,
+    RouteTracker,
+    walker_gap,
+)
 from carla_env.env import CarlaEnv
 from carla_env.maps.route import Route, random_route
 from carla_env.maps.town import load_town
@@ -217,3 +224,31 @@ def test_route_length_bench_prints_the_distribution():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])["GridTown01"]
     assert out["outside_10pct"] == 0 and out["under_50pct"] == 0 and 225 <= out["min"] <= out["max"] <= 275
+
+
+def test_walker_gap_is_the_route_distance_of_the_first_point_a_walker_reaches_now_or_within_3_s():
+    """The compiled walker_gap against the plain numpy statement of it, on winding routes with walkers
+    anywhere (near the path, walking across it, standing still), the search window at the route's
+    start and past its end included."""
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(3, 120))
+        heading = np.cumsum(rng.normal(0, 0.05, n))
+        points = np.cumsum(
+            np.column_stack([np.cos(heading), np.sin(heading)]) * rng.uniform(0.2, 2.0), axis=0
+        )
+        distance = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+        route = SimpleNamespace(points=points, distance=distance)  # what walker_gap reads of a Route
+        here = float(rng.uniform(-5, distance[-1] + 3))
+        m = int(rng.integers(0, 8))
+        xy = points[rng.integers(n, size=m)] + rng.normal(0, 3, (m, 2))
+        velocity = rng.normal(0, 1.5, (m, 2)) * (rng.random((m, 1)) < 0.7)
+        half_width, clearance = float(rng.uniform(0.8, 1.2)), 0.8
+        window = (route.distance > here) & (route.distance < here + 30.0)
+        paths = xy[:, None, :] + velocity[:, None, :] * WALKER_PREDICTION_TIMES[None, :, None]
+        d2 = ((points[window][None, None] - paths[:, :, None]) ** 2).sum(axis=-1)
+        on_path = d2 < (half_width + clearance) ** 2
+        expected = route.distance[window][on_path.any(axis=(0, 1))].min() - here if on_path.any() else None
+        assert walker_gap(xy, velocity, route, here, half_width, clearance) == expected
+    with pytest.raises(ValueError, match="2 walker positions but 0 velocities"):
+        walker_gap(np.zeros((2, 2)), np.zeros((0, 2)), route, 0.0, 1.0)
