@@ -6,9 +6,10 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+import carla_env.rllib.modules as bev_modules
 from carla_env.config import load_config
 from carla_env.env import CarlaEnv
-from carla_env.rllib.modules import BevPPOCatalog, BevPPOModule, encoder_space
+from carla_env.rllib.modules import BevDQNCatalog, BevDQNModule, BevPPOCatalog, BevPPOModule, encoder_space
 
 SMALL_BEV = {"size": 48, "pixels_per_meter": 2.0, "ego_offset": 10}
 MODEL = {
@@ -55,3 +56,43 @@ def test_the_ppo_module_learns_from_the_bev_packed_or_not(packed):
     assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
     inference = module.forward_inference({Columns.OBS: batch[Columns.OBS][:1]})
     assert torch.isfinite(inference[Columns.ACTION_DIST_INPUTS]).all()
+
+
+@pytest.mark.parametrize("kind", ["ppo", "dqn"])
+def test_dropping_rllibs_zero_width_pads_changes_no_output_and_no_checkpoint_key(kind, monkeypatch):
+    """The shipped configs' first conv (4x4, stride 4) gets a ZeroPad2d of width 0 from RLlib's "same"
+    padding; the modules drop it. Same weights, same outputs, same state-dict keys as RLlib's layers."""
+    import gymnasium as gym
+
+    module_class, catalog = (BevPPOModule, BevPPOCatalog) if kind == "ppo" else (BevDQNModule, BevDQNCatalog)
+    space = gym.spaces.Box(0, 255, (2, 64, 64), np.uint8)
+    actions = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if kind == "ppo" else gym.spaces.Discrete(15)
+    model = {"conv_filters": [[16, [4, 4], 4], [32, [3, 3], 2], [64, [3, 3], 2]], "head_fcnet_hiddens": [32]}
+    if kind == "dqn":
+        model.update(dueling=True, double_q=True, num_atoms=1, epsilon=[[0, 0.0]])
+
+    def build():
+        return RLModuleSpec(
+            module_class=module_class,
+            catalog_class=catalog,
+            observation_space=space,
+            action_space=actions,
+            model_config=model,
+        ).build()
+
+    ours = build()
+    monkeypatch.setattr(bev_modules, "drop_noop_padding", lambda module: None)
+    rllibs = build()
+    pads = [m for m in rllibs.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+    assert any(not any(p.padding) for p in pads)  # RLlib's layers have one to drop
+    assert not any(isinstance(m, torch.nn.ZeroPad2d) and not any(m.padding) for m in ours.modules())
+    assert any(isinstance(m, torch.nn.ZeroPad2d) for m in ours.modules())  # the real pads stay
+    assert ours.state_dict().keys() == rllibs.state_dict().keys()
+    rllibs.load_state_dict(ours.state_dict())
+    obs = {Columns.OBS: torch.randint(0, 256, (4, *space.shape), dtype=torch.uint8)}
+    with torch.no_grad():
+        if kind == "ppo":
+            a, b = (m.forward_exploration(obs)[Columns.ACTION_DIST_INPUTS] for m in (ours, rllibs))
+        else:
+            a, b = (m.compute_q_values(obs)["qf_preds"] for m in (ours, rllibs))
+    assert torch.equal(a, b)

@@ -62,6 +62,16 @@ BevDQNCatalog = _bev_catalog(DQNCatalog)
 BevPPOCatalog = _bev_catalog(PPOCatalog)
 
 
+def drop_noop_padding(module: torch.nn.Module) -> None:
+    """Replace RLlib's zero-width ZeroPad2d layers (its "same" padding where none is needed: a 4x4
+    stride-4 first conv) by Identity: each copied the whole float input, ~12% of a CPU forward pass.
+    Pads hold no parameters, so checkpoints load either way."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ZeroPad2d) and not any(child.padding):
+                setattr(parent, name, torch.nn.Identity())
+
+
 def _as_float(module, batch: dict) -> dict:
     return {**batch, Columns.OBS: module.to_float(batch[Columns.OBS])}
 
@@ -72,6 +82,7 @@ class BevDQNModule(DefaultDQNTorchRLModule):
     def setup(self):
         super().setup()
         self.to_float = BevToFloat(self.observation_space)
+        drop_noop_padding(self)
 
     def _qf_forward_helper(self, batch, encoder, head):
         return super()._qf_forward_helper(_as_float(self, batch), encoder, head)
@@ -83,6 +94,7 @@ class BevPPOModule(DefaultPPOTorchRLModule):
     def setup(self):
         super().setup()
         self.to_float = BevToFloat(self.observation_space)
+        drop_noop_padding(self)
 
     def _forward(self, batch, **kwargs):
         return super()._forward(_as_float(self, batch), **kwargs)
