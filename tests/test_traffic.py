@@ -96,3 +96,45 @@ def test_traffic_trajectories_match_the_recorded_fingerprint():
             digest.update(np.round(world.traffic.xyz, 3).tobytes())
     assert world.traffic.granted.max() >= 0  # junctions were crossed under right of way
     assert digest.hexdigest()[:16] == "d6935040882ff394"
+
+
+@pytest.mark.parametrize("town_name", ["GridTown01", "Town10HD"])
+def test_a_road_user_inside_a_junction_holds_every_lane_it_may_still_be_on(town_name):
+    """A hero inside a junction holds its lane's run and, while they still overlap, the runs of the lanes
+    leaving the same entry: near an entry the straight and turning lanes lie on top of each other and
+    the lane match may pick either (Town10HD: an NPC was granted the crossing the hero turned into).
+    Once they have parted, a sibling's path is free for others again."""
+    from carla_env.embedded.kernels import SIBLING_OVERLAP, _hold_where_it_may_drive
+    from carla_env.embedded.traffic import LaneTables
+    from carla_env.maps.geometry import lane_pose
+
+    town = load_town(real_town_path(town_name) if town_name.startswith("Town") else town_name)
+    net = LaneTables(town.lanes).network
+
+    def successors(lane):
+        return net.succ_idx[net.succ_ptr[lane] : net.succ_ptr[lane + 1]].tolist()
+
+    def at(lane, s):
+        n = net
+        x, y, _, _ = lane_pose(
+            lane, min(s, n.length[lane]), n.lane_start, n.lane_count, n.lane_ds, n.length, n.points, n.yaw
+        )
+        return np.array([x, y])
+
+    parted = 0
+    for entry in range(len(net.length)):
+        siblings = [m for m in successors(entry) if net.junction[m]]
+        for lane in siblings:
+            held = np.zeros(len(net.length), bool)
+            _hold_where_it_may_drive(lane, 0.5, held, net)
+            assert all(held[m] for m in siblings)  # at the entry: every lane leaving it
+            assert all(held[n] for n in successors(lane) if net.junction[n])  # and the run ahead
+            end = float(net.length[lane]) - 0.5
+            held = np.zeros(len(net.length), bool)
+            _hold_where_it_may_drive(lane, end, held, net)
+            assert held[lane]
+            for m in siblings:
+                if m != lane and np.linalg.norm(at(m, end) - at(lane, end)) > SIBLING_OVERLAP:
+                    assert not held[m]
+                    parted += 1
+    assert parted > 0

@@ -313,6 +313,62 @@ def gate_junction_entries(fleet, lanes, light_state, offs, centre_gap, model):
     return entry_k, entry_dist, stop_gap, request
 
 
+@njit(cache=True)
+def _hold_junction_run(first, held, lanes):
+    """Mark `first` and every junction lane reachable from it through junction lanes: where a road
+    user not driven by this model (whose plan is unknown) may still go before it leaves the junction.
+    A junction path can be several chained lanes; holding only the current one let an NPC be granted
+    the crossing the hero was about to drive onto."""
+    seen = np.zeros(lanes.length.shape[0], np.bool_)
+    stack = np.empty(lanes.length.shape[0], np.int64)
+    stack[0], top, seen[first] = first, 1, True
+    while top:
+        top -= 1
+        lane = stack[top]
+        held[lane] = True
+        for k in range(lanes.succ_ptr[lane], lanes.succ_ptr[lane + 1]):
+            nxt = lanes.succ_idx[k]
+            if lanes.junction[nxt] and not seen[nxt]:
+                seen[nxt] = True
+                stack[top] = nxt
+                top += 1
+
+
+# m: junction lanes of one entry this near each other at a road user's s are still one path
+SIBLING_OVERLAP = 1.5
+
+
+@njit(cache=True)
+def _hold_where_it_may_drive(lane, s, held, lanes):
+    """For a road user inside a junction on `lane` at `s`: hold that lane's run, and the runs of the
+    lanes leaving the same entry that still overlap it there. Near an entry the straight and turning
+    lanes lie on top of each other and the lane match may pick either (seen on Town10HD: the hero
+    matched to its straight lane while taking the turn, and an NPC was granted the crossing it turned into)."""
+    _hold_junction_run(lane, held, lanes)
+    x, y, _, _ = lane_pose(
+        lane, s, lanes.lane_start, lanes.lane_count, lanes.lane_ds, lanes.length, lanes.points, lanes.yaw
+    )
+    for p in range(lanes.length.shape[0]):
+        if not _is_successor(p, lane, lanes.succ_ptr, lanes.succ_idx):
+            continue
+        for k in range(lanes.succ_ptr[p], lanes.succ_ptr[p + 1]):
+            m = lanes.succ_idx[k]
+            if m == lane or held[m] or not lanes.junction[m]:
+                continue
+            mx, my, _, _ = lane_pose(
+                m,
+                min(s, lanes.length[m]),
+                lanes.lane_start,
+                lanes.lane_count,
+                lanes.lane_ds,
+                lanes.length,
+                lanes.points,
+                lanes.yaw,
+            )
+            if (mx - x) ** 2 + (my - y) ** 2 < SIBLING_OVERLAP**2:
+                _hold_junction_run(m, held, lanes)
+
+
 @njit(cache=True, inline="always")
 def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model):
     """Requesters in order of distance to their entry are granted their junction run if it conflicts
@@ -337,11 +393,11 @@ def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_
         if lj < 0 or not others.holds[j]:  # walkers hold no junction lane (they stop who they block)
             continue
         if junction[lj]:
-            held[lj] = True
+            _hold_where_it_may_drive(lj, others.s[j], held, lanes)
         elif lanes.length[lj] - others.s[j] < others.v[j] * others.v[j] / (2.0 * model.decel) + model.min_gap:
             for k in range(lanes.succ_ptr[lj], lanes.succ_ptr[lj + 1]):
                 if junction[lanes.succ_idx[k]]:
-                    held[lanes.succ_idx[k]] = True
+                    _hold_junction_run(lanes.succ_idx[k], held, lanes)
     held_lanes = np.flatnonzero(held)
     order = req[np.argsort(entry_dist[req], kind="mergesort")]
     for i in order:
