@@ -283,15 +283,17 @@ ROACH_BEV = {"size": 192, "pixels_per_meter": 5.0, "ego_offset": 40, "history": 
     [
         # Re-recorded with issue 17's simulator fixes (no lane invasion inside a junction, lane corners
         # measured against the lane beside them, lights seen 15 m ahead, NPCs yielding to a hero at a
-        # junction); the speed work alone reproduced the earlier digest, 9820f1f3cdc95dac.
+        # junction); the speed work alone reproduced the earlier digest, 9820f1f3cdc95dac. Again (was
+        # 02f0ea89c5922b17) when NPCs began braking for a hero box on their path, whatever its lane.
         (
             {"simulator": {"carla": {"walkers": 0}}, "experiment": {"sensors": {"birdview": ROACH_BEV}}},
-            "02f0ea89c5922b17",
+            "1318dea1f08c2023",
         ),
         # experiments/ppo as shipped: 64 px BEV, 50 walkers (drawn at least 3 px across), red lights end
         # an episode. Re-recorded (was 09711156a2b41fb4) when boxes that overlap stopped cancelling out
-        # (OpenCV fills one call's polygons even-odd): 24 walker pixels in 9 of the 410 frames.
-        ({}, "bb07bdb1b88410fe"),
+        # (OpenCV fills one call's polygons even-odd): 24 walker pixels in 9 of the 410 frames; again
+        # (was bb07bdb1b88410fe) when NPCs began braking for a hero box on their path.
+        ({}, "e00509ee0f788ad3"),
     ],
     ids=["192px-no-walkers", "shipped"],
 )

@@ -138,3 +138,42 @@ def test_a_road_user_inside_a_junction_holds_every_lane_it_may_still_be_on(town_
                     assert not held[m]
                     parted += 1
     assert parted > 0
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_an_npc_brakes_for_a_hero_standing_on_its_path_whatever_the_heros_heading(across, monkeypatch):
+    """CARLA's Traffic Manager brakes for any vehicle in its path. A hero standing across the NPC's lane
+    matches no lane heading, so the lane rules alone do not see it: the NPC stops short of it all the
+    same (and of a hero standing along the lane, as before). Without the path check it drives into the
+    one standing across."""
+
+    def run():
+        town = load_town("GridTown01")
+        g = town.lanes
+        lane = int(np.flatnonzero((g.lane_junction < 0) & (g.lane_length > 60))[0])
+        world = EmbeddedWorld(town, seed=0)
+        pos, yaw = g.interpolate(np.array([lane]), np.array([40.0]))
+        x, y = float(pos[0, 0]), float(pos[0, 1])
+        hero = world.spawn_actor(
+            world.get_blueprint_library().find("vehicle.tesla.model3"),
+            carla.Transform(
+                carla.Location(x, y, 0.5),
+                carla.Rotation(yaw=float(np.degrees(yaw[0])) + (90.0 if across else 0.0)),
+            ),
+        )
+        (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([2.0]), ["vehicle.audi.a2"])
+        hero.apply_control(carla.VehicleControl(hand_brake=True))
+        hits = 0
+        for _ in range(200):
+            world.tick()
+            hits += any(hero.id in pair and npc.id in pair for pair in world.collisions)
+        return hits, float(np.hypot(*(world.traffic.xyz[0, :2] - (x, y)))), float(world.traffic.v[0])
+
+    hits, gap, speed = run()
+    assert (
+        hits == 0 and speed < 0.5 and gap < 12.0
+    )  # it came up to the hero and stopped (IDM creeps the last cm)
+    if across:
+        monkeypatch.setattr(EmbeddedWorld, "_hero_obstacles", lambda self: np.zeros((0, 6)))
+        hits, _, _ = run()
+        assert hits > 0

@@ -476,12 +476,62 @@ def drive(dt, fleet, lanes, offs, lead_gap, lead_v, stop_gap, model, rand):
         fleet.yaw[i] = h
 
 
+# CARLA's Traffic Manager brakes for any vehicle in its path, whatever lane it is on (its collision
+# stage); lane rules alone let an NPC drive into a hero standing across its way in a junction.
+OBSTACLE_MARGIN = 0.3  # m around an obstacle's box that a path counts as blocked
+NPC_HALF_WIDTH = 1.0  # m: an NPC's half width, for the path's swept corridor
+PATH_STEP = 1.0  # m between the path points checked
+OBSTACLE_LOOKAHEAD = 5.0  # m checked beyond the braking distance and the standstill gap
+
+
+@njit(cache=True, inline="always")
+def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model):
+    """Each NPC treats the nearest obstacle box (heroes: x, y, yaw, half length, half width, speed) its
+    front would touch along its plan, within its braking distance and a few metres, as a leader: the
+    gap is how far its centre may move first; the speed, the obstacle's along the path there."""
+    n, plan_len = fleet.plan.shape
+    for o in range(obstacles.shape[0]):
+        ox, oy, oyaw, ohl, ohw, ov = obstacles[o]
+        c, sn = np.cos(oyaw), np.sin(oyaw)
+        reach_x, reach_y = ohl + OBSTACLE_MARGIN, ohw + NPC_HALF_WIDTH + OBSTACLE_MARGIN
+        for i in range(n):
+            vi, hl = fleet.v[i], fleet.half_len[i]
+            reach = min(vi * vi / (2.0 * model.decel) + model.min_gap + OBSTACLE_LOOKAHEAD, lead_gap[i])
+            dx, dy = ox - fleet.xyz[i, 0], oy - fleet.xyz[i, 1]
+            if dx * dx + dy * dy > (reach + hl + ohl + ohw) ** 2:
+                continue
+            d, k = 0.0, 0
+            while d <= reach:
+                while k + 1 < plan_len and offs[i, k + 1] <= d:
+                    k += 1
+                x, y, _, h = lane_pose(
+                    fleet.plan[i, k],
+                    d - offs[i, k],
+                    lanes.lane_start,
+                    lanes.lane_count,
+                    lanes.lane_ds,
+                    lanes.length,
+                    lanes.points,
+                    lanes.yaw,
+                )
+                fx, fy = x + hl * np.cos(h) - ox, y + hl * np.sin(h) - oy  # the front, from the obstacle
+                if abs(fx * c + fy * sn) < reach_x and abs(-fx * sn + fy * c) < reach_y:
+                    if d < lead_gap[i]:
+                        lead_gap[i] = d
+                        lead_v[i] = max(ov * np.cos(oyaw - h), 0.0)
+                    break
+                d += PATH_STEP
+
+
 @njit(cache=True)
-def traffic_step(dt, fleet, others, lanes, model, light_state, rand):
-    """Advance every NPC one tick: leaders, junction gates, right of way, then IDM and motion.
-    `light_state`: per light, as carla.TrafficLightState values; `rand`: one uniform draw per NPC."""
+def traffic_step(dt, fleet, others, lanes, model, light_state, rand, obstacles):
+    """Advance every NPC one tick: leaders, obstacles on the path, junction gates, right of way, then IDM
+    and motion. `light_state`: per light, as carla.TrafficLightState values; `rand`: one uniform draw per
+    NPC; `obstacles`: (K, 6) boxes of vehicles outside the model (x, y, yaw, half length, half width,
+    speed)."""
     offs = plan_offsets(fleet, lanes)
     lead_gap, lead_v, centre_gap = find_leaders(fleet, others, lanes, offs, model.merge_horizon)
+    brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model)
     entry_k, entry_dist, stop_gap, request = gate_junction_entries(
         fleet, lanes, light_state, offs, centre_gap, model
     )
@@ -490,7 +540,7 @@ def traffic_step(dt, fleet, others, lanes, model, light_state, rand):
 
 
 @njit(cache=True)
-def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand):
+def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand, obstacles):
     """traffic_step with each container passed as a plain tuple of its fields, the one call per tick:
     numba types plain tuples in C but namedtuples in Python, ~15 us a call (the whole 50-NPC step
     computes in ~25 us)."""
@@ -502,6 +552,7 @@ def traffic_step_from_fields(dt, fleet, others, lanes, model, light_state, rand)
         DriverModel(*model),
         light_state,
         rand,
+        obstacles,
     )
 
 

@@ -145,9 +145,12 @@ class Traffic:
         other_v: np.ndarray,
         other_half_len: np.ndarray,
         other_holds: np.ndarray | None = None,
+        obstacles: np.ndarray | None = None,
     ) -> None:
         """Advance all NPCs by dt. `other_*`: road users outside this model (heroes, walkers on
-        crossings) located on lanes; `other_holds`: which hold a junction lane (default: all)."""
+        crossings) located on lanes; `other_holds`: which hold a junction lane (default: all);
+        `obstacles`: (K, 6) boxes NPCs brake for on their path whatever lane they are on (heroes: x, y,
+        yaw, half length, half width, speed)."""
         if self.count == 0:
             return
         others = (
@@ -166,4 +169,5 @@ class Traffic:
             _DRIVER_FIELDS,
             light_state.astype(np.int64),
             rand,
+            np.zeros((0, 6)) if obstacles is None else np.ascontiguousarray(obstacles, np.float64),
         )

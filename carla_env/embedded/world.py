@@ -258,7 +258,7 @@ class EmbeddedWorld:
         road_users = self._free_on_lanes()  # heroes: lane, s, speed, half length
         if self._crowd is not None and self._crowd.count:
             road_users = self._with_walkers_in_the_way(*road_users)
-        self.traffic.step(dt, self._light_state, *road_users)
+        self.traffic.step(dt, self._light_state, *road_users, obstacles=self._hero_obstacles())
         if len(f.x):
             step_bicycle(
                 f.x,
@@ -598,6 +598,12 @@ class EmbeddedWorld:
             )
             nearest, dist = g.nearest(p)
             f.on_lane[r] = float(dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE)
+
+    def _hero_obstacles(self) -> np.ndarray:
+        """(K, 6) the heroes' boxes as traffic brakes for them on its path: x, y, yaw, half length, half
+        width, speed (every hero, whatever lane it is on or however it heads)."""
+        f = self._free
+        return np.column_stack([f.x, f.y, f.yaw, f.half[:, 0], f.half[:, 1], np.abs(f.v)])
 
     def _free_on_lanes(self):
         """Heroes that NPCs should treat as road users: on a lane, heading along it."""
