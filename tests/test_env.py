@@ -287,13 +287,13 @@ ROACH_BEV = {"size": 192, "pixels_per_meter": 5.0, "ego_offset": 40, "history": 
         # 02f0ea89c5922b17) when NPCs began braking for a hero box on their path, whatever its lane.
         (
             {"simulator": {"carla": {"walkers": 0}}, "experiment": {"sensors": {"birdview": ROACH_BEV}}},
-            "1318dea1f08c2023",
+            "adabb69567234ad4",
         ),
         # experiments/ppo as shipped: 64 px BEV, 50 walkers (drawn at least 3 px across), red lights end
         # an episode. Re-recorded (was 09711156a2b41fb4) when boxes that overlap stopped cancelling out
         # (OpenCV fills one call's polygons even-odd): 24 walker pixels in 9 of the 410 frames; again
         # (was bb07bdb1b88410fe) when NPCs began braking for a hero box on their path.
-        ({}, "e00509ee0f788ad3"),
+        ({}, "4947db3759cbbf8d"),
     ],
     ids=["192px-no-walkers", "shipped"],
 )

@@ -140,40 +140,104 @@ def test_a_road_user_inside_a_junction_holds_every_lane_it_may_still_be_on(town_
     assert parted > 0
 
 
-@pytest.mark.parametrize("across", [True, False])
-def test_an_npc_brakes_for_a_hero_standing_on_its_path_whatever_the_heros_heading(across, monkeypatch):
-    """CARLA's Traffic Manager brakes for any vehicle in its path. A hero standing across the NPC's lane
-    matches no lane heading, so the lane rules alone do not see it: the NPC stops short of it all the
-    same (and of a hero standing along the lane, as before). Without the path check it drives into the
-    one standing across."""
+def hero_standing_on(world, lane: int, s: float, turn: float = 0.0, aside: float = 0.0):
+    """A hero with its hand brake on at distance s along `lane`, turned `turn` degrees from the lane's
+    heading and `aside` metres to its right."""
+    g = world.town.lanes
+    pos, yaw = g.interpolate(np.array([lane]), np.array([s]))
+    x = float(pos[0, 0] - aside * np.sin(yaw[0]))
+    y = float(pos[0, 1] + aside * np.cos(yaw[0]))
+    hero = world.spawn_actor(
+        world.get_blueprint_library().find("vehicle.tesla.model3"),
+        carla.Transform(
+            carla.Location(x, y, float(pos[0, 2]) + 0.5), carla.Rotation(yaw=float(np.degrees(yaw[0])) + turn)
+        ),
+    )
+    hero.apply_control(carla.VehicleControl(hand_brake=True))
+    return hero
+
+
+@pytest.mark.parametrize(
+    "turn, aside", [(90.0, 0.0), (90.0, 3.0), (0.0, 0.0)], ids=["across", "nose-in", "along"]
+)
+def test_an_npc_brakes_for_a_hero_standing_on_its_path_whatever_the_heros_heading(turn, aside, monkeypatch):
+    """CARLA's Traffic Manager brakes for any vehicle in its path. A hero standing across the NPC's lane,
+    or beside it with only its nose in the NPC's way, matches no lane heading, so the lane rules alone do
+    not see it: the NPC stops short of it all the same (and of a hero standing along the lane, as
+    before). Without the path check it drives into the first two."""
 
     def run():
         town = load_town("GridTown01")
         g = town.lanes
         lane = int(np.flatnonzero((g.lane_junction < 0) & (g.lane_length > 60))[0])
         world = EmbeddedWorld(town, seed=0)
-        pos, yaw = g.interpolate(np.array([lane]), np.array([40.0]))
-        x, y = float(pos[0, 0]), float(pos[0, 1])
-        hero = world.spawn_actor(
-            world.get_blueprint_library().find("vehicle.tesla.model3"),
-            carla.Transform(
-                carla.Location(x, y, 0.5),
-                carla.Rotation(yaw=float(np.degrees(yaw[0])) + (90.0 if across else 0.0)),
-            ),
-        )
+        hero = hero_standing_on(world, lane, 40.0, turn, aside)
         (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([2.0]), ["vehicle.audi.a2"])
-        hero.apply_control(carla.VehicleControl(hand_brake=True))
         hits = 0
         for _ in range(200):
             world.tick()
             hits += any(hero.id in pair and npc.id in pair for pair in world.collisions)
-        return hits, float(np.hypot(*(world.traffic.xyz[0, :2] - (x, y)))), float(world.traffic.v[0])
+        gap = float(np.hypot(*(world.traffic.xyz[0, :2] - hero_xy(world))))
+        return hits, gap, float(world.traffic.v[0])
 
     hits, gap, speed = run()
     assert (
         hits == 0 and speed < 0.5 and gap < 12.0
     )  # it came up to the hero and stopped (IDM creeps the last cm)
-    if across:
-        monkeypatch.setattr(EmbeddedWorld, "_hero_obstacles", lambda self: np.zeros((0, 6)))
+    if turn:
+        monkeypatch.setattr(EmbeddedWorld, "_hero_obstacles", lambda self: np.zeros((0, 7)))
         hits, _, _ = run()
         assert hits > 0
+
+
+def hero_xy(world):
+    return np.array([world._free.x[0], world._free.y[0]])
+
+
+def test_an_npc_drives_under_a_hero_standing_on_a_bridge_above_its_lane():
+    """As the Traffic Manager, boxes 4 m or more apart in height do not block each other: Town04's
+    overpasses."""
+    from scipy.spatial import cKDTree
+
+    town = load_town(real_town_path("Town04"))
+    g = town.lanes
+    pairs = cKDTree(g.points[:, :2]).query_pairs(1.0, output_type="ndarray")
+    pairs = pairs[np.abs(g.points[pairs[:, 0], 2] - g.points[pairs[:, 1], 2]) > 5.0]
+    for a, b in pairs:
+        upper, lower = (a, b) if g.points[a, 2] > g.points[b, 2] else (b, a)
+        low_lane = int(g.point_lane[lower])
+        low_s = float((lower - g.lane_start[low_lane]) * g.lane_ds[low_lane])
+        if g.lane_junction[low_lane] < 0 and low_s > 30.0:
+            break
+    up_lane = int(g.point_lane[upper])
+    world = EmbeddedWorld(town, seed=0)
+    hero_standing_on(world, up_lane, float((upper - g.lane_start[up_lane]) * g.lane_ds[up_lane]), turn=90.0)
+    world.spawn_npcs_at(np.array([low_lane]), np.array([low_s - 25.0]), ["vehicle.audi.a2"])
+    start = world.traffic.xyz[0, :2].copy()
+    for _ in range(200):
+        world.tick()
+    assert np.hypot(*(world.traffic.xyz[0, :2] - start)) > 60.0  # drove on under it
+
+
+def test_an_npc_held_back_by_a_hero_before_a_junction_does_not_take_the_junction():
+    """Right of way goes to the first in line at an entry: an NPC standing behind a hero that blocks the
+    approach lane is not granted the junction beyond it (it would hold crossing traffic for nothing)."""
+    town = load_town("GridTown01")
+    world = EmbeddedWorld(town, seed=0)
+    net = world._tables.network
+    g = town.lanes
+    lane = next(
+        lane
+        for lane in range(g.num_lanes)
+        if g.lane_junction[lane] < 0
+        and g.lane_length[lane] > 40
+        and any(net.junction[s] for s in net.succ_idx[net.succ_ptr[lane] : net.succ_ptr[lane + 1]])
+    )
+    hero_standing_on(world, lane, float(g.lane_length[lane]) - 3.5, turn=90.0)
+    world.spawn_npcs_at(np.array([lane]), np.array([float(g.lane_length[lane]) - 35.0]), ["vehicle.audi.a2"])
+    waited = 0
+    for _ in range(600):
+        world.tick()
+        assert world.traffic.granted[0] < 0
+        waited += world.traffic.v[0] < 0.05
+    assert waited > 300 and world.traffic.plan[0, 0] == lane  # it stood behind the hero, ungranted

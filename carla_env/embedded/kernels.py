@@ -479,32 +479,41 @@ def drive(dt, fleet, lanes, offs, lead_gap, lead_v, stop_gap, model, rand):
 # CARLA's Traffic Manager brakes for any vehicle in its path, whatever lane it is on (its collision
 # stage); lane rules alone let an NPC drive into a hero standing across its way in a junction.
 OBSTACLE_MARGIN = 0.3  # m around an obstacle's box that a path counts as blocked
-NPC_HALF_WIDTH = 1.0  # m: an NPC's half width, for the path's swept corridor
+NPC_HALF_WIDTH = 1.0  # m: an NPC's half width, for the box swept along its path
 PATH_STEP = 1.0  # m between the path points checked
 OBSTACLE_LOOKAHEAD = 5.0  # m checked beyond the braking distance and the standstill gap
+VERTICAL_SEPARATION = 4.0  # m: boxes this far apart in height do not meet (a bridge; the TM's threshold)
 
 
 @njit(cache=True, inline="always")
-def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model):
-    """Each NPC treats the nearest obstacle box (heroes: x, y, yaw, half length, half width, speed) its
-    front would touch along its plan, within its braking distance and a few metres, as a leader: the
-    gap is how far its centre may move first; the speed, the obstacle's along the path there."""
+def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, centre_gap, model):
+    """Each NPC treats the first obstacle box (heroes: x, y, z, yaw, half length, half width, speed
+    along their heading) that its own box would meet along its plan, within its braking distance and a
+    few metres, as a leader: the gap is how far it may move first; the speed, the obstacle's along the
+    path there, never negative. The centre gap is lowered too, so an NPC held back by one does not ask
+    for a junction beyond it."""
     n, plan_len = fleet.plan.shape
+    npc_half = np.array([0.0, NPC_HALF_WIDTH, VERTICAL_SEPARATION / 2])
+    box_half = np.array([0.0, 0.0, VERTICAL_SEPARATION / 2])
     for o in range(obstacles.shape[0]):
-        ox, oy, oyaw, ohl, ohw, ov = obstacles[o]
+        ox, oy, oz, oyaw, ohl, ohw, ov = obstacles[o]
         c, sn = np.cos(oyaw), np.sin(oyaw)
-        reach_x, reach_y = ohl + OBSTACLE_MARGIN, ohw + NPC_HALF_WIDTH + OBSTACLE_MARGIN
+        box_half[0], box_half[1] = ohl + OBSTACLE_MARGIN, ohw + OBSTACLE_MARGIN
+        box_reach = np.hypot(box_half[0], box_half[1])
         for i in range(n):
             vi, hl = fleet.v[i], fleet.half_len[i]
+            npc_half[0] = hl
+            npc_reach = np.hypot(hl, NPC_HALF_WIDTH)
             reach = min(vi * vi / (2.0 * model.decel) + model.min_gap + OBSTACLE_LOOKAHEAD, lead_gap[i])
             dx, dy = ox - fleet.xyz[i, 0], oy - fleet.xyz[i, 1]
-            if dx * dx + dy * dy > (reach + hl + ohl + ohw) ** 2:
+            if dx * dx + dy * dy > (reach + npc_reach + box_reach) ** 2:
                 continue
+            end = offs[i, plan_len - 1] + lanes.length[fleet.plan[i, plan_len - 1]]
             d, k = 0.0, 0
-            while d <= reach:
+            while d <= min(reach, end):
                 while k + 1 < plan_len and offs[i, k + 1] <= d:
                     k += 1
-                x, y, _, h = lane_pose(
+                x, y, z, h = lane_pose(
                     fleet.plan[i, k],
                     d - offs[i, k],
                     lanes.lane_start,
@@ -514,11 +523,23 @@ def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model):
                     lanes.points,
                     lanes.yaw,
                 )
-                fx, fy = x + hl * np.cos(h) - ox, y + hl * np.sin(h) - oy  # the front, from the obstacle
-                if abs(fx * c + fy * sn) < reach_x and abs(-fx * sn + fy * c) < reach_y:
+                if _boxes_overlap(
+                    ox - x,
+                    oy - y,
+                    oz - z,
+                    np.cos(h),
+                    np.sin(h),
+                    npc_half,
+                    npc_reach,
+                    c,
+                    sn,
+                    box_half,
+                    box_reach,
+                ):
                     if d < lead_gap[i]:
                         lead_gap[i] = d
                         lead_v[i] = max(ov * np.cos(oyaw - h), 0.0)
+                        centre_gap[i] = min(centre_gap[i], d + hl)
                     break
                 d += PATH_STEP
 
@@ -527,11 +548,11 @@ def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model):
 def traffic_step(dt, fleet, others, lanes, model, light_state, rand, obstacles):
     """Advance every NPC one tick: leaders, obstacles on the path, junction gates, right of way, then IDM
     and motion. `light_state`: per light, as carla.TrafficLightState values; `rand`: one uniform draw per
-    NPC; `obstacles`: (K, 6) boxes of vehicles outside the model (x, y, yaw, half length, half width,
-    speed)."""
+    NPC; `obstacles`: (K, 7) boxes of vehicles outside the model (x, y, z, yaw, half length, half width,
+    speed along their heading)."""
     offs = plan_offsets(fleet, lanes)
     lead_gap, lead_v, centre_gap = find_leaders(fleet, others, lanes, offs, model.merge_horizon)
-    brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, model)
+    brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, centre_gap, model)
     entry_k, entry_dist, stop_gap, request = gate_junction_entries(
         fleet, lanes, light_state, offs, centre_gap, model
     )

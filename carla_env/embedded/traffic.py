@@ -149,8 +149,8 @@ class Traffic:
     ) -> None:
         """Advance all NPCs by dt. `other_*`: road users outside this model (heroes, walkers on
         crossings) located on lanes; `other_holds`: which hold a junction lane (default: all);
-        `obstacles`: (K, 6) boxes NPCs brake for on their path whatever lane they are on (heroes: x, y,
-        yaw, half length, half width, speed)."""
+        `obstacles`: (K, 7) boxes NPCs brake for on their path whatever lane they are on (heroes: x, y,
+        z, yaw, half length, half width, speed along the heading)."""
         if self.count == 0:
             return
         others = (
@@ -169,5 +169,5 @@ class Traffic:
             _DRIVER_FIELDS,
             light_state.astype(np.int64),
             rand,
-            np.zeros((0, 6)) if obstacles is None else np.ascontiguousarray(obstacles, np.float64),
+            np.zeros((0, 7)) if obstacles is None else np.ascontiguousarray(obstacles, np.float64),
         )

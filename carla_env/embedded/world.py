@@ -600,10 +600,10 @@ class EmbeddedWorld:
             f.on_lane[r] = float(dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE)
 
     def _hero_obstacles(self) -> np.ndarray:
-        """(K, 6) the heroes' boxes as traffic brakes for them on its path: x, y, yaw, half length, half
-        width, speed (every hero, whatever lane it is on or however it heads)."""
+        """(K, 7) the heroes' boxes as traffic brakes for them on its path: x, y, z, yaw, half length, half
+        width, speed along the heading (every hero, whatever lane it is on or however it heads)."""
         f = self._free
-        return np.column_stack([f.x, f.y, f.yaw, f.half[:, 0], f.half[:, 1], np.abs(f.v)])
+        return np.column_stack([f.x, f.y, f.z, f.yaw, f.half[:, 0], f.half[:, 1], f.v])
 
     def _free_on_lanes(self):
         """Heroes that NPCs should treat as road users: on a lane, heading along it."""
