@@ -241,3 +241,19 @@ def test_an_npc_held_back_by_a_hero_before_a_junction_does_not_take_the_junction
         assert world.traffic.granted[0] < 0
         waited += world.traffic.v[0] < 0.05
     assert waited > 300 and world.traffic.plan[0, 0] == lane  # it stood behind the hero, ungranted
+
+
+def test_a_hero_close_behind_an_npc_does_not_hold_it_back():
+    """The path check looks ahead, as the Traffic Manager does: a hero standing right on an NPC's tail
+    (inside the margin around its box) does not stop the NPC from driving off."""
+    town = load_town("GridTown01")
+    g = town.lanes
+    lane = int(np.flatnonzero((g.lane_junction < 0) & (g.lane_length > 60))[0])
+    world = EmbeddedWorld(town, seed=0)
+    (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([30.0]), ["vehicle.audi.a2"])
+    behind = 30.0 - float(world._npc_half[0, 0]) - 2.4 - 0.2  # 0.2 m between the bumpers
+    hero_standing_on(world, lane, behind)
+    start = world.traffic.xyz[0, :2].copy()
+    for _ in range(60):  # 3 s
+        world.tick()
+    assert np.hypot(*(world.traffic.xyz[0, :2] - start)) > 5.0  # pulling away from standstill

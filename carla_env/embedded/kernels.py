@@ -508,6 +508,8 @@ def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, centre_
             dx, dy = ox - fleet.xyz[i, 0], oy - fleet.xyz[i, 1]
             if dx * dx + dy * dy > (reach + npc_reach + box_reach) ** 2:
                 continue
+            if dx * np.cos(fleet.yaw[i]) + dy * np.sin(fleet.yaw[i]) <= 0.0:
+                continue  # behind it (the TM looks ahead): one close on its tail must not stop it
             end = offs[i, plan_len - 1] + lanes.length[fleet.plan[i, plan_len - 1]]
             d, k = 0.0, 0
             while d <= min(reach, end):
