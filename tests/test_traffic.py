@@ -104,9 +104,8 @@ def test_a_road_user_inside_a_junction_holds_every_lane_it_may_still_be_on(town_
     leaving the same entry: near an entry the straight and turning lanes lie on top of each other and
     the lane match may pick either (Town10HD: an NPC was granted the crossing the hero turned into).
     Once they have parted, a sibling's path is free for others again."""
-    from carla_env.embedded.kernels import SIBLING_OVERLAP, _hold_where_it_may_drive
+    from carla_env.embedded.kernels import SIBLING_OVERLAP, _hold_where_it_may_drive, network_pose
     from carla_env.embedded.traffic import LaneTables
-    from carla_env.maps.geometry import lane_pose
 
     town = load_town(real_town_path(town_name) if town_name.startswith("Town") else town_name)
     net = LaneTables(town.lanes).network
@@ -115,11 +114,7 @@ def test_a_road_user_inside_a_junction_holds_every_lane_it_may_still_be_on(town_
         return net.succ_idx[net.succ_ptr[lane] : net.succ_ptr[lane + 1]].tolist()
 
     def at(lane, s):
-        n = net
-        x, y, _, _ = lane_pose(
-            lane, min(s, n.length[lane]), n.lane_start, n.lane_count, n.lane_ds, n.length, n.points, n.yaw
-        )
-        return np.array([x, y])
+        return np.array(network_pose(net, lane, s)[:2])
 
     parted = 0
     for entry in range(len(net.length)):

@@ -192,6 +192,14 @@ def _pick_successor(lane, r, succ_ptr, succ_idx):
     return succ_idx[succ_ptr[lane] + min(int(r * n), n - 1)]
 
 
+@njit(cache=True, inline="always")
+def network_pose(lanes, lane, s):
+    """(x, y, z, yaw) at distance s along a lane of the LaneNetwork (s clamped to the lane)."""
+    return lane_pose(
+        lane, s, lanes.lane_start, lanes.lane_count, lanes.lane_ds, lanes.length, lanes.points, lanes.yaw
+    )
+
+
 @njit(cache=True)
 def _chain_start(plan_row, granted):
     """Index in the plan where the junction run a granted vehicle holds begins."""
@@ -345,9 +353,7 @@ def _hold_where_it_may_drive(lane, s, held, lanes):
     lanes lie on top of each other and the lane match may pick either (seen on Town10HD: the hero
     matched to its straight lane while taking the turn, and an NPC was granted the crossing it turned into)."""
     _hold_junction_run(lane, held, lanes)
-    x, y, _, _ = lane_pose(
-        lane, s, lanes.lane_start, lanes.lane_count, lanes.lane_ds, lanes.length, lanes.points, lanes.yaw
-    )
+    x, y, _, _ = network_pose(lanes, lane, s)
     for p in range(lanes.length.shape[0]):
         if not _is_successor(p, lane, lanes.succ_ptr, lanes.succ_idx):
             continue
@@ -355,16 +361,7 @@ def _hold_where_it_may_drive(lane, s, held, lanes):
             m = lanes.succ_idx[k]
             if m == lane or held[m] or not lanes.junction[m]:
                 continue
-            mx, my, _, _ = lane_pose(
-                m,
-                min(s, lanes.length[m]),
-                lanes.lane_start,
-                lanes.lane_count,
-                lanes.lane_ds,
-                lanes.length,
-                lanes.points,
-                lanes.yaw,
-            )
+            mx, my, _, _ = network_pose(lanes, m, s)  # clamped to m's end
             if (mx - x) ** 2 + (my - y) ** 2 < SIBLING_OVERLAP**2:
                 _hold_junction_run(m, held, lanes)
 
@@ -460,16 +457,7 @@ def drive(dt, fleet, lanes, offs, lead_gap, lead_v, stop_gap, model, rand):
             r = (r * 9301.0 + 0.4929) % 1.0
             if lanes.junction[old] and not lanes.junction[plan[i, 0]]:
                 granted[i] = -1
-        x, y, z, h = lane_pose(
-            plan[i, 0],
-            s[i],
-            lanes.lane_start,
-            lanes.lane_count,
-            lanes.lane_ds,
-            lanes.length,
-            lanes.points,
-            lanes.yaw,
-        )
+        x, y, z, h = network_pose(lanes, plan[i, 0], s[i])
         fleet.xyz[i, 0] = x
         fleet.xyz[i, 1] = y
         fleet.xyz[i, 2] = z
@@ -515,16 +503,7 @@ def brake_for_obstacles(fleet, obstacles, lanes, offs, lead_gap, lead_v, centre_
             while d <= min(reach, end):
                 while k + 1 < plan_len and offs[i, k + 1] <= d:
                     k += 1
-                x, y, z, h = lane_pose(
-                    fleet.plan[i, k],
-                    d - offs[i, k],
-                    lanes.lane_start,
-                    lanes.lane_count,
-                    lanes.lane_ds,
-                    lanes.length,
-                    lanes.points,
-                    lanes.yaw,
-                )
+                x, y, z, h = network_pose(lanes, fleet.plan[i, k], d - offs[i, k])
                 if _boxes_overlap(
                     ox - x,
                     oy - y,
