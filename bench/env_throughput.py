@@ -181,6 +181,17 @@ def one_core(index: int = 0):
             os.sched_setaffinity(0, allowed)
 
 
+def process_counts(text: str) -> list[int]:
+    """--processes: positive integers, comma-separated."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give process counts as positive integers, e.g. 1,14,16")
+    return counts
+
+
 def scaling(args, counts: list[int]) -> list[dict]:
     """For each N: N children of this script at once, child i pinned to core i, seeds apart."""
     rows = []
@@ -232,14 +243,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument(
-        "--processes", help="comma-separated process counts: the untimed pass in N pinned processes at once"
+        "--processes",
+        type=process_counts,
+        help="comma-separated process counts: the untimed pass in N pinned processes at once",
     )
     p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)  # a --processes child's core
     p.add_argument("--no-breakdown", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.processes:
-        counts = [int(n) for n in args.processes.split(",")]
-        result = {"exp": args.exp, "steps": args.steps, "processes": scaling(args, counts)}
+        result = {"exp": args.exp, "steps": args.steps, "processes": scaling(args, args.processes)}
         result.update({"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)})
         print(json.dumps(result) if args.json else "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
         return

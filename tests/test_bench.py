@@ -60,6 +60,32 @@ def test_env_throughput_breaks_a_step_into_phases_that_add_up():
     assert out["ceiling_per_s"] < min(out["tick_per_s"], out["bev_per_s"])
 
 
+def test_env_throughput_runs_the_env_in_n_pinned_processes_at_once():
+    out = run_json(
+        ROOT / "bench/env_throughput.py",
+        "--exp",
+        "ppo",
+        "--steps",
+        "40",
+        "--warmup",
+        "5",
+        "--processes",
+        "1,2",
+        "--json",
+    )
+    one, two = out["processes"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["efficiency_vs_linear"] == 1.0
+    assert two["total_per_s"] == pytest.approx(2 * two["mean_per_s"], rel=0.01)
+    assert two["efficiency_vs_linear"] == pytest.approx(two["mean_per_s"] / one["mean_per_s"], abs=0.001)
+    bad = subprocess.run(
+        [sys.executable, ROOT / "bench/env_throughput.py", "--processes", "1,x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "--processes: '1,x': give process counts as positive integers, e.g. 1,14,16" in bad.stderr
+
+
 @pytest.mark.slow
 def test_sampling_throughput_per_runner_count():
     out = run_json(
