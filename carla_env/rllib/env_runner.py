@@ -5,7 +5,7 @@ gymnasium.make_vec with one EnvContext for all of them (no vector index), so eve
 would take the same slot: the same town of a town list, the same GPU for its CARLA server, the same
 port range. CarlaEnvRunner builds the vector env itself, env i with `EnvContext(vector_index=i)`, in
 one sync vector env (carla_env.rllib.vector_env). Its connector pipelines are RLlib's defaults fused
-(carla_env.rllib.connectors: the same data, a fifth of the Python), where they are the defaults; the
+(carla_env.rllib.connectors: the same data, under half their time a step), where they are the defaults; the
 rest of sampling (batched inference over the envs, episodes, callbacks, metrics) is RLlib's own.
 """
 
