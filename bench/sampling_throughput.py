@@ -3,6 +3,7 @@
     python bench/sampling_throughput.py --exp dqn --runners 1,2 --json
     python bench/sampling_throughput.py --exp ppo --runners 1,14 --envs-per-runner 8 --gpus-per-runner 0.05 --json
     python bench/sampling_throughput.py --exp ppo --runners 1 --profile --json   # and where a runner's time goes
+    python bench/sampling_throughput.py --exp ppo --runners 1 --stock-connectors --json  # RLlib's pipelines
 
 Sampling alone: each EnvRunner's own `sample()` (the experiment's EnvRunner: CarlaEnvRunner, its envs
 stepping together with batched inference, on the GPU with --gpus-per-runner), all runners at once,
@@ -30,13 +31,22 @@ def sampled_steps(runner, num_timesteps: int) -> int:
     return sum(len(episode) for episode in runner.sample(num_timesteps=num_timesteps))
 
 
-def measure(config, runners: int, envs: int, gpus: float, iterations: int, steps_per_call: int) -> dict:
+def runner_config(config, runners: int, envs: int, gpus: float, stock: bool):
+    """The AlgorithmConfig with this runner layout; `stock`: RLlib's connector pipelines, not the lean ones."""
     from carla_env.rllib.algorithm import build_algo_config
+    from carla_env.rllib.env_runner import StockConnectorsEnvRunner
 
     tr = config.training.model_copy(
         update={"num_env_runners": runners, "envs_per_runner": envs, "gpus_per_runner": gpus}
     )
-    algo = build_algo_config(config.model_copy(update={"training": tr})).build_algo()
+    algo_config = build_algo_config(config.model_copy(update={"training": tr}))
+    return algo_config.env_runners(env_runner_cls=StockConnectorsEnvRunner) if stock else algo_config
+
+
+def measure(
+    config, runners: int, envs: int, gpus: float, iterations: int, steps_per_call: int, stock: bool = False
+) -> dict:
+    algo = runner_config(config, runners, envs, gpus, stock).build_algo()
     group = algo.env_runner_group
 
     def sample_all() -> int:
@@ -74,14 +84,14 @@ PHASES = {
         ("dict_info_to_list.py", "step"),
     ],
     "module_forward": [("torch_rl_module.py", "forward_exploration")],
-    "connectors": [("connector_pipeline_v2.py", "__call__")],
+    "connectors": [("connector_pipeline_v2.py", "__call__"), ("connectors.py", "__call__")],
     "episodes": [("single_agent_episode.py", "add_env_step"), ("single_agent_episode.py", "add_env_reset")],
     "callbacks": [("single_agent_env_runner.py", "_make_on_episode_callback")],
     "sample_total": [("single_agent_env_runner.py", "_sample")],
 }
 
 
-def profile_runner(config, envs: int, gpus: float, steps_per_env: int) -> dict:
+def profile_runner(config, envs: int, gpus: float, steps_per_env: int, stock: bool = False) -> dict:
     """One EnvRunner in this process under cProfile: microseconds per env step by phase. The phases
     nest (vector_env holds env_step and env_reset; connectors and the module are beside it), and the
     profiler inflates Python-heavy parts more than torch or numpy calls."""
@@ -90,12 +100,7 @@ def profile_runner(config, envs: int, gpus: float, steps_per_env: int) -> dict:
 
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
-    from carla_env.rllib.algorithm import build_algo_config
-
-    tr = config.training.model_copy(
-        update={"num_env_runners": 0, "envs_per_runner": envs, "gpus_per_runner": gpus}
-    )
-    algo_config = build_algo_config(config.model_copy(update={"training": tr}))
+    algo_config = runner_config(config, 0, envs, gpus, stock)
     runner_cls = algo_config.env_runner_cls or SingleAgentEnvRunner
     # As remote runner 1 of 1: index 0 (the local runner) never puts its module on a GPU.
     runner = runner_cls(config=algo_config, worker_index=1, num_workers=1)
@@ -110,7 +115,10 @@ def profile_runner(config, envs: int, gpus: float, steps_per_env: int) -> dict:
     cumulative: dict[tuple[str, str], float] = {}
     for (path, _, name), (_, _, _, cum, _) in pstats.Stats(profiler).stats.items():
         key = (os.path.basename(path), name)
-        cumulative[key] = max(cumulative.get(key, 0.0), cum)
+        # The largest of same-named functions (the outermost, where they nest); our two lean pipelines'
+        # __call__s are side by side, so summed.
+        combine = (lambda a, b: a + b) if key == ("connectors.py", "__call__") else max
+        cumulative[key] = combine(cumulative.get(key, 0.0), cum)
     us = {
         phase: round(1e6 * sum(cumulative.get(k, 0.0) for k in keys) / steps, 1)
         for phase, keys in PHASES.items()
@@ -137,6 +145,11 @@ def main() -> None:
     p.add_argument("--ceiling-exp", default="ppo", help="experiment of the one-core env ceiling (autopilot)")
     p.add_argument("--ceiling-steps", type=int, default=2000, help="0: skip the ceiling")
     p.add_argument("--profile", action="store_true", help="also profile one in-process runner (cProfile)")
+    p.add_argument(
+        "--stock-connectors",
+        action="store_true",
+        help="RLlib's connector pipelines in the runners, not CarlaEnvRunner's lean ones (the before of an A/B)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     import ray
@@ -148,7 +161,11 @@ def main() -> None:
     config = load_config(ROOT / "experiments" / args.exp / "config.yaml", embedded)
     envs = args.envs_per_runner or config.training.envs_per_runner
     gpus = config.training.gpus_per_runner if args.gpus_per_runner is None else args.gpus_per_runner
-    out = {"exp": args.exp, "cpus": os.cpu_count()}
+    out = {
+        "exp": args.exp,
+        "cpus": os.cpu_count(),
+        "connectors": "stock" if args.stock_connectors else "lean",
+    }
     if args.ceiling_steps:
         from bench.env_throughput import measure_env, one_core
 
@@ -158,9 +175,9 @@ def main() -> None:
         out.update(ceiling_exp=args.ceiling_exp, env_ceiling_per_s=env["env_steps_per_s"])
     init_ray(ROOT)
     if args.profile:
-        out["profile"] = profile_runner(config, envs, gpus, args.steps_per_call)
+        out["profile"] = profile_runner(config, envs, gpus, args.steps_per_call, args.stock_connectors)
     rows = [
-        measure(config, int(k), envs, gpus, args.iterations, args.steps_per_call)
+        measure(config, int(k), envs, gpus, args.iterations, args.steps_per_call, args.stock_connectors)
         for k in args.runners.split(",")
     ]
     base = rows[0]["per_runner_steps_per_s"]

@@ -4,8 +4,9 @@ RLlib 2.60's SingleAgentEnvRunner.make_env builds its `num_envs_per_env_runner` 
 gymnasium.make_vec with one EnvContext for all of them (no vector index), so every env of a runner
 would take the same slot: the same town of a town list, the same GPU for its CARLA server, the same
 port range. CarlaEnvRunner builds the vector env itself, env i with `EnvContext(vector_index=i)`, in
-one sync vector env (carla_env.rllib.vector_env); the rest of sampling (batched inference over the
-envs, connectors, episodes) is RLlib's own.
+one sync vector env (carla_env.rllib.vector_env). Its connector pipelines are RLlib's defaults fused
+(carla_env.rllib.connectors: the same data, under half their time a step), where they are the defaults; the
+rest of sampling (batched inference over the envs, episodes, callbacks, metrics) is RLlib's own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ray.rllib.env.env_context import EnvContext
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
+from carla_env.rllib.connectors import LeanEnvToModule, LeanModuleToEnv, can_be_lean
 from carla_env.rllib.vector_env import ListInfoSyncVectorEnv
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,32 @@ def _build(creator, context: EnvContext):
 
 
 class CarlaEnvRunner(SingleAgentEnvRunner):
-    """SingleAgentEnvRunner with a distinct EnvContext (vector_index 0..n-1) for each of its envs."""
+    """SingleAgentEnvRunner with a distinct EnvContext (vector_index 0..n-1) for each of its envs, and
+    RLlib's default connector pipelines fused where they are the defaults (`lean_connectors`)."""
+
+    lean_connectors = True
+
+    def __init__(self, *, config, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.lean = (
+            self.lean_connectors
+            and self.env is not None
+            and can_be_lean(
+                self._env_to_module,
+                self._module_to_env,
+                self.module,
+                self.env.single_observation_space,
+                self.env.single_action_space,
+            )
+        )
+        if self.lean:
+            self._env_to_module = LeanEnvToModule.of(self._env_to_module, self._device)
+            self._module_to_env = LeanModuleToEnv.of(
+                self._module_to_env,
+                self.env.single_action_space,
+                normalize=self.config.normalize_actions,
+                clip=self.config.clip_actions,
+            )
 
     def make_env(self) -> None:
         env_name = self.config.env
@@ -86,3 +113,10 @@ class CarlaEnvRunner(SingleAgentEnvRunner):
             # Inference only: left in training mode, every forward pass would switch the whole module
             # to eval and back (RLlib's TorchRLModule.forward_exploration/inference), each step.
             self.module.eval()
+
+
+class StockConnectorsEnvRunner(CarlaEnvRunner):
+    """CarlaEnvRunner with RLlib's connector pipelines as they are: the reference the lean ones are
+    tested and benchmarked against."""
+
+    lean_connectors = False
