@@ -47,7 +47,7 @@ train: $(STAMP)
 	$(PY) train.py experiments/$(EXP)/config.yaml $(ARGS)
 endif
 
-# runs/EXP once trained; before that the module shipped in experiments/EXP/pretrained (PPO only yet).
+# runs/EXP once trained; before that the module shipped in experiments/EXP/pretrained.
 CHECKPOINT ?= $(or $(wildcard runs/$(EXP)),$(wildcard experiments/$(EXP)/pretrained),runs/$(EXP))
 infer: $(STAMP)
 	$(PY) infer.py $(CHECKPOINT) --episodes 5 --video runs/$(EXP)-infer.mp4 --json runs/$(EXP)-infer.json
