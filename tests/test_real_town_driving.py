@@ -179,3 +179,49 @@ def test_an_npc_is_not_given_a_junction_run_a_hero_too_near_to_stop_may_take():
         granted_while_hero_approached |= on_approach and world.traffic.granted[npc._row] == turn_in
     assert not granted_while_hero_approached
     assert world._vehicle_lane(npc)[0] != side  # and it went on afterwards
+
+
+# Town10HD's lane (4, 0, -2) fans out in junction 468: (476, 0, -1) and (486, 0, -1) turn side by side,
+# on top of each other at first and a lane apart at their ends. In the autopilot's evaluation (seed
+# 10000) an NPC stood on (476, -1) behind a walker on the crossing, its centre 2.8 m off the centre line
+# of the hero's route along (486, -1) but its box 0.9 m: the autopilot, which took a vehicle to be on
+# its route by its centre (within 1.8 m), drove into it.
+FAN_APPROACH, FAN_SIBLING, FAN_TURN = (4, 0, -2), (476, 0, -1), (486, 0, -1)
+
+
+def test_the_autopilot_stops_for_a_car_standing_half_across_its_turn_and_passes_one_clear_of_it():
+    """A car stands on the sibling junction lane, 14 m along it (its box over the hero's path, its
+    centre 2.6 m off the route) or 21 m along it (a lane beside the path): the autopilot, coming at
+    5 m/s along the turning lane, stops short of the first and drives past the second; no collision."""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town = load_town(real_town_path("Town10HD"))
+    g = town.lanes
+    lane = {tuple(k): i for i, k in enumerate(g.lane_key.tolist())}
+    approach, sibling, turn = lane[FAN_APPROACH], lane[FAN_SIBLING], lane[FAN_TURN]
+    assert {sibling, turn} <= set(g.successors(approach))
+    (exit_,) = g.successors(turn)
+    start = g.lane_length[approach] - 15.0
+    for at, in_the_way in ((14.0, True), (21.0, False)):
+        world = EmbeddedWorld(town, seed=0)
+        world._light_state[:], world._lights_valid_until = 2, np.inf  # the approach's light stays green
+        hero = spawn_hero(world, town, approach, start, 5.0)
+        standing = spawn_hero(world, town, sibling, at, 0.0)  # outside the traffic model, braked
+        route = plan_route(g, (approach, start), (exit_, 20.0))
+        assert route.sequence == [approach, turn, exit_]
+        loc = standing.get_location()
+        k, off_route = route.nearest((loc.x, loc.y))
+        assert off_route > 2.0  # its centre is off the route: only its box can tell
+        autopilot, collided, furthest = RouteAutopilot(), False, 0.0
+        for _ in range(200):
+            standing.apply_control(carla.VehicleControl(brake=1.0))
+            hero.apply_control(autopilot.run_step(hero, route, world.delta_seconds))
+            world.tick()
+            collided |= any(hero.id in pair for pair in world.collisions)
+            furthest = max(furthest, route.progress((hero.get_location().x, hero.get_location().y)))
+        assert not collided
+        if in_the_way:  # it stopped short of the car and stands there
+            assert furthest < route.distance[k] - 3.0 and hero.get_velocity().length() < 0.1
+        else:
+            assert furthest > route.distance[k] + 10.0
