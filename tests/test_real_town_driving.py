@@ -225,3 +225,27 @@ def test_the_autopilot_stops_for_a_car_standing_half_across_its_turn_and_passes_
             assert furthest < route.distance[k] - 3.0 and hero.get_velocity().length() < 0.1
         else:
             assert furthest > route.distance[k] + 10.0
+
+
+def test_an_npc_yields_to_a_hero_merging_nearer_the_merge_but_not_to_a_walker_on_its_lane():
+    """A road user standing on the side lane 4 m before the merge goes first: the NPC on the straight
+    junction lane (granted, 8 m in) yields to a hero there. Not to a walker standing on a crossing of
+    that lane: it is not on the NPC's path, and a walker stops only those whose path it is on. On
+    Town10HD (seed 10017) an NPC stood mid-junction for such a walker, across the hero's path."""
+    from carla_env.embedded.world import WALKERS
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    on_side = np.array([g.lane_length[turn_in] - 4.0])
+    for holds, half in ((True, 2.4), (False, WALKERS["walker.pedestrian.0001"][0])):
+        world = EmbeddedWorld(town, seed=0)
+        npc = spawn_npc(world, straight, 8.0, 5.0, [exit_])
+        world.traffic.granted[npc._row] = straight
+        user = (np.array([turn_in]), on_side, np.zeros(1), np.array([half]), np.array([holds]))
+        for _ in range(100):  # 5 s of the traffic model alone, given the road user as the world gives it
+            world.traffic.step(world.delta_seconds, world._light_state, *user)
+        lane_now = int(world.traffic.plan[npc._row, 0])
+        if holds:  # it waits on the straight lane short of the merge
+            assert lane_now == straight and world.traffic.v[npc._row] < 0.1
+        else:
+            assert lane_now == exit_
