@@ -249,3 +249,30 @@ def test_an_npc_yields_to_a_hero_merging_nearer_the_merge_but_not_to_a_walker_on
             assert lane_now == straight and world.traffic.v[npc._row] < 0.1
         else:
             assert lane_now == exit_
+
+
+def test_the_autopilot_that_crept_past_its_stop_point_still_waits_for_a_car_with_right_of_way():
+    """Waiting at the entry, the autopilot creeps: here its front is 0.4 m past its stop point (1 m before
+    the junction) at 0.6 m/s, when an NPC with right of way comes to the same exit. It can stop short of
+    the junction, so it is not committed: it waits, and follows the NPC into the exit. (Taking itself to be
+    committed, it drove in front of a granted NPC platoon on Town10HD, seed 10017, and stood there.)"""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    world = EmbeddedWorld(town, seed=0)
+    start = g.lane_length[approach] - 2.396 - 0.6  # the Model 3's front bumper 0.6 m before the entry
+    hero = spawn_hero(world, town, approach, start, 0.6)
+    npc = spawn_npc(world, side, g.lane_length[side] - 5.0, 5.0, [turn_in, exit_])
+    world.traffic.granted[npc._row] = turn_in
+    route = plan_route(g, (approach, start), (exit_, 30.0))
+    autopilot, waited, first_on_exit = RouteAutopilot(), 0, None
+    for _ in range(200):
+        hero.apply_control(autopilot.run_step(hero, route, world.delta_seconds))
+        world.tick()
+        assert not world.collisions
+        waited += hero.get_velocity().x ** 2 + hero.get_velocity().y ** 2 < 0.01
+        if first_on_exit is None and exit_ in (world._vehicle_lane(hero)[0], world.traffic.plan[npc._row, 0]):
+            first_on_exit = "npc" if world.traffic.plan[npc._row, 0] == exit_ else "hero"
+    assert waited > 30 and first_on_exit == "npc" and world._vehicle_lane(hero)[0] == exit_

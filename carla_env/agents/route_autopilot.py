@@ -156,7 +156,9 @@ class RouteAutopilot:
         entry, here = float(route.distance[first]), float(route.distance[index])
         extent = hero.bounding_box.extent
         room = entry - here - extent.x - 1.0  # to the stop point
-        if room > speed * speed / (2.0 * self.comfort_decel) + 4.0 or room < speed * speed / (
+        # Committed: too near to stop before the junction (the front bumper at its entry). One that
+        # crept past its stop point while waiting can still stop short of the junction, and waits.
+        if room > speed * speed / (2.0 * self.comfort_decel) + 4.0 or room + 1.0 < speed * speed / (
             2.0 * self.max_decel
         ):
             return None
