@@ -101,3 +101,23 @@ def test_walker_speed_penalty_prices_driving_at_a_walker_too_fast_to_stop_and_no
     _, _, _, fined = drive_towards_a_standing_walker(True, options=penalty)
     _, _, _, free = drive_towards_a_standing_walker(True)
     assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
+
+
+def test_the_autopilots_box_test_agrees_with_the_simulators_collision_test():
+    """boxes_overlap (the autopilot's: its box swept along the route against other vehicles') says what
+    the embedded world's collision kernel says, over 2,000 random pairs of boxes near each other."""
+    import numpy as np
+
+    from carla_env.agents.route_autopilot import boxes_overlap
+    from carla_env.embedded.kernels import overlapping_pairs_between
+
+    rng = np.random.default_rng(0)
+    for k in range(2000):
+        xy, yaw = rng.uniform(-4, 4, (2, 2)), rng.uniform(-np.pi, np.pi, 2)
+        half = rng.uniform(0.3, 3.0, (2, 2))  # length, width of each
+        ours = boxes_overlap(
+            xy[:1], yaw[:1], half[0, 0], half[0, 1], xy[1:], yaw[1:], half[1:, 0], half[1:, 1]
+        )
+        xyz, half3 = np.column_stack([xy, np.zeros(2)]), np.column_stack([half, np.ones(2)])
+        pairs, _ = overlapping_pairs_between(xyz[:1], yaw[:1], half3[:1], xyz[1:], yaw[1:], half3[1:])
+        assert ours.shape == (1, 1) and bool(ours[0, 0]) == (len(pairs) == 1), k

@@ -179,3 +179,100 @@ def test_an_npc_is_not_given_a_junction_run_a_hero_too_near_to_stop_may_take():
         granted_while_hero_approached |= on_approach and world.traffic.granted[npc._row] == turn_in
     assert not granted_while_hero_approached
     assert world._vehicle_lane(npc)[0] != side  # and it went on afterwards
+
+
+# Town10HD's lane (4, 0, -2) fans out in junction 468: (476, 0, -1) and (486, 0, -1) turn side by side,
+# on top of each other at first and a lane apart at their ends. In the autopilot's evaluation (seed
+# 10000) an NPC stood on (476, -1) behind a walker on the crossing, its centre 2.8 m off the centre line
+# of the hero's route along (486, -1) but its box 0.9 m: the autopilot, which took a vehicle to be on
+# its route by its centre (within 1.8 m), drove into it.
+FAN_APPROACH, FAN_SIBLING, FAN_TURN = (4, 0, -2), (476, 0, -1), (486, 0, -1)
+
+
+def test_the_autopilot_stops_for_a_car_standing_half_across_its_turn_and_passes_one_clear_of_it():
+    """A car stands on the sibling junction lane, 14 m along it (its box over the hero's path, its
+    centre 2.6 m off the route) or 21 m along it (a lane beside the path): the autopilot, coming at
+    5 m/s along the turning lane, stops short of the first and drives past the second; no collision."""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town = load_town(real_town_path("Town10HD"))
+    g = town.lanes
+    lane = {tuple(k): i for i, k in enumerate(g.lane_key.tolist())}
+    approach, sibling, turn = lane[FAN_APPROACH], lane[FAN_SIBLING], lane[FAN_TURN]
+    assert {sibling, turn} <= set(g.successors(approach))
+    (exit_,) = g.successors(turn)
+    start = g.lane_length[approach] - 15.0
+    for at, in_the_way in ((14.0, True), (21.0, False)):
+        world = EmbeddedWorld(town, seed=0)
+        world._light_state[:], world._lights_valid_until = 2, np.inf  # the approach's light stays green
+        hero = spawn_hero(world, town, approach, start, 5.0)
+        standing = spawn_hero(world, town, sibling, at, 0.0)  # outside the traffic model, braked
+        route = plan_route(g, (approach, start), (exit_, 20.0))
+        assert route.sequence == [approach, turn, exit_]
+        loc = standing.get_location()
+        k, off_route = route.nearest((loc.x, loc.y))
+        assert off_route > 2.0  # its centre is off the route: only its box can tell
+        autopilot, collided, furthest = RouteAutopilot(), False, 0.0
+        for _ in range(200):
+            standing.apply_control(carla.VehicleControl(brake=1.0))
+            hero.apply_control(autopilot.run_step(hero, route, world.delta_seconds))
+            world.tick()
+            collided |= any(hero.id in pair for pair in world.collisions)
+            furthest = max(furthest, route.progress((hero.get_location().x, hero.get_location().y)))
+        assert not collided
+        if in_the_way:  # it stopped short of the car and stands there
+            assert furthest < route.distance[k] - 3.0 and hero.get_velocity().length() < 0.1
+        else:
+            assert furthest > route.distance[k] + 10.0
+
+
+def test_an_npc_yields_to_a_hero_merging_nearer_the_merge_but_not_to_a_walker_on_its_lane():
+    """A road user standing on the side lane 4 m before the merge goes first: the NPC on the straight
+    junction lane (granted, 8 m in) yields to a hero there. Not to a walker standing on a crossing of
+    that lane: it is not on the NPC's path, and a walker stops only those whose path it is on. On
+    Town10HD (seed 10017) an NPC stood mid-junction for such a walker, across the hero's path."""
+    from carla_env.embedded.world import WALKERS
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    on_side = np.array([g.lane_length[turn_in] - 4.0])
+    for holds, half in ((True, 2.4), (False, WALKERS["walker.pedestrian.0001"][0])):
+        world = EmbeddedWorld(town, seed=0)
+        npc = spawn_npc(world, straight, 8.0, 5.0, [exit_])
+        world.traffic.granted[npc._row] = straight
+        user = (np.array([turn_in]), on_side, np.zeros(1), np.array([half]), np.array([holds]))
+        for _ in range(100):  # 5 s of the traffic model alone, given the road user as the world gives it
+            world.traffic.step(world.delta_seconds, world._light_state, *user)
+        lane_now = int(world.traffic.plan[npc._row, 0])
+        if holds:  # it waits on the straight lane short of the merge
+            assert lane_now == straight and world.traffic.v[npc._row] < 0.1
+        else:
+            assert lane_now == exit_
+
+
+def test_the_autopilot_that_crept_past_its_stop_point_still_waits_for_a_car_with_right_of_way():
+    """Waiting at the entry, the autopilot creeps: here its front is 0.4 m past its stop point (1 m before
+    the junction) at 0.6 m/s, when an NPC with right of way comes to the same exit. It can stop short of
+    the junction, so it is not committed: it waits, and follows the NPC into the exit. (Taking itself to be
+    committed, it drove in front of a granted NPC platoon on Town10HD, seed 10017, and stood there.)"""
+    from carla_env.agents import RouteAutopilot
+    from carla_env.maps.route import plan_route
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    world = EmbeddedWorld(town, seed=0)
+    start = g.lane_length[approach] - 2.396 - 0.6  # the Model 3's front bumper 0.6 m before the entry
+    hero = spawn_hero(world, town, approach, start, 0.6)
+    npc = spawn_npc(world, side, g.lane_length[side] - 5.0, 5.0, [turn_in, exit_])
+    world.traffic.granted[npc._row] = turn_in
+    route = plan_route(g, (approach, start), (exit_, 30.0))
+    autopilot, waited, first_on_exit = RouteAutopilot(), 0, None
+    for _ in range(200):
+        hero.apply_control(autopilot.run_step(hero, route, world.delta_seconds))
+        world.tick()
+        assert not world.collisions
+        waited += hero.get_velocity().x ** 2 + hero.get_velocity().y ** 2 < 0.01
+        if first_on_exit is None and exit_ in (world._vehicle_lane(hero)[0], world.traffic.plan[npc._row, 0]):
+            first_on_exit = "npc" if world.traffic.plan[npc._row, 0] == exit_ else "hero"
+    assert waited > 30 and first_on_exit == "npc" and world._vehicle_lane(hero)[0] == exit_

@@ -1,5 +1,6 @@
 """The reference autopilot: pure pursuit along the planned route with a PI speed controller; it
-slows behind a leader on its route, stops for a pedestrian on its path or about to step onto it,
+slows behind any vehicle whose box is on its path (a leader in its lane, or one standing across or
+half out of it), stops for a pedestrian on its path or about to step onto it,
 stops at red and yellow lights, and waits at a junction's entry while another vehicle is on, or
 about to reach, its path through the junction. Only CARLA API calls
 on the hero and world (and the planned route), so it drives either backend.
@@ -28,8 +29,8 @@ class RouteAutopilot:
         self,
         cruise_speed: float = 8.0,  # m/s, capped by the lane's speed limit
         time_gap: float = 1.5,  # s, to a leader
-        standstill_gap: float = 7.0,  # m between centres at rest
-        lane_half_width: float = 1.8,  # m: a vehicle this close to the route is on it
+        standstill_gap: float = 2.0,  # m between the bumpers at rest
+        lane_half_width: float = 1.8,  # m: a vehicle centre this close to the route is in its lane
         lateral_accel: float = 2.0,  # m/s^2 in curves: sets the cornering speed
         comfort_decel: float = 2.5,  # m/s^2: junctions within this braking distance are checked
         max_decel: float = 6.0,  # m/s^2: a junction nearer than this braking distance is committed to
@@ -61,7 +62,7 @@ class RouteAutopilot:
         target = min(self.cruise_speed, hero.get_speed_limit() / 3.6 or self.cruise_speed)
         target = min(target, self._curve_speed(route, here))
         others = _Others(hero)
-        gap = self._leader_gap(others, route, here)
+        gap = self._leader_gap(hero, others, route, here)
         if gap is not None:
             target = min(target, max(0.0, (gap - self.standstill_gap) / self.time_gap))
         walker = self._walker_gap(hero, route, here)
@@ -100,16 +101,33 @@ class RouteAutopilot:
         curvature = np.abs(np.diff(heading)).max(initial=0.0) / 2.5
         return math.sqrt(self.lateral_accel / curvature) if curvature > 1e-4 else math.inf
 
-    def _leader_gap(self, others: _Others, route, here: float, horizon: float = 40.0) -> float | None:
-        """Distance along the route to the nearest other vehicle on it within `horizon` metres."""
-        ahead = (route.distance > here) & (route.distance < here + horizon)
+    def _leader_gap(self, hero, others: _Others, route, here: float, horizon: float = 40.0) -> float | None:
+        """How far the hero may drive along the route before its box meets another vehicle's: the least
+        distance from `here` to a route point where the hero's box, on the centre line and heading along
+        it, `clearance` wider at each side, overlaps the box of a vehicle in front of it (centre ahead
+        of the hero's), within `horizon` metres; None if none does. Boxes, not centres: a car stopped
+        half across the path (on a sibling junction lane the route has just turned away from, or
+        crossing it at an angle) blocks it though its centre is metres off the centre line."""
+        ahead = (route.distance >= here) & (route.distance < here + horizon)
         if not ahead.any() or not len(others.xy):
             return None
-        pts, dist = route.points[ahead], route.distance[ahead]
-        d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
-        k = d.argmin(axis=1)
-        on_route = d[np.arange(len(k)), k] < self.lane_half_width
-        return float(dist[k[on_route]].min() - here) if on_route.any() else None
+        t = hero.get_transform()
+        yaw, extent = math.radians(t.rotation.yaw), hero.bounding_box.extent
+        front = (others.xy - (t.location.x, t.location.y)) @ (math.cos(yaw), math.sin(yaw)) > 0.0
+        if not front.any():  # one behind (a follower on its tail) is not in its way, as for the TM
+            return None
+        overlap = boxes_overlap(
+            route.points[ahead],
+            _headings(route.points)[ahead],
+            extent.x,
+            extent.y + self.clearance,
+            others.xy[front],
+            others.yaw[front],
+            others.half_length[front],
+            others.half_width[front],
+        )  # (vehicles, route points)
+        hit = overlap.any(axis=0)
+        return float(route.distance[ahead][hit.argmax()] - here) if hit.any() else None
 
     def _walker_gap(self, hero, route, here: float) -> float | None:
         """walker_gap of the walkers as the CARLA API reports them."""
@@ -138,7 +156,9 @@ class RouteAutopilot:
         entry, here = float(route.distance[first]), float(route.distance[index])
         extent = hero.bounding_box.extent
         room = entry - here - extent.x - 1.0  # to the stop point
-        if room > speed * speed / (2.0 * self.comfort_decel) + 4.0 or room < speed * speed / (
+        # Committed: too near to stop before the junction (the front bumper at its entry). One that
+        # crept past its stop point while waiting can still stop short of the junction, and waits.
+        if room > speed * speed / (2.0 * self.comfort_decel) + 4.0 or room + 1.0 < speed * speed / (
             2.0 * self.max_decel
         ):
             return None
@@ -175,23 +195,57 @@ class _Others:
     """The other vehicles of the hero's world as arrays, read once a step through the CARLA API."""
 
     def __init__(self, hero) -> None:
-        xy, yaw, speed, accel, half_width = [], [], [], [], []
+        xy, yaw, speed, accel, half_length, half_width = [], [], [], [], [], []
         for actor in hero.get_world().get_actors().filter("vehicle.*"):
             if actor.id == hero.id:
                 continue
             t, v, a = actor.get_transform(), actor.get_velocity(), actor.get_acceleration()
             h = math.radians(t.rotation.yaw)
-            xy.append((t.location.x, t.location.y))
+            box = actor.bounding_box  # its centre may sit off the actor's origin (CARLA's vehicles)
+            bx, by = box.location.x, box.location.y
+            xy.append(
+                (
+                    t.location.x + bx * math.cos(h) - by * math.sin(h),
+                    t.location.y + bx * math.sin(h) + by * math.cos(h),
+                )
+            )
             yaw.append(h)
             speed.append(math.hypot(v.x, v.y))
             accel.append(a.x * math.cos(h) + a.y * math.sin(h))  # along its heading
-            half_width.append(actor.bounding_box.extent.y)
-        self.xy = np.array(xy, float).reshape(-1, 2)
+            half_length.append(box.extent.x)
+            half_width.append(box.extent.y)
+        self.xy = np.array(xy, float).reshape(-1, 2)  # box centres
         self.yaw, self.speed, self.accel = np.array(yaw), np.array(speed), np.array(accel)
-        self.half_width = np.array(half_width)
+        self.half_length, self.half_width = np.array(half_length), np.array(half_width)
 
 
 def _headings(points: np.ndarray) -> np.ndarray:
     """Heading (radians) at each polyline point, from its neighbours."""
     d = np.gradient(points, axis=0)
     return np.arctan2(d[:, 1], d[:, 0])
+
+
+def boxes_overlap(
+    xy: np.ndarray,
+    yaw: np.ndarray,
+    half_length: float,
+    half_width: float,
+    other_xy: np.ndarray,
+    other_yaw: np.ndarray,
+    other_half_length: np.ndarray,
+    other_half_width: np.ndarray,
+) -> np.ndarray:
+    """(N, P) bool: whether a box of `half_length` x `half_width` at each of P poses (xy, yaw) overlaps
+    each of N other boxes, by the separating axis test of two rectangles in the ground plane."""
+    dx = other_xy[:, None, 0] - xy[None, :, 0]
+    dy = other_xy[:, None, 1] - xy[None, :, 1]
+    c1, s1 = np.cos(yaw)[None, :], np.sin(yaw)[None, :]
+    c2, s2 = np.cos(other_yaw)[:, None], np.sin(other_yaw)[:, None]
+    cos_d, sin_d = np.abs(c1 * c2 + s1 * s2), np.abs(s2 * c1 - c2 * s1)
+    a1, b1 = half_length, half_width
+    a2, b2 = other_half_length[:, None], other_half_width[:, None]
+    apart = np.abs(dx * c1 + dy * s1) > a1 + a2 * cos_d + b2 * sin_d
+    apart |= np.abs(dy * c1 - dx * s1) > b1 + a2 * sin_d + b2 * cos_d
+    apart |= np.abs(dx * c2 + dy * s2) > a2 + a1 * cos_d + b1 * sin_d
+    apart |= np.abs(dy * c2 - dx * s2) > b2 + a1 * sin_d + b1 * cos_d
+    return ~apart

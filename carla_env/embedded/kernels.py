@@ -262,8 +262,11 @@ def find_leaders(fleet, others, lanes, offs, merge_horizon):
                 if rem_j < rem_i or (rem_j == rem_i and j < i):
                     d = min(d, rem_i - rem_j + 1e-3)
             # A hero (no plan known) on a junction lane that leads only into our next lane merges too.
+            # A walker on a crossing there does not (it holds no lane): it stops only those whose path
+            # it is on, which the plan check above finds.
             if (
                 j >= n
+                and others.holds[j - n]
                 and lj >= 0
                 and lj != plan[i, 0]
                 and lanes.junction[lj]
