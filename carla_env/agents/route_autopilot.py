@@ -62,13 +62,14 @@ class RouteAutopilot:
         target = min(self.cruise_speed, hero.get_speed_limit() / 3.6 or self.cruise_speed)
         target = min(target, self._curve_speed(route, here))
         others = _Others(hero)
-        gap = self._leader_gap(hero, others, route, here)
+        headings = _headings(route.points)  # once a step, for both checks below
+        gap = self._leader_gap(hero, others, route, headings, here)
         if gap is not None:
             target = min(target, max(0.0, (gap - self.standstill_gap) / self.time_gap))
         walker = self._walker_gap(hero, route, here)
         if walker is not None:  # stop with the front bumper two metres short of the walker
             target = min(target, max(0.0, (walker - hero.bounding_box.extent.x - 2.0) / self.time_gap))
-        entry = self._entry_to_yield_at(hero, others, route, index, speed)
+        entry = self._entry_to_yield_at(hero, others, route, headings, index, speed)
         if entry is not None:  # stop with the front bumper a metre short of the junction
             target = min(target, max(0.0, (entry - here - hero.bounding_box.extent.x - 1.0) / self.time_gap))
         if hero.is_at_traffic_light() and hero.get_traffic_light_state() in STOP_STATES:
@@ -101,7 +102,9 @@ class RouteAutopilot:
         curvature = np.abs(np.diff(heading)).max(initial=0.0) / 2.5
         return math.sqrt(self.lateral_accel / curvature) if curvature > 1e-4 else math.inf
 
-    def _leader_gap(self, hero, others: _Others, route, here: float, horizon: float = 40.0) -> float | None:
+    def _leader_gap(
+        self, hero, others: _Others, route, headings: np.ndarray, here: float, horizon: float = 40.0
+    ) -> float | None:
         """How far the hero may drive along the route before its box meets another vehicle's: the least
         distance from `here` to a route point where the hero's box, on the centre line and heading along
         it, `clearance` wider at each side, overlaps the box of a vehicle in front of it (centre ahead
@@ -118,7 +121,7 @@ class RouteAutopilot:
             return None
         overlap = boxes_overlap(
             route.points[ahead],
-            _headings(route.points)[ahead],
+            headings[ahead],
             extent.x,
             extent.y + self.clearance,
             others.xy[front],
@@ -139,7 +142,9 @@ class RouteAutopilot:
         xy, velocity = np.array(xy, float).reshape(-1, 2), np.array(velocity, float).reshape(-1, 2)
         return walker_gap(xy, velocity, route, here, hero.bounding_box.extent.y, self.walker_clearance)
 
-    def _entry_to_yield_at(self, hero, others: _Others, route, index: int, speed: float) -> float | None:
+    def _entry_to_yield_at(
+        self, hero, others: _Others, route, headings: np.ndarray, index: int, speed: float
+    ) -> float | None:
         """Where along the route the hero must wait (the next junction's entry), or None to drive on.
 
         It waits while another vehicle is on its path through the junction (and the car length after
@@ -169,7 +174,7 @@ class RouteAutopilot:
         # on the stretch from FOLLOWER_RANGE behind the hero to the path's end, not on a later pass of
         # a route that comes back through this junction.
         near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * extent.x)
-        pts, yaws = route.points[near], _headings(route.points)[near]
+        pts, yaws = route.points[near], headings[near]
         d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
         nearest = d.argmin(axis=1)
         turn = np.remainder(others.yaw - yaws[nearest] + np.pi, 2 * np.pi) - np.pi
