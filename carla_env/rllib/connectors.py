@@ -30,6 +30,7 @@ from ray.rllib.connectors.module_to_env import ModuleToEnvPipeline
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.spaces.space_utils import clip_action, unbatch, unsquash_action
+from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
 # RLlib's default pieces, in order, for a single-agent runner (AlgorithmConfig.build_*_connector).
 DEFAULT_ENV_TO_MODULE = (
@@ -106,7 +107,7 @@ class LeanEnvToModule(EnvToModulePipeline):
             )
         # The runner passes each env's newest observation, the one its episode just got (reset or step),
         # which is what AddObservationsFromEpisodesToBatch reads back from the episodes.
-        return {Columns.OBS: to_tensor(np.stack(observations), self.device)}
+        return {Columns.OBS: convert_to_torch_tensor(np.stack(observations), device=self.device)}
 
 
 class LeanModuleToEnv(ModuleToEnvPipeline):
@@ -125,7 +126,6 @@ class LeanModuleToEnv(ModuleToEnvPipeline):
     ):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self.env_action_space, self.normalize, self.clip = env_action_space, normalize, clip
-        self._bounds = None  # (low, high, high - low) of a bounded float Box, () otherwise: at first use
 
     @classmethod
     def of(cls, pipeline: ModuleToEnvPipeline, action_space: gym.Space, normalize: bool, clip: bool):
@@ -161,7 +161,7 @@ class LeanModuleToEnv(ModuleToEnvPipeline):
             batch[Columns.ACTIONS] = actions
             if Columns.ACTION_LOGP not in batch:
                 batch[Columns.ACTION_LOGP] = dist.logp(actions)
-        batch = {column: to_numpy(value) for column, value in batch.items()}  # TensorToNumpy
+        batch = convert_to_numpy(batch)  # TensorToNumpy
         actions = batch.pop(Columns.ACTIONS)
         for_env = batch.pop(Columns.ACTIONS_FOR_ENV, None)  # from the module itself (rare): kept batched
         # UnBatchToIndividualItems + ListifyDataForVectorEnv: one item per env, in env order.
@@ -174,54 +174,7 @@ class LeanModuleToEnv(ModuleToEnvPipeline):
             out[Columns.ACTIONS_FOR_ENV] = np.asarray(for_env)
         # NormalizeAndClipActions, on the whole batch at once (elementwise: the same values).
         if self.normalize:
-            out[Columns.ACTIONS_FOR_ENV] = self._unsquash(actions)
+            out[Columns.ACTIONS_FOR_ENV] = unsquash_action(actions, self.env_action_space)
         elif self.clip:
             out[Columns.ACTIONS_FOR_ENV] = clip_action(actions, self.env_action_space)
         return out
-
-    def _unsquash(self, actions: np.ndarray) -> np.ndarray:
-        """RLlib's unsquash_action for one Box or Discrete space, the same arithmetic in the same order."""
-        if self._bounds is None:
-            space = self.env_action_space
-            float_box = (
-                isinstance(space, gym.spaces.Box)
-                and np.all(space.bounded_below)
-                and np.all(space.bounded_above)
-                and space.dtype in (np.float32, np.float64)
-            )
-            self._bounds = (space.low, space.high, space.high - space.low) if float_box else ()
-        if not self._bounds:  # anything else (integer Box, Discrete): RLlib's own
-            return unsquash_action(actions, self.env_action_space)
-        low, high, span = self._bounds
-        return np.clip(low + (actions + 1.0) * span / 2.0, low, high)
-
-
-def to_tensor(array: np.ndarray, device):  # Box observations: never an object array
-    """RLlib's convert_to_torch_tensor for one array (float64 -> float32, then to the device)."""
-    import torch
-
-    tensor = torch.from_numpy(array)
-    if tensor.is_floating_point() and tensor.dtype != torch.float16:
-        tensor = tensor.float()
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and torch.cuda.is_available():
-        return tensor.to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def to_numpy(value):
-    """RLlib's convert_to_numpy (reduce_type) for one leaf: a tensor to numpy on the CPU, float to float32,
-    signed int to int32; anything but a tensor or array goes through RLlib's own."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0:
-            return value.cpu().item()
-        value = value.detach().cpu().numpy()
-    elif not isinstance(value, np.ndarray):
-        return convert_to_numpy(value)
-    if np.issubdtype(value.dtype, np.floating):
-        return value.astype(np.float32)
-    if np.issubdtype(value.dtype, int):
-        return value.astype(np.int32)
-    return value
