@@ -86,6 +86,22 @@ def test_env_throughput_runs_the_env_in_n_pinned_processes_at_once():
     assert "--processes: '1,x': give process counts as positive integers, e.g. 1,14,16" in bad.stderr
 
 
+def test_sampling_throughput_stock_connectors_picks_rllibs_pipelines():
+    """--stock-connectors (the before of an A/B): the runners are StockConnectorsEnvRunner, not the lean
+    CarlaEnvRunner (tests/test_lean_connectors.py checks both sample the same episodes)."""
+    from bench.sampling_throughput import runner_config
+    from carla_env.config import load_config
+    from carla_env.rllib.env_runner import CarlaEnvRunner, StockConnectorsEnvRunner
+
+    config = load_config(ROOT / "experiments/ppo/config.yaml", {"simulator": {"backend": "embedded"}})
+    assert runner_config(config, 2, 4, 0.0, stock=True).env_runner_cls is StockConnectorsEnvRunner
+    lean = runner_config(config, 2, 4, 0.0, stock=False)
+    assert lean.env_runner_cls is CarlaEnvRunner and (lean.num_env_runners, lean.num_envs_per_env_runner) == (
+        2,
+        4,
+    )
+
+
 @pytest.mark.slow
 def test_sampling_throughput_per_runner_count():
     out = run_json(
