@@ -341,3 +341,26 @@ def test_a_stop_line_across_a_zoomed_in_view_is_drawn(town):
         Scene(ego=ego, vehicles=np.zeros((0, 5)), light_states=np.zeros(len(g.light_id), np.int64))
     )
     assert obs[0].sum() > 16  # a band across the whole view, not nothing
+
+
+@pytest.mark.parametrize("env_threads, expected", [(None, 1), ("3", 3)])
+def test_a_renderer_turns_opencvs_thread_pool_off_unless_the_user_set_it(env_threads, expected):
+    # The pool's workers spin after each call: 15 of them a runner at ~27% of a core on a 16-CPU machine.
+    # OpenCV's thread count is process-wide, so each case runs in its own interpreter.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, cv2\n"
+        "if 'OPENCV_FOR_THREADS_NUM' not in os.environ: cv2.setNumThreads(4)\n"
+        "from carla_env.maps import load_town\n"
+        "from carla_env.sensors import BirdviewRenderer\n"
+        "BirdviewRenderer(load_town('GridTown03').lanes)\n"
+        "print(cv2.getNumThreads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FOR_THREADS_NUM"}
+    if env_threads is not None:
+        env["OPENCV_FOR_THREADS_NUM"] = env_threads
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) == expected

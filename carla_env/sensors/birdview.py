@@ -13,6 +13,7 @@ Dynamic layers are drawn from a `Scene` (plain arrays), so the carla backend
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -222,12 +223,23 @@ def _runs(mask: np.ndarray) -> list[np.ndarray]:
     return np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
 
 
+def render_on_calling_thread() -> None:
+    """OpenCV's own thread pool off for this process, unless OPENCV_FOR_THREADS_NUM says otherwise.
+
+    Its pthreads pool has a worker per CPU that spins after each parallel call. On images this small
+    the pool gives nothing: on the 16-CPU machine each EnvRunner had 15 such workers at ~27% of a core
+    each (load average ~100 with 14 runners), taking cores from the envs."""
+    if "OPENCV_FOR_THREADS_NUM" not in os.environ and cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 class BirdviewRenderer:
     """Renders a (C, H, W) uint8 {0, 1} observation (or its bit-packed form) from scenes."""
 
     def __init__(
         self, lanes: LaneGraph, spec: BirdviewSpec | None = None, delta_seconds: float = 0.05
     ) -> None:
+        render_on_calling_thread()
         self.spec = spec or BirdviewSpec()
         self.lanes = lanes
         self.raster = static_raster(lanes, self.spec.pixels_per_meter)
