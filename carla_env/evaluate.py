@@ -44,6 +44,7 @@ SUMMARY_KEYS = (
     "red_light_runs_per_km",
     "route_seconds",
     "mean_speed",
+    "steer_change_per_s",
     "driving_score",
     "km_driven",
 )
@@ -171,6 +172,9 @@ def summarise(rows: Sequence[dict]) -> dict:
         "driving_score": sum(r["driving_score"] for r in rows) / len(rows),
         "km_driven": km,
         "mean_speed": sum(r["mean_speed"] for r in rows) / len(rows),
+        # Over all the time driven; rows written before the figure existed count as 0.
+        "steer_change_per_s": sum(r.get("steer_change", 0.0) for r in rows)
+        / max(sum(r["route_seconds"] for r in rows), 1e-9),
     }
     summary["targets_missed"] = missed_targets(summary)
     return summary
@@ -313,7 +317,18 @@ def evaluate(
 def table(result: dict) -> str:
     """The summary per town and overall, one line each, whether each town meets the targets, and a
     last line saying where they are met."""
-    head = ("town", "episodes", "route", "coll/km", "ped/km", "inv/km", "red/km", "route s", "speed m/s")
+    head = (
+        "town",
+        "episodes",
+        "route",
+        "coll/km",
+        "ped/km",
+        "inv/km",
+        "red/km",
+        "route s",
+        "speed m/s",
+        "steer/s",
+    )
     head += ("score", "km", "targets")
     width = max(len(t) for t in [*result["towns"], "overall", "town"])
     lines = [f"{head[0]:<{width}}  " + "  ".join(f"{h:>9}" for h in head[1:])]

@@ -24,10 +24,18 @@ class DrivingMetrics:
     off_road_seconds: float = 0.0
     off_road_events: int = 0
     seconds: float = 0.0
+    steer_change: float = 0.0  # sum of |steer - previous steer|: how much the wheel was turned back and forth
     _was_off_road: bool = False
+    _last_steer: float | None = None
 
-    def update(self, dt: float, state: DrivingState) -> None:
+    def update(self, dt: float, state: DrivingState, steer: float | None = None) -> None:
+        """One step: its driving state and the steer applied (None: no control this step)."""
         self.seconds += dt
+        if steer is not None:
+            steer = min(max(float(steer), -1.0), 1.0)  # as the vehicle applies it
+            if self._last_steer is not None:
+                self.steer_change += abs(steer - self._last_steer)
+            self._last_steer = steer
         self.distance += state.moved
         self.route_progress = max(self.route_progress, state.progress)
         self.collisions += state.collisions
@@ -57,6 +65,9 @@ class DrivingMetrics:
             "red_light_runs_per_km": self.red_light_runs / km,
             "off_road_seconds": self.off_road_seconds,
             "mean_speed": self.distance / self.seconds if self.seconds else 0.0,
+            # Steer travel per simulated second: ~0 for a smooth driver; 20 for one flipping full left
+            # and full right every 0.1 s step.
+            "steer_change_per_s": self.steer_change / self.seconds if self.seconds else 0.0,
             "route_seconds": self.seconds,  # simulated seconds driven
             "distance_m": self.distance,
             "route_length_m": self.route_length,  # short routes make completion easy: logged beside it
@@ -65,4 +76,5 @@ class DrivingMetrics:
             "pedestrian_collisions": float(self.pedestrian_collisions),
             "lane_invasions": float(self.lane_invasions),
             "red_light_runs": float(self.red_light_runs),
+            "steer_change": self.steer_change,
         }

@@ -89,6 +89,10 @@ def test_random_policy_is_seeded_and_drives_discrete_actions_worse_than_the_auto
     first, second = (evaluate(dqn, "random", [3, 4]) for _ in range(2))
     assert first["episodes"] == second["episodes"]  # same seeds, same actions
     assert first["overall"]["episodes"] == 2 and first["overall"]["route_completion"] < 0.5
+    # Uniformly drawn actions turn the wheel back and forth; the autopilot steers smoothly.
+    autopilot = evaluate(load_config(small_config(tmp_path, "ppo", max_steps=60)), "autopilot", [3, 4])
+    smooth = autopilot["overall"]["steer_change_per_s"]
+    assert first["overall"]["steer_change_per_s"] > max(1.0, 10 * smooth), smooth
     proc = run_evaluate("--policy", "random", "--config", small_config(tmp_path, "dqn", max_steps=60),
                         "--episodes", 1, "--seed", 3)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -222,6 +226,27 @@ def test_towns_all_scores_the_held_out_town_and_the_real_towns_found_and_names_t
     )
     assert {"red_light_runs_per_km", "route_seconds"} <= set(result["overall"])
     assert result["towns"]["Town02"]["route_seconds"] == pytest.approx(4.0)
+
+
+def test_steer_change_is_the_steer_travel_per_second_as_applied_and_summed_over_episodes():
+    from carla_env.evaluate import summarise
+    from carla_env.metrics import DrivingMetrics
+
+    metrics = DrivingMetrics(route_length=10.0)
+    state = type("State", (), {"moved": 0.5, "progress": 0.0, "collisions": 0, "pedestrian_collisions": 0,
+                               "lane_invasions": 0, "red_light_runs": 0, "off_road": False})()  # fmt: skip
+    for steer in (0.0, 1.0, -1.0, 3.0, None):  # 3.0 is applied as full lock, 1.0; None: no control
+        metrics.update(0.05, state, steer)
+    summary = metrics.summary()
+    assert summary["steer_change"] == pytest.approx(1.0 + 2.0 + 2.0)
+    assert summary["steer_change_per_s"] == pytest.approx(5.0 / 0.25)
+    base = {"route_completion": 1.0, "distance_m": 100.0, "collisions": 0.0, "lane_invasions": 0.0,
+            "red_light_runs": 0.0, "driving_score": 1.0, "mean_speed": 5.0}  # fmt: skip
+    rows = [
+        {**base, "route_seconds": 10.0, "steer_change": 4.0},
+        {**base, "route_seconds": 30.0, "steer_change": 4.0},
+    ]
+    assert summarise(rows)["steer_change_per_s"] == pytest.approx(8.0 / 40.0)  # over all the time driven
 
 
 def test_the_targets_are_each_a_bound_on_one_figure():
