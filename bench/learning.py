@@ -33,7 +33,8 @@ TRAIN_TOWNS = ["GridTown01", "GridTown02", "GridTown04", "GridTown05"]
 VEHICLES = 30
 # Settings for a 16-CPU, 1-GPU machine on top of the experiment's config.yaml.
 # Runners step 4 envs each with one batched inference, on their own core: with the 64 px BEV, 14 runners
-# sharing the GPU sampled less than on their CPUs (docs/results, Throughput).
+# of 8 envs sharing the GPU sampled less than on their CPUs (docs/results, "A runner profiled on the GPU
+# machine"); 4 envs a runner on the CPU is not measured.
 GPU_RUNNERS = {"envs_per_runner": 4, "gpus_per_runner": 0.0}
 GPU_SETTINGS = {
     "ppo": {"train_batch_size_per_learner": 8192, "minibatch_size": 1024, "num_epochs": 4},

@@ -29,7 +29,8 @@ class DrivingMetrics:
     _last_steer: float | None = None
 
     def update(self, dt: float, state: DrivingState, steer: float | None = None) -> None:
-        """One step: its driving state and the steer applied (None: no control this step)."""
+        """One step: its driving state and the steer applied (None: no control this step). The first
+        steer of an episode counts no change: the spawn's steer is not the policy's."""
         self.seconds += dt
         if steer is not None:
             steer = min(max(float(steer), -1.0), 1.0)  # as the vehicle applies it

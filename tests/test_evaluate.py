@@ -90,9 +90,9 @@ def test_random_policy_is_seeded_and_drives_discrete_actions_worse_than_the_auto
     assert first["episodes"] == second["episodes"]  # same seeds, same actions
     assert first["overall"]["episodes"] == 2 and first["overall"]["route_completion"] < 0.5
     # Uniformly drawn actions turn the wheel back and forth; the autopilot steers smoothly.
-    autopilot = evaluate(load_config(small_config(tmp_path, "ppo", max_steps=60)), "autopilot", [3, 4])
+    autopilot = evaluate(load_config(small_config(tmp_path, "ppo", max_steps=400)), "autopilot", [3, 4])
     smooth = autopilot["overall"]["steer_change_per_s"]
-    assert first["overall"]["steer_change_per_s"] > max(1.0, 10 * smooth), smooth
+    assert 0.0 < smooth < 0.1 and first["overall"]["steer_change_per_s"] > 1.0, smooth
     proc = run_evaluate("--policy", "random", "--config", small_config(tmp_path, "dqn", max_steps=60),
                         "--episodes", 1, "--seed", 3)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

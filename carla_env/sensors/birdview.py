@@ -229,7 +229,7 @@ def render_on_calling_thread() -> None:
     Its pthreads pool has a worker per CPU that spins after each parallel call. On images this small
     the pool gives nothing: on the 16-CPU machine each EnvRunner had 15 such workers at ~27% of a core
     each (load average ~100 with 14 runners), taking cores from the envs."""
-    if "OPENCV_FOR_THREADS_NUM" not in os.environ and cv2.getNumThreads() != 1:
+    if not os.environ.get("OPENCV_FOR_THREADS_NUM") and cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
 
