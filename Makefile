@@ -12,7 +12,7 @@ help:
 	@echo "make train EXP=dqn   train with RLlib (embedded simulator when no CARLA is installed)"
 	@echo "make infer EXP=dqn   drive the newest checkpoint of runs/EXP (none yet: the shipped pretrained module;"
 	@echo "                     or CHECKPOINT=...): table, JSON, video"
-	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2|all] [EPISODES=10] [MAPS=../shared/maps]"
+	@echo "make eval EXP=ppo POLICY=autopilot|random|runs/ppo [TOWNS=T1,T2|all] [EPISODES=10] [MAPS=../shared/maps] [VIDEOS=dir]"
 	@echo "                     score a policy per town and overall, say where the targets are met; TOWNS=all:"
 	@echo "                     the held-out town + Town01/02/04/10HD from MAPS or CARLA_ROOT, 50 episodes each"
 	@echo "make demo            a lane-following hero among traffic, no learning"
@@ -55,13 +55,14 @@ infer: $(STAMP)
 # A policy scored on TOWNS (default: the config's; `all`: the held-out town and the real CARLA towns
 # from MAPS or CARLA_ROOT) over EPISODES seeded episodes each (default 10, 50 with TOWNS=all), in
 # EVAL_WORKERS processes. autopilot and random drive experiments/EXP's config; a checkpoint its run's
-# (or CONFIG=...).
+# (or CONFIG=...). VIDEOS=DIR: a BEV video of each episode that misses a target.
 POLICY ?= runs/$(EXP)
 EVAL_WORKERS ?= 2
 EVAL_CONFIG = $(or $(CONFIG),$(if $(filter autopilot random,$(POLICY)),experiments/$(EXP)/config.yaml))
 eval: $(STAMP)
 	$(PY) -m carla_env.evaluate --policy $(POLICY) $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG)) \
 		$(if $(TOWNS),--towns "$(TOWNS)") $(if $(MAPS),--maps $(MAPS)) $(if $(EPISODES),--episodes $(EPISODES)) \
+		$(if $(VIDEOS),--failure-videos $(VIDEOS)) \
 		--workers $(EVAL_WORKERS) --json runs/eval/$(EXP)-$(notdir $(POLICY))$(if $(filter all,$(TOWNS)),-all).json
 
 demo: $(STAMP)

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-MIN_VIDEO_PIXELS = 384
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,28 +47,17 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 2
 
-    import cv2
     from tqdm import tqdm
 
     from carla_env.metrics import DrivingMetrics
+    from carla_env.video import Mp4Writer
 
-    writer = None
+    writer = Mp4Writer(args.video, 1.0 / config.simulator.timestep) if args.video is not None else None
 
     def record(env, obs, info) -> None:
-        nonlocal writer
         frame = env.render()
-        if frame is None:
-            return
-        # A small BEV (the experiments' 64 px) scaled up by whole pixels, so it can be watched.
-        scale = -(-MIN_VIDEO_PIXELS // max(frame.shape[:2]))
-        if scale > 1:
-            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        if writer is None:
-            args.video.parent.mkdir(parents=True, exist_ok=True)
-            h, w = frame.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            writer = cv2.VideoWriter(str(args.video), fourcc, 1.0 / config.simulator.timestep, (w, h))
-        writer.write(frame[:, :, ::-1])
+        if frame is not None:
+            writer.write(frame)
 
     try:
         episodes = [
@@ -80,7 +67,7 @@ def main(argv=None) -> int:
     finally:
         env.close()
         if writer is not None:
-            writer.release()
+            writer.close()
     keys = ["return", *DrivingMetrics().summary()]
     mean = {key: float(np.mean([e.get(key, np.nan) for e in episodes])) for key in keys}
     town = env.simulator_config.town  # a config's town list: the first, as env runner 0 drives it
@@ -96,7 +83,8 @@ def main(argv=None) -> int:
                 {"checkpoint": str(checkpoint), "town": town, "mean": mean, "episodes": episodes}, indent=2
             )
         )
-    written = [str(p) for p in (args.video if writer is not None else None, args.json) if p is not None]
+    video = args.video if writer is not None and writer.frames else None
+    written = [str(p) for p in (video, args.json) if p is not None]
     if written:
         print("wrote " + ", ".join(written))
     return 0

@@ -2,7 +2,7 @@
 
     python -m carla_env.evaluate --policy autopilot|random|CHECKPOINT [--config C] [--towns T1,T2|all]
                                  [--maps DIR] [--episodes N] [--seed S] [--workers W] [--max-steps K]
-                                 [--json out.json]
+                                 [--json out.json] [--failure-videos DIR]
 
 The policy is `autopilot` (the reference route autopilot, carla_env.agents), `random` (uniform actions,
 seeded per episode) or a checkpoint of train.py (a checkpoint folder, or a run folder: its newest; the
@@ -12,8 +12,10 @@ Prints a row per town and overall, and on which towns the targets are met (route
 <= 0.1 collisions/km, <= 0.05 pedestrian collisions/km, <= 1 lane invasion/km, no red-light run);
 --json writes it with every episode's figures. `--towns all` is the held-out generated town and the
 real CARLA towns (Town01, Town02, Town04, Town10HD) from --maps or $CARLA_ROOT, 50 episodes each unless
---episodes says otherwise; a real town found in neither is skipped with a line saying so. Exit 2 on bad
-input.
+--episodes says otherwise; a real town found in neither is skipped with a line saying so.
+--failure-videos DIR writes the BEV of each episode that misses a target to DIR/<town>_<seed>_<why>.mp4
+(why: collision, pedestrian, red_light, lane_invasion, incomplete: under 90% of its route). Exit 2 on
+bad input.
 
 infer.py, bench/learning.py and bench/imitation.py drive their episodes through `run_episode`.
 """
@@ -56,6 +58,7 @@ TARGETS = (
     ("lane_invasions_per_km", "max", 1.0, "<= 1 lane invasion/km"),
     ("red_light_runs_per_km", "max", 0.0, "no red-light run"),
 )
+ROUTE_TARGET = next(bound for key, _, bound, _ in TARGETS if key == "route_completion")
 ALL_TOWNS = "all"  # --towns all: the held-out generated town and the real CARLA towns
 HELD_OUT_TOWN = "grid:seed=101,columns=5,rows=5"  # a layout no training town shares (bench/ scores on it too)
 REAL_TOWNS = ("Town01", "Town02", "Town04", "Town10HD")
@@ -180,6 +183,24 @@ def summarise(rows: Sequence[dict]) -> dict:
     return summary
 
 
+def episode_failures(row: dict) -> list[str]:
+    """What makes one episode miss the targets: its events, and a route left under ROUTE_TARGET done."""
+    pedestrians = row.get("pedestrian_collisions", 0.0)
+    why = {
+        "collision": row["collisions"] > pedestrians,
+        "pedestrian": pedestrians > 0,
+        "red_light": row["red_light_runs"] > 0,
+        "lane_invasion": row["lane_invasions"] > 0,
+        "incomplete": row["route_completion"] < ROUTE_TARGET,
+    }
+    return [name for name, missed in why.items() if missed]
+
+
+def file_label(town: str) -> str:
+    """A town's label as a file name piece: 'grid:seed=101,columns=5' -> 'grid_seed-101_columns-5'."""
+    return town.replace(":", "_").replace(",", "_").replace("=", "-").replace("/", "_")
+
+
 def missed_targets(summary: dict) -> list[str]:
     """The TARGETS a summary misses, as their descriptions (empty: all met)."""
     return [
@@ -250,17 +271,45 @@ def env_in_slot(config: Config, slot: int):
 
 
 def _drive(
-    config: Config, policy: str, seeds: Sequence[int], slot: int = 0, threads: int | None = None
+    config: Config,
+    policy: str,
+    seeds: Sequence[int],
+    slot: int = 0,
+    threads: int | None = None,
+    videos: Path | None = None,
+    town: str = "",
 ) -> list[dict]:
-    """Episodes `seeds` of one town in one env (a worker process's job, or the caller's)."""
+    """Episodes `seeds` of one town in one env (a worker process's job, or the caller's); with `videos`,
+    the BEV of each episode that misses a target goes to videos/<town>_<seed>_<why>.mp4 (its row's
+    "video")."""
     if threads is not None and policy not in NAMED_POLICIES:
         import torch
 
         torch.set_num_threads(threads)  # one core per worker
     env = env_in_slot(config, slot)
+    rows = []
     try:
         act = make_policy(policy, env)
-        return [run_episode(env, act, seed) for seed in seeds]
+        for seed in seeds:
+            frames: list[np.ndarray] = []  # the small native BEV frames; scaled up only for a failure
+
+            def keep(env, obs, info, frames=frames) -> None:
+                frame = env.render()
+                if frame is not None:
+                    frames.append(frame)
+
+            row = run_episode(env, act, seed, on_step=keep if videos is not None else None)
+            why = episode_failures(row)
+            if videos is not None and why and frames:
+                from carla_env.video import Mp4Writer
+
+                path = videos / f"{file_label(town)}_{seed}_{'+'.join(why)}.mp4"
+                with Mp4Writer(path, 1.0 / config.simulator.timestep) as writer:
+                    for frame in frames:
+                        writer.write(frame)
+                row["video"] = str(path)
+            rows.append(row)
+        return rows
     finally:
         env.close()
 
@@ -272,8 +321,10 @@ def evaluate(
     towns: Sequence[str] | None = None,
     workers: int = 1,
     log: Callable[[str], None] | None = None,
+    failure_videos: Path | None = None,
 ) -> dict:
-    """Score `policy` on every town (default: the config's) over the same `seeds`, in `workers` processes.
+    """Score `policy` on every town (default: the config's) over the same `seeds`, in `workers` processes;
+    with `failure_videos`, a BEV video of each episode that misses a target goes there (see _drive).
 
     Returns {"policy", "seeds", "towns": {town: summary}, "overall": summary, "targets_met_on_every_town",
     "episodes": rows}; a summary's "targets_missed" lists the TARGETS it misses."""
@@ -285,7 +336,8 @@ def evaluate(
     rows: dict[str, list[dict]] = {town: [] for town in configs}
     if workers <= 1:
         for town, part in jobs:
-            rows[town] += [{"town": town, **r} for r in _drive(configs[town], policy, part)]
+            drove = _drive(configs[town], policy, part, videos=failure_videos, town=town)
+            rows[town] += [{"town": town, **r} for r in drove]
             if log:
                 log(f"{town}: {len(rows[town])}/{len(seeds)} episodes")
     else:
@@ -293,7 +345,7 @@ def evaluate(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
             futures = [
-                (town, pool.submit(_drive, configs[town], policy, part, slot, 1))
+                (town, pool.submit(_drive, configs[town], policy, part, slot, 1, failure_videos, town))
                 for slot, (town, part) in enumerate(jobs)
             ]
             for town, future in futures:
@@ -395,6 +447,12 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--max-steps", type=int, help="override experiment.max_steps")
     p.add_argument("--json", type=Path, help="write the summary and every episode's figures here")
+    p.add_argument(
+        "--failure-videos",
+        type=Path,
+        metavar="DIR",
+        help="write the BEV of each episode that misses a target to DIR/<town>_<seed>_<why>.mp4",
+    )
     return p.parse_args(argv)
 
 
@@ -409,6 +467,9 @@ def main(argv=None) -> int:
         args.episodes = ALL_TOWNS_EPISODES if every_town else EPISODES
     if args.episodes < 1 or args.workers < 1:
         print("--episodes and --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.failure_videos is not None and args.failure_videos.exists() and not args.failure_videos.is_dir():
+        print(f"--failure-videos {args.failure_videos}: a file is there; give a folder", file=sys.stderr)
         return 2
     from carla_env.rllib.checkpoint import CheckpointError, find_config, resolve_checkpoint
 
@@ -428,7 +489,9 @@ def main(argv=None) -> int:
         config = load_config(args.config or find_config(Path(policy)), overrides)
         seeds = [args.seed + k for k in range(args.episodes)]
         towns = all_towns(args.maps, _stderr) if every_town else args.towns
-        result = evaluate(config, policy, seeds, towns, args.workers, log=_stderr)
+        result = evaluate(
+            config, policy, seeds, towns, args.workers, log=_stderr, failure_videos=args.failure_videos
+        )
     except (EvaluationError, CheckpointError, ConfigError) as e:
         print(e, file=sys.stderr)
         return 2
@@ -438,6 +501,11 @@ def main(argv=None) -> int:
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(args.json)  # never a half-written summary
+    if args.failure_videos is not None:
+        videos = [r for r in result["episodes"] if "video" in r]
+        print(
+            f"{len(videos)} of {len(result['episodes'])} episodes missed a target: their videos are in {args.failure_videos}"
+        )
     return 0
 
 

@@ -184,6 +184,7 @@ def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_p
         (["--policy", "random", "--config", ppo, "--episodes", 0], ["--episodes and --workers must be >= 1"]),
         (["--policy", "random", "--config", tmp_path / "missing.yaml"], ["config file not found"]),
         (["--policy", "random", "--config", ppo, "--max-steps", -1], ["experiment.max_steps"]),
+        (["--policy", "random", "--config", ppo, "--failure-videos", ppo], ["--failure-videos", "give a folder"]),
     ]  # fmt: skip
     for args, fragments in cases:  # the same main() in this process: no interpreter start per case
         returncode = main([*map(str, args), "--json", str(out)])
@@ -228,6 +229,34 @@ def test_towns_all_scores_the_held_out_town_and_the_real_towns_found_and_names_t
     assert result["towns"]["Town02"]["route_seconds"] == pytest.approx(4.0)
 
 
+def test_failure_videos_show_each_episode_that_misses_a_target_and_only_those(tmp_path):
+    import cv2
+
+    from carla_env.config import load_config
+    from carla_env.evaluate import episode_failures
+
+    videos, out = tmp_path / "videos", tmp_path / "random.json"
+    proc = run_evaluate("--policy", "random", "--config", small_config(tmp_path, "dqn", max_steps=60),
+                        "--episodes", 2, "--seed", 3, "--workers", 2, "--failure-videos", videos, "--json", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    episodes = json.loads(out.read_text())["episodes"]
+    assert all("incomplete" in episode_failures(r) for r in episodes)  # 60 random steps finish no route
+    assert sorted(p.name for p in videos.iterdir()) == sorted(Path(r["video"]).name for r in episodes)
+    for r in episodes:
+        assert Path(r["video"]).name.startswith(f"GridTown03_{r['seed']}_") and "incomplete" in r["video"]
+        capture = cv2.VideoCapture(r["video"])
+        frames, width = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FRAME_WIDTH)
+        assert (frames, width >= 384) == (r["steps"], True)  # every step, scaled up to be watched
+    assert proc.stdout.splitlines()[-1] == f"2 of 2 episodes missed a target: their videos are in {videos}"
+    # Episodes that meet the targets leave no video.
+    smooth = evaluate(load_config(small_config(tmp_path, max_steps=400)), "autopilot", [3, 4],
+                      failure_videos=tmp_path / "autopilot")  # fmt: skip
+    failed = [r for r in smooth["episodes"] if episode_failures(r)]
+    assert len(failed) < 2 and [r.get("video") for r in smooth["episodes"] if "video" in r] == [
+        r["video"] for r in failed
+    ]
+
+
 def test_steer_change_is_the_steer_travel_per_second_as_applied_and_summed_over_episodes():
     from carla_env.evaluate import summarise
     from carla_env.metrics import DrivingMetrics
@@ -262,3 +291,12 @@ def test_the_targets_are_each_a_bound_on_one_figure():
         "route completion >= 90%",
         "no red-light run",
     ]
+
+
+def test_make_eval_passes_videos_to_the_cli():
+    out = subprocess.run(
+        ["make", "-n", "eval", "EXP=ppo", "POLICY=autopilot", "EVAL_CONFIG=experiments/ppo/config.yaml", "VIDEOS=runs/v"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "-m carla_env.evaluate --policy autopilot --config experiments/ppo/config.yaml" in out
+    assert "--failure-videos runs/v" in out
