@@ -62,7 +62,7 @@ EVAL_CONFIG = $(or $(CONFIG),$(if $(filter autopilot random,$(POLICY)),experimen
 eval: $(STAMP)
 	$(PY) -m carla_env.evaluate --policy $(POLICY) $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG)) \
 		$(if $(TOWNS),--towns "$(TOWNS)") $(if $(MAPS),--maps $(MAPS)) $(if $(EPISODES),--episodes $(EPISODES)) \
-		$(if $(VIDEOS),--failure-videos $(VIDEOS)) \
+		$(if $(VIDEOS),--failure-videos "$(VIDEOS)") \
 		--workers $(EVAL_WORKERS) --json runs/eval/$(EXP)-$(notdir $(POLICY))$(if $(filter all,$(TOWNS)),-all).json
 
 demo: $(STAMP)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -456,6 +457,20 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def writable_folder(path: Path) -> str | None:
+    """None if `path` is (or now is) a folder this process can write files in; else why not."""
+    if path.exists() and not path.is_dir():
+        return "a file is there; give a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e}); give a folder you can write to"
+    return None
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -468,9 +483,11 @@ def main(argv=None) -> int:
     if args.episodes < 1 or args.workers < 1:
         print("--episodes and --workers must be >= 1", file=sys.stderr)
         return 2
-    if args.failure_videos is not None and args.failure_videos.exists() and not args.failure_videos.is_dir():
-        print(f"--failure-videos {args.failure_videos}: a file is there; give a folder", file=sys.stderr)
-        return 2
+    if args.failure_videos is not None:
+        problem = writable_folder(args.failure_videos)
+        if problem:
+            print(f"--failure-videos {args.failure_videos}: {problem}", file=sys.stderr)
+            return 2
     from carla_env.rllib.checkpoint import CheckpointError, find_config, resolve_checkpoint
 
     policy = args.policy

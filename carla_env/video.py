@@ -32,6 +32,9 @@ class Mp4Writer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():  # OpenCV says nothing of a file it cannot write
+                self._writer = None
+                raise OSError(f"cannot write a video to {self.path}")
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))  # OpenCV writes BGR
         self.frames += 1
 

@@ -185,6 +185,8 @@ def test_bad_input_is_refused_with_one_line_and_writes_nothing(checkpoint, tmp_p
         (["--policy", "random", "--config", tmp_path / "missing.yaml"], ["config file not found"]),
         (["--policy", "random", "--config", ppo, "--max-steps", -1], ["experiment.max_steps"]),
         (["--policy", "random", "--config", ppo, "--failure-videos", ppo], ["--failure-videos", "give a folder"]),
+        (["--policy", "random", "--config", ppo, "--failure-videos", ppo / "sub"], ["--failure-videos", "cannot write there"]),
+        (["--policy", "random", "--config", ppo, "--failure-videos", "/proc/self"], ["--failure-videos", "cannot write there"]),
     ]  # fmt: skip
     for args, fragments in cases:  # the same main() in this process: no interpreter start per case
         returncode = main([*map(str, args), "--json", str(out)])
@@ -299,4 +301,11 @@ def test_make_eval_passes_videos_to_the_cli():
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "-m carla_env.evaluate --policy autopilot --config experiments/ppo/config.yaml" in out
-    assert "--failure-videos runs/v" in out
+    assert '--failure-videos "runs/v"' in out
+
+
+def test_a_video_that_cannot_be_written_is_an_error_not_a_missing_file():
+    from carla_env.video import Mp4Writer
+
+    with pytest.raises(OSError, match="cannot write a video to /proc/self/x.mp4"):
+        Mp4Writer(Path("/proc/self/x.mp4"), 10.0).write(np.zeros((64, 64, 3), np.uint8))
