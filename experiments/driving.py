@@ -39,6 +39,10 @@ class DrivingOptions(BaseModel):
     # WALKER_STOP_DECEL. A collision alone teaches late: a policy braked only once the walker was near
     # and hit it at 5-8 m/s (docs/results); this prices the speed that makes stopping impossible.
     walker_speed_penalty: float = 0.0
+    # Per step, per unit of steer travel |steer - the previous step's steer| (the evaluation's steer/s,
+    # per step). The shipped PPO, trained without it, steers bang-bang: full lock one way, then the
+    # other (docs/results). Not tried in a training run yet.
+    steer_change_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
     max_route_deviation: float = Field(0.0, ge=0.0)
@@ -60,6 +64,17 @@ class RouteDrivingExperiment(BaseExperiment):
 
     def get_observation_space(self) -> gym.Space:
         return self._obs_space
+
+    def reset(self, core, rng) -> None:
+        super().reset(core, rng)
+        self._last_steer: float | None = None  # the spawn's steer is not the policy's
+
+    def steer_change(self, core) -> float:
+        """|steer - previous step's steer| of the control the hero drove this step, as applied."""
+        steer = min(max(float(core.hero.get_control().steer), -1.0), 1.0)
+        change = 0.0 if self._last_steer is None else abs(steer - self._last_steer)
+        self._last_steer = steer
+        return change
 
     def get_observation(self, sensor_data: dict, core):
         _, bev = sensor_data[self.options.birdview_sensor]
@@ -104,6 +119,8 @@ class RouteDrivingExperiment(BaseExperiment):
         reward -= o.red_light_entry_penalty * s.red_light_entries
         if o.walker_speed_penalty:
             reward -= o.walker_speed_penalty * self.speed_over_walker_stop(s, core)
+        if o.steer_change_penalty:
+            reward -= o.steer_change_penalty * self.steer_change(core)
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -103,6 +103,32 @@ def test_walker_speed_penalty_prices_driving_at_a_walker_too_fast_to_stop_and_no
     assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
 
 
+def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies_it():
+    """steer_change_penalty: the same episode (a reward term changes no dynamics) with and without it
+    differs, step by step, by the penalty times |steer - the previous step's steer|, the steer clipped
+    to [-1, 1] as the car applies it; the first step of an episode has no previous steer."""
+    import numpy as np
+
+    from carla_env.agents import RouteAutopilot
+
+    def run(options):
+        autopilot, steers = RouteAutopilot(), []
+
+        def dithering(hero, route):  # the autopilot swinging 1.5 past its steer, left then right
+            steer, accel = autopilot.action(hero, route, 0.1)
+            steers.append(float(steer) + (1.5 if len(steers) % 2 else -1.5))
+            return [steers[-1], float(accel)]
+
+        *_, rewards = drive_towards_a_standing_walker(False, steps=60, driver=dithering, options=options)
+        return np.clip(steers, -1.0, 1.0), np.array(rewards)
+
+    steers, free = run(None)
+    same_steers, fined = run({"steer_change_penalty": 0.1})
+    assert np.array_equal(steers, same_steers) and len(free) == 60
+    expected = 0.1 * np.abs(np.diff(steers, prepend=steers[0]))
+    assert np.allclose(free - fined, expected, atol=1e-9) and expected.sum() > 5.0
+
+
 def test_the_autopilots_box_test_agrees_with_the_simulators_collision_test():
     """boxes_overlap (the autopilot's: its box swept along the route against other vehicles') says what
     the embedded world's collision kernel says, over 2,000 random pairs of boxes near each other."""
