@@ -543,6 +543,45 @@ def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_o
     assert np.dot((loc.x - a[0], loc.y - a[1]), way) > np.dot((held.x - a[0], held.y - a[1]), way) + 3.0
 
 
+def test_a_walker_held_on_a_crossing_by_a_car_that_stays_turns_back_to_its_kerb():
+    """A car that stops across a crossing for good (the hero waiting for the walker it blocks) would hold
+    a walker in the road for ever; as CARLA re-routes a walker stuck 4-8 s wherever it is, the walker
+    turns back after CROSSING_UNBLOCK_TIME, still unhit, and leaves the road."""
+    from carla_env.embedded.kernels import CROSSING_UNBLOCK_TIME
+
+    town = load_town(TOWN)
+    world = EmbeddedWorld(town, seed=0)
+    _, _, a, b = widest_crossing(world)
+    walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
+    brain.start()
+    brain.go_to_location(carla.Location(*map(float, b)))
+    way = (b - a)[:2] / np.linalg.norm((b - a)[:2])
+    along = lambda loc: float(np.dot((loc.x - a[0], loc.y - a[1]), way))  # noqa: E731
+    for _ in range(400):  # until it is 1 m onto the crossing
+        world.tick()
+        if along(walker.get_location()) > 1.0:
+            break
+    loc = walker.get_location()
+    ahead = np.array([loc.x, loc.y]) + 2.5 * way
+    car = world.spawn_actor(
+        world.get_blueprint_library().find("vehicle.tesla.model3"),
+        carla.Transform(
+            carla.Location(float(ahead[0]), float(ahead[1]), 0.5),
+            carla.Rotation(yaw=float(np.degrees(np.arctan2(way[0], -way[1])))),
+        ),
+    )
+    ticks = int(round(1.0 / world.delta_seconds))
+    positions = []
+    for _ in range(int(CROSSING_UNBLOCK_TIME + 6) * ticks):
+        car.apply_control(carla.VehicleControl(brake=1.0))
+        world.tick()
+        assert not [p for p in world.collisions if walker.id in p]
+        positions.append(along(walker.get_location()))
+    held = positions[int(CROSSING_UNBLOCK_TIME - 1) * ticks]
+    assert max(positions[: int(CROSSING_UNBLOCK_TIME - 1) * ticks]) - held < 0.05  # it waited there
+    assert positions[-1] < 0.5 < held  # then walked back off the crossing
+
+
 @pytest.mark.parametrize("rear_gap", [0.5, 0.7, 0.9])
 def test_a_car_standing_just_past_a_crossing_never_holds_a_walker_in_the_road(rear_gap):
     """The kerb check keeps a walker off a crossing while a car's box is within the clearance of it;

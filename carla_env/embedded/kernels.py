@@ -574,6 +574,11 @@ NON_SIDEWALK = 0  # edge kind of sidewalks (crossings and roads are the others)
 VEHICLE_CLEARANCE = 0.8  # m around a vehicle's box
 VEHICLE_CLEARANCE_AHEAD = 0.2  # m more ahead of it
 UNBLOCK_TIME = 4.0  # s a walker held on a sidewalk waits before taking a new route (AGENT_UNBLOCK_TIME)
+# s a walker held on a crossing waits before it turns back to the kerb it came from. CARLA gives every
+# walker that moved under 0.5 m in a 4 s window a new route wherever it stands (Navigation::UpdateCrowd),
+# so one held on a crossing goes elsewhere 4-8 s on; waiting for ever there, it and a car stopped across
+# its way waited for each other until the episode's end (Town10HD, docs/results).
+CROSSING_UNBLOCK_TIME = 2 * UNBLOCK_TIME
 # m: a vehicle whose box comes this near the crossing line keeps a walker waiting at the kerb; at least
 # the clearance, or a walker stepping on behind a car's bumper would be held in the road while it stands.
 CHECK_MARGIN = VEHICLE_CLEARANCE + VEHICLE_CLEARANCE_AHEAD
@@ -674,7 +679,8 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lan
     driving lane the crossing spans that it has not yet crossed, for traffic to yield to (from the
     moment it steps on: vehicles still far enough to stop, as the stop-and-check made sure); returns
     how many were written. A walker whose step would take it into a vehicle's clearance stands; held
-    UNBLOCK_TIME on a sidewalk it takes a new route (on a crossing it waits: traffic yields to it)."""
+    UNBLOCK_TIME on a sidewalk it takes a new route; held CROSSING_UNBLOCK_TIME on a crossing it turns
+    back along it, still holding the lanes ahead of it, to check again at the kerb it came from."""
     count = 0
     veh_half_len = veh_half[:, 0]
     for i in range(w.xyz.shape[0]):
@@ -709,6 +715,12 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lan
             e = w.edge[i]
             if w.wait[i] > UNBLOCK_TIME and (e < 0 or net.edge_kind[e] == NON_SIDEWALK):
                 w.reroute[i] = True
+            elif w.wait[i] > CROSSING_UNBLOCK_TIME and e >= 0:
+                back = w.node_from[i]
+                w.node_from[i], w.node_to[i] = w.node_to[i], back
+                n = net.node_xyz[back]
+                w.yaw[i] = np.arctan2(n[1] - w.xyz[i, 1], n[0] - w.xyz[i, 0])
+                w.wait[i] = 0.0
         else:
             w.wait[i] = 0.0
         while budget > 1e-9:
