@@ -506,11 +506,10 @@ def widest_crossing(world):
     return graph, e, graph.node_xyz[graph.edge_a[e]], graph.node_xyz[graph.edge_b[e]]
 
 
-def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_on():
-    """CARLA's walker crowd holds every vehicle as an obstacle (its box grown by 0.8 m); a walker
-    half-way over a crossing does not walk into a car that stopped on it, it waits, then goes on."""
-    town = load_town(TOWN)
-    world = EmbeddedWorld(town, seed=0)
+def a_car_across_a_walkers_crossing():
+    """A world where a walker, 1 m onto the widest crossing, has a car stopping across its way 2.5 m
+    ahead (its side ~1.4 m from the walker). Returns (world, walker, car, kerb a, unit way, car centre)."""
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
     _, _, a, b = widest_crossing(world)
     walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
     brain.start()
@@ -522,13 +521,19 @@ def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_o
         if np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0:
             break
     assert np.dot((loc.x - a[0], loc.y - a[1]), way) > 1.0
-    # A car stops across its way, 2.5 m ahead of it: its side ~1.4 m from the walker.
     ahead = np.array([loc.x, loc.y]) + 2.5 * way
-    car_yaw = np.degrees(np.arctan2(way[0], -way[1]))  # across the walker's way
+    car_yaw = float(np.degrees(np.arctan2(way[0], -way[1])))  # across the walker's way
     car = world.spawn_actor(
         world.get_blueprint_library().find("vehicle.tesla.model3"),
         carla.Transform(carla.Location(float(ahead[0]), float(ahead[1]), 0.5), carla.Rotation(yaw=car_yaw)),
     )
+    return world, walker, car, a, way, ahead
+
+
+def test_a_walker_stands_clear_of_a_car_stopped_across_its_crossing_then_walks_on():
+    """CARLA's walker crowd holds every vehicle as an obstacle (its box grown by 0.8 m); a walker
+    half-way over a crossing does not walk into a car that stopped on it, it waits, then goes on."""
+    world, walker, car, a, way, ahead = a_car_across_a_walkers_crossing()
     for _ in range(100):  # 5 s
         car.apply_control(carla.VehicleControl(brake=1.0))
         world.tick()
@@ -549,27 +554,8 @@ def test_a_walker_held_on_a_crossing_by_a_car_that_stays_turns_back_to_its_kerb(
     turns back after CROSSING_UNBLOCK_TIME, still unhit, and leaves the road."""
     from carla_env.embedded.kernels import CROSSING_UNBLOCK_TIME
 
-    town = load_town(TOWN)
-    world = EmbeddedWorld(town, seed=0)
-    _, _, a, b = widest_crossing(world)
-    walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
-    brain.start()
-    brain.go_to_location(carla.Location(*map(float, b)))
-    way = (b - a)[:2] / np.linalg.norm((b - a)[:2])
+    world, walker, car, a, way, _ = a_car_across_a_walkers_crossing()
     along = lambda loc: float(np.dot((loc.x - a[0], loc.y - a[1]), way))  # noqa: E731
-    for _ in range(400):  # until it is 1 m onto the crossing
-        world.tick()
-        if along(walker.get_location()) > 1.0:
-            break
-    loc = walker.get_location()
-    ahead = np.array([loc.x, loc.y]) + 2.5 * way
-    car = world.spawn_actor(
-        world.get_blueprint_library().find("vehicle.tesla.model3"),
-        carla.Transform(
-            carla.Location(float(ahead[0]), float(ahead[1]), 0.5),
-            carla.Rotation(yaw=float(np.degrees(np.arctan2(way[0], -way[1])))),
-        ),
-    )
     ticks = int(round(1.0 / world.delta_seconds))
     positions = []
     for _ in range(int(CROSSING_UNBLOCK_TIME + 6) * ticks):
