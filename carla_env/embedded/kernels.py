@@ -579,6 +579,7 @@ UNBLOCK_TIME = 4.0  # s a walker held on a sidewalk waits before taking a new ro
 # so one held on a crossing goes elsewhere 4-8 s on; waiting for ever there, it and a car stopped across
 # its way waited for each other until the episode's end (Town10HD, docs/results).
 CROSSING_UNBLOCK_TIME = 2 * UNBLOCK_TIME
+KERB_REACH = 0.5  # m from the node it left: a walker held this near it takes a new route instead
 # m: a vehicle whose box comes this near the crossing line keeps a walker waiting at the kerb; at least
 # the clearance, or a walker stepping on behind a car's bumper would be held in the road while it stands.
 CHECK_MARGIN = VEHICLE_CLEARANCE + VEHICLE_CLEARANCE_AHEAD
@@ -680,7 +681,8 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lan
     moment it steps on: vehicles still far enough to stop, as the stop-and-check made sure); returns
     how many were written. A walker whose step would take it into a vehicle's clearance stands; held
     UNBLOCK_TIME on a sidewalk it takes a new route; held CROSSING_UNBLOCK_TIME on a crossing it turns
-    back along it, still holding the lanes ahead of it, to check again at the kerb it came from."""
+    back along it, still holding the lanes ahead of it, to check again at the kerb it came from (or, if
+    it is still at that kerb, takes a new route)."""
     count = 0
     veh_half_len = veh_half[:, 0]
     for i in range(w.xyz.shape[0]):
@@ -702,6 +704,7 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lan
             a, b = net.node_xyz[w.node_from[i]], net.node_xyz[w.node_to[i]]
             if _crossing_clear(a, b, veh_xyz, veh_yaw, veh_v, veh_half_len):
                 w.mode[i] = WALKING
+                w.wait[i] = 0.0  # time spent checking is not time held on the crossing
             else:
                 w.wait[i] += dt
                 if w.wait[i] > CHECK_TIMEOUT:
@@ -716,11 +719,13 @@ def walker_step(dt, w, net, veh_xyz, veh_yaw, veh_v, veh_half, next_hop, out_lan
             if w.wait[i] > UNBLOCK_TIME and (e < 0 or net.edge_kind[e] == NON_SIDEWALK):
                 w.reroute[i] = True
             elif w.wait[i] > CROSSING_UNBLOCK_TIME and e >= 0:
-                back = w.node_from[i]
-                w.node_from[i], w.node_to[i] = w.node_to[i], back
-                n = net.node_xyz[back]
-                w.yaw[i] = np.arctan2(n[1] - w.xyz[i, 1], n[0] - w.xyz[i, 0])
                 w.wait[i] = 0.0
+                n = net.node_xyz[w.node_from[i]]
+                if (n[0] - w.xyz[i, 0]) ** 2 + (n[1] - w.xyz[i, 1]) ** 2 < KERB_REACH**2:
+                    w.reroute[i] = True  # still at its kerb: a new route, as after a timed-out check
+                else:  # back to the node it left, along the crossing it still holds lanes of
+                    w.node_to[i] = w.node_from[i]
+                    w.yaw[i] = np.arctan2(n[1] - w.xyz[i, 1], n[0] - w.xyz[i, 0])
         else:
             w.wait[i] = 0.0
         while budget > 1e-9:
