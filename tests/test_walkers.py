@@ -568,6 +568,29 @@ def test_a_walker_held_on_a_crossing_by_a_car_that_stays_turns_back_to_its_kerb(
     assert positions[-1] < 0.5 < held  # then walked back off the crossing
 
 
+def test_a_walker_held_at_its_kerb_by_an_oblique_car_takes_another_route():
+    """A car standing at an angle beside a crossing can leave the kerb check clear while its clearance
+    holds the walker's first step; the walker must not check, step, wait and turn back there for ever:
+    held at its kerb, it takes a new route and walks off."""
+    world = EmbeddedWorld(load_town(TOWN), seed=0)
+    _, _, a, b = widest_crossing(world)
+    way = (b - a)[:2] / np.linalg.norm((b - a)[:2])
+    at = a[:2] + 0.75 * way + 3.5 * np.array([-way[1], way[0]])  # a pose found to do it on this town
+    car = world.spawn_actor(
+        world.get_blueprint_library().find("vehicle.tesla.model3"),
+        carla.Transform(carla.Location(float(at[0]), float(at[1]), 0.5), carla.Rotation(yaw=50.0)),
+    )
+    walker, brain = spawn_walker(world, carla.Location(*map(float, a)))
+    brain.start()
+    brain.go_to_location(carla.Location(*map(float, b)))
+    for _ in range(int(30 / world.delta_seconds)):
+        car.apply_control(carla.VehicleControl(brake=1.0))
+        world.tick()
+        assert not [p for p in world.collisions if walker.id in p]
+    loc = walker.get_location()
+    assert np.hypot(loc.x - a[0], loc.y - a[1]) > 5.0  # it went elsewhere
+
+
 @pytest.mark.parametrize("rear_gap", [0.5, 0.7, 0.9])
 def test_a_car_standing_just_past_a_crossing_never_holds_a_walker_in_the_road(rear_gap):
     """The kerb check keeps a walker off a crossing while a car's box is within the clearance of it;
