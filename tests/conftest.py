@@ -4,6 +4,22 @@ import pytest
 
 SHARED_MAPS = Path(__file__).resolve().parents[2] / "shared" / "maps"
 REAL_TOWNS = ["Town01", "Town02", "Town04", "Town10HD"]
+# Overrides that make an experiment config runner-sized: the embedded backend with 3 vehicles, a small
+# packed BEV beside the event sensors, a tiny CNN, 3 envs a runner (tests add towns, steps, runners).
+SMALL_RUNNER = {
+    "simulator": {"backend": "embedded", "traffic": {"vehicles": 3}},
+    "experiment": {
+        "sensors": {
+            "birdview": {"type": "sensor.birdview", "packed": True, "size": 48, "pixels_per_meter": 2.0},
+            "collision": {"type": "sensor.other.collision"},
+            "lane_invasion": {"type": "sensor.other.lane_invasion"},
+        },
+    },
+    "training": {
+        "envs_per_runner": 3,
+        "model": {"conv_filters": [[8, [4, 4], 4], [16, [3, 3], 2]], "head_fcnet_hiddens": [32]},
+    },
+}
 
 
 @pytest.fixture(autouse=True, scope="session")

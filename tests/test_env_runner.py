@@ -6,33 +6,28 @@ from pathlib import Path
 
 import pytest
 
-from carla_env.config import load_config
+from carla_env.config import deep_merge, load_config
+from tests.conftest import SMALL_RUNNER
 
 ROOT = Path(__file__).resolve().parents[1]
 TOWNS = ["GridTown01", "GridTown02", "GridTown03", "GridTown04"]
 
-SMALL = {
-    "simulator": {"backend": "embedded", "town": TOWNS, "traffic": {"vehicles": 3}},
-    "experiment": {
-        "max_steps": 40,
-        "sensors": {
-            "birdview": {"type": "sensor.birdview", "packed": True, "size": 48, "pixels_per_meter": 2.0},
-            "collision": {"type": "sensor.other.collision"},
-            "lane_invasion": {"type": "sensor.other.lane_invasion"},
+SMALL = deep_merge(
+    SMALL_RUNNER,
+    {
+        "simulator": {"town": TOWNS},
+        "experiment": {"max_steps": 40},
+        "training": {
+            "num_env_runners": 1,
+            "settings": {
+                "train_batch_size_per_learner": 8,
+                "num_steps_sampled_before_learning_starts": 10**6,  # sampling only
+                "replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
+            },
+            "reporting": {"min_sample_timesteps_per_iteration": 120},
         },
     },
-    "training": {
-        "num_env_runners": 1,
-        "envs_per_runner": 3,
-        "model": {"conv_filters": [[8, [4, 4], 4], [16, [3, 3], 2]], "head_fcnet_hiddens": [32]},
-        "settings": {
-            "train_batch_size_per_learner": 8,
-            "num_steps_sampled_before_learning_starts": 10**6,  # sampling only
-            "replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000},
-        },
-        "reporting": {"min_sample_timesteps_per_iteration": 120},
-    },
-}
+)
 
 
 def runner_envs(runner) -> list[dict]:

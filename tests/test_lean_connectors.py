@@ -13,26 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carla_env.config import load_config
+from carla_env.config import deep_merge, load_config
+from tests.conftest import SMALL_RUNNER
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = {
-    "simulator": {"backend": "embedded", "town": ["GridTown01", "GridTown02"], "traffic": {"vehicles": 3}},
-    "experiment": {
-        "max_steps": 25,
-        "sensors": {
-            "birdview": {"type": "sensor.birdview", "packed": True, "size": 48, "pixels_per_meter": 2.0},
-            "collision": {"type": "sensor.other.collision"},
-            "lane_invasion": {"type": "sensor.other.lane_invasion"},
-        },
+SMALL = deep_merge(
+    SMALL_RUNNER,
+    {
+        "simulator": {"town": ["GridTown01", "GridTown02"]},
+        "experiment": {"max_steps": 25},
+        "training": {"num_env_runners": 0},
     },
-    "training": {
-        "num_env_runners": 0,
-        "envs_per_runner": 3,
-        "model": {"conv_filters": [[8, [4, 4], 4], [16, [3, 3], 2]], "head_fcnet_hiddens": [32]},
-    },
-}
+)
 DQN_SETTINGS = {"replay_buffer_config": {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 2000}}
 
 
