@@ -41,6 +41,9 @@ class DrivingState:
     # Red stop lines the hero's front bumper crossed this step (RedLightMonitor.entered): a driver stops
     # before the line, the leaderboard's run counts only the tail.
     red_light_entries: int = 0
+    # |steer - the previous step's steer| of the control the hero drove, clamped as the car applies it
+    # (0 on an episode's first step: the spawn's steer is not the driver's).
+    steer_change: float = 0.0
 
 
 class RouteTracker:
@@ -75,6 +78,7 @@ class DrivingStateTracker:
         self.sensors = sensors  # name -> SensorConfig: which sensors are event sensors
         self._last_location = hero.get_location()
         self.red_lights = RedLightMonitor(hero)
+        self._last_steer: float | None = None
 
     def step(self, core, sensor_data: dict) -> DrivingState:
         hero = core.hero
@@ -88,6 +92,9 @@ class DrivingStateTracker:
         progress = float(self.route.route.distance[k])
         error = math.radians(t.rotation.yaw) - self.route.route_yaw(k)
         runs, entries = self.red_lights.update(hero, t)
+        steer = min(max(float(hero.get_control().steer), -1.0), 1.0)
+        steer_change = 0.0 if self._last_steer is None else abs(steer - self._last_steer)
+        self._last_steer = steer
         return DrivingState(
             route_index=k,
             progress=progress,
@@ -105,6 +112,7 @@ class DrivingStateTracker:
             pedestrian_collisions=count_events(
                 self.sensors, sensor_data, "sensor.other.collision", other_actor="walker.*"
             ),
+            steer_change=steer_change,
         )
 
 

@@ -120,7 +120,7 @@ class CarlaEnv(gym.Env):
         terminated, truncated = self.experiment.get_done_status(obs, self.core)
         truncated = truncated or self._steps >= self.config.experiment.max_steps
         reward = float(self.experiment.compute_reward(obs, self.core))
-        self.metrics.update(self.config.simulator.timestep, state, getattr(control, "steer", None))
+        self.metrics.update(self.config.simulator.timestep, state)
         info = {**info, **self.metrics.summary(), **self.core.stats()}
         self._last_obs = obs
         return obs, reward, bool(terminated), bool(truncated), info

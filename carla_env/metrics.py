@@ -26,17 +26,10 @@ class DrivingMetrics:
     seconds: float = 0.0
     steer_change: float = 0.0  # sum of |steer - previous steer|: how much the wheel was turned back and forth
     _was_off_road: bool = False
-    _last_steer: float | None = None
 
-    def update(self, dt: float, state: DrivingState, steer: float | None = None) -> None:
-        """One step: its driving state and the steer applied (None: no control this step). The first
-        steer of an episode counts no change: the spawn's steer is not the policy's."""
+    def update(self, dt: float, state: DrivingState) -> None:
         self.seconds += dt
-        if steer is not None:
-            steer = min(max(float(steer), -1.0), 1.0)  # as the vehicle applies it
-            if self._last_steer is not None:
-                self.steer_change += abs(steer - self._last_steer)
-            self._last_steer = steer
+        self.steer_change += state.steer_change
         self.distance += state.moved
         self.route_progress = max(self.route_progress, state.progress)
         self.collisions += state.collisions

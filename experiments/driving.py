@@ -65,17 +65,6 @@ class RouteDrivingExperiment(BaseExperiment):
     def get_observation_space(self) -> gym.Space:
         return self._obs_space
 
-    def reset(self, core, rng) -> None:
-        super().reset(core, rng)
-        self._last_steer: float | None = None  # the spawn's steer is not the policy's
-
-    def steer_change(self, core) -> float:
-        """|steer - previous step's steer| of the control the hero drove this step, as applied."""
-        steer = min(max(float(core.hero.get_control().steer), -1.0), 1.0)
-        change = 0.0 if self._last_steer is None else abs(steer - self._last_steer)
-        self._last_steer = steer
-        return change
-
     def get_observation(self, sensor_data: dict, core):
         _, bev = sensor_data[self.options.birdview_sensor]
         return bev, {}
@@ -120,7 +109,7 @@ class RouteDrivingExperiment(BaseExperiment):
         if o.walker_speed_penalty:
             reward -= o.walker_speed_penalty * self.speed_over_walker_stop(s, core)
         if o.steer_change_penalty:
-            reward -= o.steer_change_penalty * self.steer_change(core)
+            reward -= o.steer_change_penalty * s.steer_change
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -259,18 +259,21 @@ def test_failure_videos_show_each_episode_that_misses_a_target_and_only_those(tm
     ]
 
 
-def test_steer_change_is_the_steer_travel_per_second_as_applied_and_summed_over_episodes():
+def test_steer_change_is_the_steer_travel_per_second_as_applied_and_summed_over_episodes(tmp_path):
+    from carla_env.config import load_config
+    from carla_env.env import CarlaEnv
     from carla_env.evaluate import summarise
-    from carla_env.metrics import DrivingMetrics
 
-    metrics = DrivingMetrics(route_length=10.0)
-    state = type("State", (), {"moved": 0.5, "progress": 0.0, "collisions": 0, "pedestrian_collisions": 0,
-                               "lane_invasions": 0, "red_light_runs": 0, "off_road": False})()  # fmt: skip
-    for steer in (0.0, 1.0, -1.0, 3.0, None):  # 3.0 is applied as full lock, 1.0; None: no control
-        metrics.update(0.05, state, steer)
-    summary = metrics.summary()
-    assert summary["steer_change"] == pytest.approx(1.0 + 2.0 + 2.0)
-    assert summary["steer_change_per_s"] == pytest.approx(5.0 / 0.25)
+    env = CarlaEnv(load_config(small_config(tmp_path, max_steps=60)))
+    env.reset(seed=3)
+    changes = []
+    for steer in (0.0, 1.0, -1.0, 3.0, 1.0):  # 3.0 is applied as full lock, 1.0; the first counts none
+        *_, info = env.step([steer, 0.0])
+        changes.append(env.experiment.driving_state.steer_change)
+    env.close()
+    assert changes == pytest.approx([0.0, 1.0, 2.0, 2.0, 0.0])
+    assert info["steer_change"] == pytest.approx(1.0 + 2.0 + 2.0)
+    assert info["steer_change_per_s"] == pytest.approx(5.0 / info["route_seconds"])
     base = {"route_completion": 1.0, "distance_m": 100.0, "collisions": 0.0, "lane_invasions": 0.0,
             "red_light_runs": 0.0, "driving_score": 1.0, "mean_speed": 5.0}  # fmt: skip
     rows = [
