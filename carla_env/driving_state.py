@@ -21,6 +21,8 @@ RED_LIGHT_DISTANCE = 15.0  # m: stop lines this near are checked (the leaderboar
 WALKER_PREDICTION_TIMES = np.linspace(0.0, 3.0, 7)  # s: a walker this soon on the path is in the way
 WALKER_HORIZON = 30.0  # m of route ahead searched for walkers
 WALKER_CLEARANCE = 0.8  # m from the car's side to a walker's centre that counts as on its path
+VEHICLE_CLEARANCE = 0.5  # m widened at each side of the car's box swept along its path
+VEHICLE_HORIZON = 40.0  # m of route ahead searched for vehicles
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,72 @@ def _nearest_on_path(xy, velocity, points, distance, times, radius):
                     best = distance[j]
                     break
     return best
+
+
+def vehicle_gap(
+    route: Route,
+    here: float,
+    ego,
+    others: np.ndarray,
+    clearance: float = VEHICLE_CLEARANCE,
+    horizon: float = VEHICLE_HORIZON,
+) -> float | None:
+    """How far the car may drive along the route from `here` before its box meets another vehicle's:
+    the least distance to a route point where the car's box, on the centre line and heading along it,
+    `clearance` wider at each side, overlaps the box of a vehicle in front of it (centre ahead of the
+    car's), within `horizon` metres; None if none does. Boxes, not centres: a car stopped half across
+    the path (on a sibling junction lane the route has just turned away from, or crossing it at an
+    angle) blocks it though its centre is metres off the centre line. `ego` is (x, y, yaw in radians,
+    half length, half width); `others` an (N, 5) array of boxes the same way (a Scene's vehicles)."""
+    d = route.distance
+    first, last = bisect.bisect_left(d, here), bisect.bisect_left(d, here + horizon)
+    if last <= first or not len(others):
+        return None
+    x, y, yaw, half_length, half_width = (float(v) for v in ego)
+    offset = others[:, :2] - (x, y)
+    reach = horizon + 15.0  # farther centres cannot touch the path (box sizes, the car off its route)
+    keep = (offset @ (math.cos(yaw), math.sin(yaw)) > 0.0) & ((offset * offset).sum(axis=1) < reach * reach)
+    if not keep.any():  # one behind (a follower on its tail) is not in its way, as for the TM
+        return None
+    other = others[keep]
+    overlap = boxes_overlap(
+        route.points[first:last],
+        route.headings[first:last],
+        half_length,
+        half_width + clearance,
+        other[:, :2],
+        other[:, 2],
+        other[:, 3],
+        other[:, 4],
+    )  # (vehicles, route points)
+    hit = overlap.any(axis=0)
+    return float(d[first + int(hit.argmax())] - here) if hit.any() else None
+
+
+def boxes_overlap(
+    xy: np.ndarray,
+    yaw: np.ndarray,
+    half_length: float,
+    half_width: float,
+    other_xy: np.ndarray,
+    other_yaw: np.ndarray,
+    other_half_length: np.ndarray,
+    other_half_width: np.ndarray,
+) -> np.ndarray:
+    """(N, P) bool: whether a box of `half_length` x `half_width` at each of P poses (xy, yaw) overlaps
+    each of N other boxes, by the separating axis test of two rectangles in the ground plane."""
+    dx = other_xy[:, None, 0] - xy[None, :, 0]
+    dy = other_xy[:, None, 1] - xy[None, :, 1]
+    c1, s1 = np.cos(yaw)[None, :], np.sin(yaw)[None, :]
+    c2, s2 = np.cos(other_yaw)[:, None], np.sin(other_yaw)[:, None]
+    cos_d, sin_d = np.abs(c1 * c2 + s1 * s2), np.abs(s2 * c1 - c2 * s1)
+    a1, b1 = half_length, half_width
+    a2, b2 = other_half_length[:, None], other_half_width[:, None]
+    apart = np.abs(dx * c1 + dy * s1) > a1 + a2 * cos_d + b2 * sin_d
+    apart |= np.abs(dy * c1 - dx * s1) > b1 + a2 * sin_d + b2 * cos_d
+    apart |= np.abs(dx * c2 + dy * s2) > a2 + a1 * cos_d + b1 * sin_d
+    apart |= np.abs(dy * c2 - dx * s2) > b2 + a1 * sin_d + b1 * cos_d
+    return ~apart
 
 
 def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:

@@ -10,11 +10,12 @@ import math
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field
 
-from carla_env.driving_state import DrivingState, walker_gap
+from carla_env.driving_state import DrivingState, vehicle_gap, walker_gap
 from carla_env.experiment import BaseExperiment
 
-WALKER_STOP_DECEL = 4.0  # m/s^2: firm, not emergency, braking
+STOP_DECEL = 4.0  # m/s^2: firm, not emergency, braking, for walkers and vehicles on the path
 WALKER_STOP_MARGIN = 2.0  # m from the front bumper to the walker's centre (the autopilot's)
+VEHICLE_STOP_MARGIN = 1.0  # m between the bumpers at rest (the autopilot keeps 2: a metre for the route spacing)
 
 
 class DrivingOptions(BaseModel):
@@ -36,12 +37,17 @@ class DrivingOptions(BaseModel):
     red_light_entry_penalty: float = 0.0
     # Per step, per m/s above the speed from which the hero stops WALKER_STOP_MARGIN short of the nearest
     # pedestrian on its path (now or within 3 s at its pace; the autopilot's walker gap) braking at
-    # WALKER_STOP_DECEL. A collision alone teaches late: a policy braked only once the walker was near
+    # STOP_DECEL. A collision alone teaches late: a policy braked only once the walker was near
     # and hit it at 5-8 m/s (docs/results); this prices the speed that makes stopping impossible.
     walker_speed_penalty: float = 0.0
+    # The same for the nearest vehicle whose box is on the hero's path (vehicle_gap, the autopilot's leader
+    # gap: a leader, or one across or half in the path at a junction), taken as standing, stopping
+    # VEHICLE_STOP_MARGIN short of it. With the collision penalty alone PPO crept at full-throttle-full-
+    # brake into cars standing ahead and kept its speed for one stopping across its path (docs/results).
+    vehicle_speed_penalty: float = Field(0.0, ge=0.0)
     # Per step, per unit of steer travel |steer - the previous step's steer| (the evaluation's steer/s,
     # per step). The shipped PPO, trained without it, steers bang-bang: full lock one way, then the
-    # other (docs/results). Not tried in a training run yet.
+    # other (docs/results).
     steer_change_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
@@ -88,7 +94,18 @@ class RouteDrivingExperiment(BaseExperiment):
         if gap is None:
             return 0.0
         room = max(gap - extent.x - WALKER_STOP_MARGIN, 0.0)
-        return max(state.speed - math.sqrt(2.0 * WALKER_STOP_DECEL * room), 0.0)
+        return max(state.speed - math.sqrt(2.0 * STOP_DECEL * room), 0.0)
+
+    def speed_over_vehicle_stop(self, state: DrivingState, core) -> float:
+        """m/s above the speed from which the hero still stops short of the nearest vehicle on its path."""
+        if state.speed < 0.5:
+            return 0.0
+        scene = core.birdview_scene(core.hero)
+        gap = vehicle_gap(self.route, state.progress, scene.ego, scene.vehicles)
+        if gap is None:
+            return 0.0
+        room = max(gap - VEHICLE_STOP_MARGIN, 0.0)  # box to box: the gap already counts both lengths
+        return max(state.speed - math.sqrt(2.0 * STOP_DECEL * room), 0.0)
 
     def compute_reward(self, observation, core) -> float:
         o, s = self.options, self.driving_state
@@ -108,6 +125,8 @@ class RouteDrivingExperiment(BaseExperiment):
         reward -= o.red_light_entry_penalty * s.red_light_entries
         if o.walker_speed_penalty:
             reward -= o.walker_speed_penalty * self.speed_over_walker_stop(s, core)
+        if o.vehicle_speed_penalty:
+            reward -= o.vehicle_speed_penalty * self.speed_over_vehicle_stop(s, core)
         if o.steer_change_penalty:
             reward -= o.steer_change_penalty * s.steer_change
         if s.off_road:

@@ -29,9 +29,12 @@ def test_the_arc_through_the_target_and_the_clip():
     assert pure_pursuit_steer(pose(), 0.1, 1.0, 2.88) == 1.0  # beyond full lock: clipped
 
 
-def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150, driver=None, options=None):
+def drive_towards_a_standing_walker(
+    with_walker: bool, steps: int = 150, driver=None, options=None, blueprint="walker.pedestrian.0001"
+):
     """A driver (the autopilot unless given: action(hero, route) -> [steer, acceleration]) on an empty
-    GridTown01 (no traffic) along its route; a walker stands on the route 30 m ahead, or not. Returns
+    GridTown01 (no traffic) along its route; a walker (or the actor of `blueprint`, heading along the
+    route) stands on the route 30 m ahead, or not. Returns
     (route distance of that spot, the hero's furthest progress, the least distance between the hero's
     centre and the spot, the rewards of the steps)."""
     import numpy as np
@@ -55,8 +58,10 @@ def drive_towards_a_standing_walker(with_walker: bool, steps: int = 150, driver=
     x, y = route.points[k, :2]
     if with_walker:
         lib = env.core.world.get_blueprint_library()
+        yaw = math.degrees(float(route.headings[k]))
         env.core.world.spawn_actor(
-            lib.find("walker.pedestrian.0001"), carla.Transform(carla.Location(float(x), float(y), 1.0))
+            lib.find(blueprint),
+            carla.Transform(carla.Location(float(x), float(y), 1.0), carla.Rotation(yaw=yaw)),
         )
     if driver is None:
         autopilot = RouteAutopilot()
@@ -92,14 +97,36 @@ def test_walker_speed_penalty_prices_driving_at_a_walker_too_fast_to_stop_and_no
     def reckless(hero, route):  # the autopilot's steering, the throttle held at 0.6
         return [float(autopilot.action(hero, route, 0.1)[0]), 0.6]
 
-    penalty = {"walker_speed_penalty": 1.0}
+    penalty, no_penalty = {"walker_speed_penalty": 1.0}, {"walker_speed_penalty": 0.0}
     _, _, _, fined = drive_towards_a_standing_walker(True, driver=reckless, options=penalty)
-    _, _, _, free = drive_towards_a_standing_walker(True, driver=reckless)
+    _, _, _, free = drive_towards_a_standing_walker(True, driver=reckless, options=no_penalty)
     extra = [a - b for a, b in zip(free, fined, strict=True)]  # the penalty, step by step
     assert len(fined) < 150  # it hit the walker: the episode ended
     assert sum(e > 0.05 for e in extra) >= 5 and sum(extra) > 3.0
     _, _, _, fined = drive_towards_a_standing_walker(True, options=penalty)
-    _, _, _, free = drive_towards_a_standing_walker(True)
+    _, _, _, free = drive_towards_a_standing_walker(True, options=no_penalty)
+    assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
+
+
+def test_vehicle_speed_penalty_prices_driving_at_a_standing_car_too_fast_to_stop_and_not_the_autopilot():
+    """The reward's vehicle_speed_penalty: a driver that keeps the throttle on towards a car standing on
+    its route pays it, step after step before it hits; the autopilot, which stops behind it, does not."""
+    from carla_env.agents import RouteAutopilot
+
+    autopilot, car = RouteAutopilot(), "vehicle.tesla.model3"
+
+    def reckless(hero, route):  # the autopilot's steering, the throttle held at 0.6
+        return [float(autopilot.action(hero, route, 0.1)[0]), 0.6]
+
+    penalty, no_penalty = {"vehicle_speed_penalty": 1.0}, {"vehicle_speed_penalty": 0.0}
+    _, _, _, fined = drive_towards_a_standing_walker(True, driver=reckless, options=penalty, blueprint=car)
+    _, _, _, free = drive_towards_a_standing_walker(True, driver=reckless, options=no_penalty, blueprint=car)
+    extra = [a - b for a, b in zip(free, fined, strict=True)]
+    assert len(fined) < 150  # it hit the car: the episode ended
+    assert sum(e > 0.05 for e in extra) >= 5 and sum(extra) > 3.0
+    at, furthest, _, fined = drive_towards_a_standing_walker(True, options=penalty, blueprint=car)
+    _, _, _, free = drive_towards_a_standing_walker(True, options=no_penalty, blueprint=car)
+    assert len(fined) == 150 and furthest < at - 4.0  # the autopilot stopped behind the car
     assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
 
 
@@ -122,7 +149,7 @@ def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies
         *_, rewards = drive_towards_a_standing_walker(False, steps=60, driver=dithering, options=options)
         return np.clip(steers, -1.0, 1.0), np.array(rewards)
 
-    steers, free = run(None)
+    steers, free = run({"steer_change_penalty": 0.0})
     same_steers, fined = run({"steer_change_penalty": 0.1})
     assert np.array_equal(steers, same_steers) and len(free) == 60
     expected = 0.1 * np.abs(np.diff(steers, prepend=steers[0]))
@@ -134,7 +161,7 @@ def test_the_autopilots_box_test_agrees_with_the_simulators_collision_test():
     the embedded world's collision kernel says, over 2,000 random pairs of boxes near each other."""
     import numpy as np
 
-    from carla_env.agents.route_autopilot import boxes_overlap
+    from carla_env.driving_state import boxes_overlap
     from carla_env.embedded.kernels import overlapping_pairs_between
 
     rng = np.random.default_rng(0)

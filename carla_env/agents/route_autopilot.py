@@ -17,7 +17,7 @@ import carla
 import numpy as np
 
 from carla_env.agents.pursuit import pure_pursuit_steer
-from carla_env.driving_state import WALKER_CLEARANCE, walker_gap
+from carla_env.driving_state import VEHICLE_CLEARANCE, WALKER_CLEARANCE, vehicle_gap, walker_gap
 
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
@@ -34,7 +34,7 @@ class RouteAutopilot:
         lateral_accel: float = 2.0,  # m/s^2 in curves: sets the cornering speed
         comfort_decel: float = 2.5,  # m/s^2: junctions within this braking distance are checked
         max_decel: float = 6.0,  # m/s^2: a junction nearer than this braking distance is committed to
-        clearance: float = 0.5,  # m between the sides of two vehicles whose paths are taken to cross
+        clearance: float = VEHICLE_CLEARANCE,  # m between the sides of two vehicles on one path
         walker_clearance: float = WALKER_CLEARANCE,  # m from the car's side to a walker's centre on its path
         wheelbase: float = 2.88,
         lookahead: float = 2.0,  # m, pure pursuit's target distance at standstill
@@ -62,14 +62,13 @@ class RouteAutopilot:
         target = min(self.cruise_speed, hero.get_speed_limit() / 3.6 or self.cruise_speed)
         target = min(target, self._curve_speed(route, here))
         others = _Others(hero)
-        headings = _headings(route.points)  # once a step, for both checks below
-        gap = self._leader_gap(hero, others, route, headings, here)
+        gap = self._leader_gap(hero, others, route, here)
         if gap is not None:
             target = min(target, max(0.0, (gap - self.standstill_gap) / self.time_gap))
         walker = self._walker_gap(hero, route, here)
         if walker is not None:  # stop with the front bumper two metres short of the walker
             target = min(target, max(0.0, (walker - hero.bounding_box.extent.x - 2.0) / self.time_gap))
-        entry = self._entry_to_yield_at(hero, others, route, headings, index, speed)
+        entry = self._entry_to_yield_at(hero, others, route, index, speed)
         if entry is not None:  # stop with the front bumper a metre short of the junction
             target = min(target, max(0.0, (entry - here - hero.bounding_box.extent.x - 1.0) / self.time_gap))
         if hero.is_at_traffic_light() and hero.get_traffic_light_state() in STOP_STATES:
@@ -102,35 +101,11 @@ class RouteAutopilot:
         curvature = np.abs(np.diff(heading)).max(initial=0.0) / 2.5
         return math.sqrt(self.lateral_accel / curvature) if curvature > 1e-4 else math.inf
 
-    def _leader_gap(
-        self, hero, others: _Others, route, headings: np.ndarray, here: float, horizon: float = 40.0
-    ) -> float | None:
-        """How far the hero may drive along the route before its box meets another vehicle's: the least
-        distance from `here` to a route point where the hero's box, on the centre line and heading along
-        it, `clearance` wider at each side, overlaps the box of a vehicle in front of it (centre ahead
-        of the hero's), within `horizon` metres; None if none does. Boxes, not centres: a car stopped
-        half across the path (on a sibling junction lane the route has just turned away from, or
-        crossing it at an angle) blocks it though its centre is metres off the centre line."""
-        ahead = (route.distance >= here) & (route.distance < here + horizon)
-        if not ahead.any() or not len(others.xy):
-            return None
-        t = hero.get_transform()
-        yaw, extent = math.radians(t.rotation.yaw), hero.bounding_box.extent
-        front = (others.xy - (t.location.x, t.location.y)) @ (math.cos(yaw), math.sin(yaw)) > 0.0
-        if not front.any():  # one behind (a follower on its tail) is not in its way, as for the TM
-            return None
-        overlap = boxes_overlap(
-            route.points[ahead],
-            headings[ahead],
-            extent.x,
-            extent.y + self.clearance,
-            others.xy[front],
-            others.yaw[front],
-            others.half_length[front],
-            others.half_width[front],
-        )  # (vehicles, route points)
-        hit = overlap.any(axis=0)
-        return float(route.distance[ahead][hit.argmax()] - here) if hit.any() else None
+    def _leader_gap(self, hero, others: _Others, route, here: float) -> float | None:
+        """vehicle_gap of the vehicles as the CARLA API reports them."""
+        t, extent = hero.get_transform(), hero.bounding_box.extent
+        ego = (t.location.x, t.location.y, math.radians(t.rotation.yaw), extent.x, extent.y)
+        return vehicle_gap(route, here, ego, others.boxes, self.clearance)
 
     def _walker_gap(self, hero, route, here: float) -> float | None:
         """walker_gap of the walkers as the CARLA API reports them."""
@@ -142,9 +117,7 @@ class RouteAutopilot:
         xy, velocity = np.array(xy, float).reshape(-1, 2), np.array(velocity, float).reshape(-1, 2)
         return walker_gap(xy, velocity, route, here, hero.bounding_box.extent.y, self.walker_clearance)
 
-    def _entry_to_yield_at(
-        self, hero, others: _Others, route, headings: np.ndarray, index: int, speed: float
-    ) -> float | None:
+    def _entry_to_yield_at(self, hero, others: _Others, route, index: int, speed: float) -> float | None:
         """Where along the route the hero must wait (the next junction's entry), or None to drive on.
 
         It waits while another vehicle is on its path through the junction (and the car length after
@@ -174,7 +147,7 @@ class RouteAutopilot:
         # on the stretch from FOLLOWER_RANGE behind the hero to the path's end, not on a later pass of
         # a route that comes back through this junction.
         near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * extent.x)
-        pts, yaws = route.points[near], headings[near]
+        pts, yaws = route.points[near], route.headings[near]
         d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
         nearest = d.argmin(axis=1)
         turn = np.remainder(others.yaw - yaws[nearest] + np.pi, 2 * np.pi) - np.pi
@@ -222,35 +195,4 @@ class _Others:
         self.xy = np.array(xy, float).reshape(-1, 2)  # box centres
         self.yaw, self.speed, self.accel = np.array(yaw), np.array(speed), np.array(accel)
         self.half_length, self.half_width = np.array(half_length), np.array(half_width)
-
-
-def _headings(points: np.ndarray) -> np.ndarray:
-    """Heading (radians) at each polyline point, from its neighbours."""
-    d = np.gradient(points, axis=0)
-    return np.arctan2(d[:, 1], d[:, 0])
-
-
-def boxes_overlap(
-    xy: np.ndarray,
-    yaw: np.ndarray,
-    half_length: float,
-    half_width: float,
-    other_xy: np.ndarray,
-    other_yaw: np.ndarray,
-    other_half_length: np.ndarray,
-    other_half_width: np.ndarray,
-) -> np.ndarray:
-    """(N, P) bool: whether a box of `half_length` x `half_width` at each of P poses (xy, yaw) overlaps
-    each of N other boxes, by the separating axis test of two rectangles in the ground plane."""
-    dx = other_xy[:, None, 0] - xy[None, :, 0]
-    dy = other_xy[:, None, 1] - xy[None, :, 1]
-    c1, s1 = np.cos(yaw)[None, :], np.sin(yaw)[None, :]
-    c2, s2 = np.cos(other_yaw)[:, None], np.sin(other_yaw)[:, None]
-    cos_d, sin_d = np.abs(c1 * c2 + s1 * s2), np.abs(s2 * c1 - c2 * s1)
-    a1, b1 = half_length, half_width
-    a2, b2 = other_half_length[:, None], other_half_width[:, None]
-    apart = np.abs(dx * c1 + dy * s1) > a1 + a2 * cos_d + b2 * sin_d
-    apart |= np.abs(dy * c1 - dx * s1) > b1 + a2 * sin_d + b2 * cos_d
-    apart |= np.abs(dx * c2 + dy * s2) > a2 + a1 * cos_d + b1 * sin_d
-    apart |= np.abs(dy * c2 - dx * s2) > b2 + a1 * sin_d + b1 * cos_d
-    return ~apart
+        self.boxes = np.column_stack([self.xy, self.yaw, self.half_length, self.half_width]).reshape(-1, 5)

@@ -39,6 +39,12 @@ class Route:
         seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
         self.distance = np.concatenate([[0.0], np.cumsum(seg)])
 
+    @functools.cached_property
+    def headings(self) -> np.ndarray:
+        """Heading (radians, CARLA frame) at each point, from its neighbours."""
+        d = np.gradient(self.points, axis=0) if len(self.points) > 1 else np.zeros((len(self.points), 2))
+        return np.arctan2(d[:, 1], d[:, 0])
+
     @property
     def length(self) -> float:
         return float(self.distance[-1]) if len(self.distance) else 0.0
