@@ -193,50 +193,54 @@ def vehicle_gap(
     if last <= first or not len(others):
         return None
     x, y, yaw, half_length, half_width = (float(v) for v in ego)
-    offset = others[:, :2] - (x, y)
-    reach = horizon + 15.0  # farther centres cannot touch the path (box sizes, the car off its route)
-    keep = (offset @ (math.cos(yaw), math.sin(yaw)) > 0.0) & ((offset * offset).sum(axis=1) < reach * reach)
-    if not keep.any():  # one behind (a follower on its tail) is not in its way, as for the TM
-        return None
-    other = others[keep]
-    overlap = boxes_overlap(
-        route.points[first:last],
-        route.headings[first:last],
-        half_length,
-        half_width + clearance,
-        other[:, :2],
-        other[:, 2],
-        other[:, 3],
-        other[:, 4],
-    )  # (vehicles, route points)
-    hit = overlap.any(axis=0)
-    return float(d[first + int(hit.argmax())] - here) if hit.any() else None
+    # Farther centres cannot touch the path (box sizes, the car off its route); one behind (a follower on
+    # its tail) is not in its way, as for the TM.
+    ahead = _boxes_ahead(np.ascontiguousarray(others, np.float64), x, y, yaw, horizon + 15.0)
+    hit = first_box_overlap(
+        route.points[first:last], route.headings[first:last], half_length, half_width + clearance, ahead
+    )
+    return float(d[first + hit] - here) if hit >= 0 else None
 
 
-def boxes_overlap(
-    xy: np.ndarray,
-    yaw: np.ndarray,
-    half_length: float,
-    half_width: float,
-    other_xy: np.ndarray,
-    other_yaw: np.ndarray,
-    other_half_length: np.ndarray,
-    other_half_width: np.ndarray,
-) -> np.ndarray:
-    """(N, P) bool: whether a box of `half_length` x `half_width` at each of P poses (xy, yaw) overlaps
-    each of N other boxes, by the separating axis test of two rectangles in the ground plane."""
-    dx = other_xy[:, None, 0] - xy[None, :, 0]
-    dy = other_xy[:, None, 1] - xy[None, :, 1]
-    c1, s1 = np.cos(yaw)[None, :], np.sin(yaw)[None, :]
-    c2, s2 = np.cos(other_yaw)[:, None], np.sin(other_yaw)[:, None]
-    cos_d, sin_d = np.abs(c1 * c2 + s1 * s2), np.abs(s2 * c1 - c2 * s1)
-    a1, b1 = half_length, half_width
-    a2, b2 = other_half_length[:, None], other_half_width[:, None]
-    apart = np.abs(dx * c1 + dy * s1) > a1 + a2 * cos_d + b2 * sin_d
-    apart |= np.abs(dy * c1 - dx * s1) > b1 + a2 * sin_d + b2 * cos_d
-    apart |= np.abs(dx * c2 + dy * s2) > a2 + a1 * cos_d + b1 * sin_d
-    apart |= np.abs(dy * c2 - dx * s2) > b2 + a1 * sin_d + b1 * cos_d
-    return ~apart
+@njit(cache=True)
+def first_box_overlap(points, headings, half_length, half_width, boxes):
+    """Index of the first of P poses (points (P, 2), headings (P,)) where a box of `half_length` x
+    `half_width` overlaps one of `boxes` ((N, 5): x, y, yaw, half length, half width); -1 if none. The
+    separating axis test of two rectangles in the ground plane, after a circle test that skips the far."""
+    n = boxes.shape[0]
+    c2s, s2s, radius = np.cos(boxes[:, 2]), np.sin(boxes[:, 2]), np.hypot(boxes[:, 3], boxes[:, 4])
+    own = np.hypot(half_length, half_width)
+    for j in range(points.shape[0]):
+        c1, s1 = np.cos(headings[j]), np.sin(headings[j])
+        for i in range(n):
+            dx, dy = boxes[i, 0] - points[j, 0], boxes[i, 1] - points[j, 1]
+            reach = own + radius[i]
+            if dx * dx + dy * dy > reach * reach:
+                continue
+            c2, s2 = c2s[i], s2s[i]
+            cos_d, sin_d = abs(c1 * c2 + s1 * s2), abs(s2 * c1 - c2 * s1)
+            a2, b2 = boxes[i, 3], boxes[i, 4]
+            if abs(dx * c1 + dy * s1) > half_length + a2 * cos_d + b2 * sin_d:
+                continue
+            if abs(dy * c1 - dx * s1) > half_width + a2 * sin_d + b2 * cos_d:
+                continue
+            if abs(dx * c2 + dy * s2) > a2 + half_length * cos_d + half_width * sin_d:
+                continue
+            if abs(dy * c2 - dx * s2) > b2 + half_length * sin_d + half_width * cos_d:
+                continue
+            return j
+    return -1
+
+
+@njit(cache=True)
+def _boxes_ahead(boxes, x, y, yaw, reach):
+    """The boxes whose centre is in front of (x, y) heading `yaw`, within `reach` of it."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    keep = np.zeros(boxes.shape[0], np.bool_)
+    for i in range(boxes.shape[0]):
+        dx, dy = boxes[i, 0] - x, boxes[i, 1] - y
+        keep[i] = dx * c + dy * s > 0.0 and dx * dx + dy * dy < reach * reach
+    return boxes[keep]
 
 
 def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:

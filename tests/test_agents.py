@@ -157,20 +157,40 @@ def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies
 
 
 def test_the_autopilots_box_test_agrees_with_the_simulators_collision_test():
-    """boxes_overlap (the autopilot's: its box swept along the route against other vehicles') says what
-    the embedded world's collision kernel says, over 2,000 random pairs of boxes near each other."""
+    """first_box_overlap (the autopilot's and the reward's: the car's box swept along the route against
+    other vehicles') says what the embedded world's collision kernel says, over 2,000 random pairs of
+    boxes near each other; along a path of poses it gives the first that touches any of several boxes."""
     import numpy as np
 
-    from carla_env.driving_state import boxes_overlap
+    from carla_env.driving_state import first_box_overlap
     from carla_env.embedded.kernels import overlapping_pairs_between
 
     rng = np.random.default_rng(0)
     for k in range(2000):
         xy, yaw = rng.uniform(-4, 4, (2, 2)), rng.uniform(-np.pi, np.pi, 2)
         half = rng.uniform(0.3, 3.0, (2, 2))  # length, width of each
-        ours = boxes_overlap(
-            xy[:1], yaw[:1], half[0, 0], half[0, 1], xy[1:], yaw[1:], half[1:, 0], half[1:, 1]
-        )
+        other = np.array([[*xy[1], yaw[1], *half[1]]])
+        ours = first_box_overlap(xy[:1], yaw[:1], half[0, 0], half[0, 1], other)
         xyz, half3 = np.column_stack([xy, np.zeros(2)]), np.column_stack([half, np.ones(2)])
         pairs, _ = overlapping_pairs_between(xyz[:1], yaw[:1], half3[:1], xyz[1:], yaw[1:], half3[1:])
-        assert ours.shape == (1, 1) and bool(ours[0, 0]) == (len(pairs) == 1), k
+        assert (ours == 0) == (len(pairs) == 1), k
+    for k in range(300):
+        path = np.column_stack([np.linspace(0, 20, 11), rng.uniform(-1, 1, 11)])
+        headings, others = (
+            rng.uniform(-0.3, 0.3, 11),
+            rng.uniform([0, -4, -3, 0.5, 0.5], [25, 4, 3, 3, 1.2], (3, 5)),
+        )
+        xyz, half3 = (
+            np.column_stack([others[:, :2], np.zeros(3)]),
+            np.column_stack([others[:, 3:], np.ones(3)]),
+        )
+        touching = [
+            len(
+                overlapping_pairs_between(
+                    np.array([[*p, 0.0]]), h[None], np.array([[2.4, 1.5, 1.0]]), xyz, others[:, 2], half3
+                )[0]
+            )
+            for p, h in zip(path, headings, strict=True)
+        ]
+        expected = next((j for j, n in enumerate(touching) if n), -1)
+        assert first_box_overlap(path, headings, 2.4, 1.5, others) == expected, k
