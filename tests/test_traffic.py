@@ -238,11 +238,14 @@ def test_an_npc_held_back_by_a_hero_before_a_junction_does_not_take_the_junction
     assert waited > 300 and world.traffic.plan[0, 0] == lane  # it stood behind the hero, ungranted
 
 
-def test_an_npc_waiting_to_cross_a_stream_is_granted_before_the_streams_newcomers():
+@pytest.mark.parametrize("waiter_lit", [True, False], ids=["at-a-light", "light-less-entry"])
+def test_an_npc_waiting_to_cross_a_stream_is_granted_before_the_streams_newcomers(waiter_lit):
     """First come, first served at a junction: an NPC standing at its entry, whose path crosses a lane
     that a stream of NPCs keeps busy, gets its turn. Each newcomer of the stream used to find its own path
     free (the waiting NPC, refused, held nothing) and be granted ahead of it: on Town10HD a permissive
-    turn waited through four green phases, and the hero queued behind it until the episode timed out."""
+    turn waited through four green phases, and the hero queued behind it until the episode timed out.
+    At an entry without a light it gives way to the stream at green instead: a green phase held up by a
+    light-less side entry cost the hero behind it a whole light cycle (Town10HD)."""
     town = load_town("GridTown01")
     world = EmbeddedWorld(town, seed=0)
     world._light_state[:], world._lights_valid_until = 2, np.inf  # every light stays green
@@ -272,17 +275,31 @@ def test_an_npc_waiting_to_cross_a_stream_is_granted_before_the_streams_newcomer
         world.traffic.v[npc._row] = v
         return npc._row
 
-    newest, waiter = spawn(stream_lane, 5.0, crossed, 8.0), None
-    for tick in range(1000):  # 50 s
-        if world.traffic.plan[newest, 0] != stream_lane or world.traffic.s[newest] > 15.0:
-            newest = spawn(stream_lane, 5.0, crossed, 8.0)  # the stream keeps coming, 15 m apart
-        if tick == 300:  # the stream runs through the junction: the waiter arrives
-            waiter = spawn(waiter_lane, float(g.lane_length[waiter_lane]) - 20.0, cross, 0.0)
-        world.tick()
-        if waiter is not None and world.traffic.granted[waiter] == cross:
-            break
-    assert waiter is not None and world.traffic.granted[waiter] == cross, "starved at its entry"
-    assert tick < 300 + 400  # within 20 s of arriving: after those granted before it, not the stream
+    light = int(net.light[waiter_lane])
+    if not waiter_lit:
+        net.light[waiter_lane] = -1  # the town's tables are shared: restored below
+    try:
+        newest, waiter, granted_while_it_stood = spawn(stream_lane, 5.0, crossed, 8.0), None, 0
+        for tick in range(1000):  # 50 s
+            if world.traffic.plan[newest, 0] != stream_lane or world.traffic.s[newest] > 15.0:
+                newest = spawn(stream_lane, 5.0, crossed, 8.0)  # the stream keeps coming, 15 m apart
+            if tick == 300:  # the stream runs through the junction: the waiter arrives
+                waiter = spawn(waiter_lane, float(g.lane_length[waiter_lane]) - 20.0, cross, 0.0)
+            before = world.traffic.granted.copy()
+            world.tick()
+            if waiter is not None and world.traffic.granted[waiter] == cross:
+                break
+            if waiter is not None and world.traffic.v[waiter] < 0.05:
+                granted_while_it_stood += int(
+                    np.sum((before != crossed) & (world.traffic.granted == crossed))
+                )
+    finally:
+        net.light[waiter_lane] = light
+    if waiter_lit:
+        assert world.traffic.granted[waiter] == cross, "starved at its entry"
+        assert tick < 300 + 400  # within 20 s of arriving: after those granted before it, not the stream
+    else:
+        assert world.traffic.granted[waiter] != cross and granted_while_it_stood >= 5
 
 
 def test_a_hero_close_behind_an_npc_does_not_hold_it_back():

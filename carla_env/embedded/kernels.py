@@ -404,7 +404,8 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
     junction lane it may take) nor reserved; a granted vehicle's stop gap is lifted. First come, first
     served: those standing refused at their entry go first, longest waiting first, then the others by
     distance to their entry; one refused for a lane a granted NPC holds reserves its run against those
-    after it, so a stream on a crossing lane cannot starve it. Updates fleet.granted, fleet.waited and
+    after it, so a stream on a crossing lane cannot starve it (one at an entry without a light, only
+    against those without one: a green light goes first). Updates fleet.granted, fleet.waited and
     stop_gap in place."""
     plan, granted, waited, junction = fleet.plan, fleet.granted, fleet.waited, lanes.junction
     n, plan_len = plan.shape
@@ -436,22 +437,29 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
                     _hold_junction_run(lanes.succ_idx[k], held, lanes)
     other_lanes = np.flatnonzero(held)
     reserved = np.zeros(0, np.int64)
+    reserved_unlit = np.zeros(0, np.int64)  # by waiters at an entry without a light
     order = req[np.argsort(entry_dist[req], kind="mergesort")]
     order = order[np.argsort(-waited[order], kind="mergesort")]
     for i in order:
         k0 = entry_k[i]
         for_npc = _conflicts_with(plan[i], k0, lanes, npc_lanes)
+        lit = lanes.light[plan[i, k0 - 1]] >= 0  # it asks at green (or a yellow it cannot stop for)
         if (
             for_npc
             or _conflicts_with(plan[i], k0, lanes, other_lanes)
             or _conflicts_with(plan[i], k0, lanes, reserved)
+            or (not lit and _conflicts_with(plan[i], k0, lanes, reserved_unlit))
         ):
             if fleet.v[i] < WAITING_SPEED:
                 waited[i] += dt
                 # Only a wait on an NPC's hold, which ends as it drives through, reserves: one behind a
                 # hero (which may stand for long) or behind another reservation would spread the wait.
-                if for_npc:
+                # A green light is not held up by a side entry without one (seen on Town10HD: a green
+                # phase lost to a light-less entry's waiter), as the Traffic Manager drives on at green.
+                if for_npc and lit:
                     reserved = _append_run(plan[i], k0, lanes, reserved)
+                elif for_npc:
+                    reserved_unlit = _append_run(plan[i], k0, lanes, reserved_unlit)
             else:
                 waited[i] = 0.0
             continue
