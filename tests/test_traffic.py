@@ -238,6 +238,70 @@ def test_an_npc_held_back_by_a_hero_before_a_junction_does_not_take_the_junction
     assert waited > 300 and world.traffic.plan[0, 0] == lane  # it stood behind the hero, ungranted
 
 
+@pytest.mark.parametrize("waiter_lit", [True, False], ids=["at-a-light", "light-less-entry"])
+def test_an_npc_waiting_to_cross_a_stream_is_granted_before_the_streams_newcomers(waiter_lit):
+    """First come, first served at a junction: an NPC standing at its entry, whose path crosses a lane
+    that a stream of NPCs keeps busy, gets its turn. Each newcomer of the stream used to find its own path
+    free (the waiting NPC, refused, held nothing) and be granted ahead of it: on Town10HD a permissive
+    turn waited through four green phases, and the hero queued behind it until the episode timed out.
+    At an entry without a light it gives way to the stream at green instead: a green phase held up by a
+    light-less side entry cost the hero behind it a whole light cycle (Town10HD)."""
+    town = load_town("GridTown01")
+    world = EmbeddedWorld(town, seed=0)
+    world._light_state[:], world._lights_valid_until = 2, np.inf  # every light stays green
+    net, g = world._tables.network, town.lanes
+
+    def succ(lane):
+        return [int(m) for m in net.succ_idx[net.succ_ptr[lane] : net.succ_ptr[lane + 1]]]
+
+    entries = [
+        lane
+        for lane in range(g.num_lanes)
+        if not net.junction[lane] and g.lane_length[lane] > 60 and any(net.junction[m] for m in succ(lane))
+    ]
+    waiter_lane, cross, stream_lane, crossed = next(
+        (a, ja, b, jb)
+        for a in entries
+        for ja in succ(a)
+        for b in entries
+        if b != a
+        for jb in succ(b)
+        if net.conflict[ja, jb] and set(succ(ja)).isdisjoint(succ(jb))  # they cross, not merge
+    )
+
+    def spawn(lane, s, via, v):
+        (npc,) = world.spawn_npcs_at(np.array([lane]), np.array([s]), ["vehicle.audi.a2"])
+        world.traffic.plan[npc._row, 1:] = via, succ(via)[0], succ(succ(via)[0])[0]
+        world.traffic.v[npc._row] = v
+        return npc._row
+
+    light = int(net.light[waiter_lane])
+    if not waiter_lit:
+        net.light[waiter_lane] = -1  # the town's tables are shared: restored below
+    try:
+        newest, waiter, granted_while_it_stood = spawn(stream_lane, 5.0, crossed, 8.0), None, 0
+        for tick in range(1000):  # 50 s
+            if world.traffic.plan[newest, 0] != stream_lane or world.traffic.s[newest] > 15.0:
+                newest = spawn(stream_lane, 5.0, crossed, 8.0)  # the stream keeps coming, 15 m apart
+            if tick == 300:  # the stream runs through the junction: the waiter arrives
+                waiter = spawn(waiter_lane, float(g.lane_length[waiter_lane]) - 20.0, cross, 0.0)
+            before = world.traffic.granted.copy()
+            world.tick()
+            if waiter is not None and world.traffic.granted[waiter] == cross:
+                break
+            if waiter is not None and world.traffic.v[waiter] < 0.05:
+                granted_while_it_stood += int(
+                    np.sum((before != crossed) & (world.traffic.granted == crossed))
+                )
+    finally:
+        net.light[waiter_lane] = light
+    if waiter_lit:
+        assert world.traffic.granted[waiter] == cross, "starved at its entry"
+        assert tick < 300 + 400  # within 20 s of arriving: after those granted before it, not the stream
+    else:
+        assert world.traffic.granted[waiter] != cross and granted_while_it_stood >= 5
+
+
 def test_a_hero_close_behind_an_npc_does_not_hold_it_back():
     """The path check looks ahead, as the Traffic Manager does: a hero standing right on an NPC's tail
     (inside the margin around its box) does not stop the NPC from driving off."""

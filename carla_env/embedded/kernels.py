@@ -150,6 +150,7 @@ class Fleet(NamedTuple):
     half_len: np.ndarray  # (N,) m
     speed_factor: np.ndarray  # (N,) fraction of the speed limit this driver aims for
     granted: np.ndarray  # (N,) int64: junction entry lane it may cross, -1 none
+    waited: np.ndarray  # (N,) s standing refused at its junction entry (its place in the queue), 0 none
     xyz: np.ndarray  # (N, 3) out: position
     yaw: np.ndarray  # (N,) out: rad
 
@@ -369,14 +370,48 @@ def _hold_where_it_may_drive(lane, s, held, lanes):
                 _hold_junction_run(m, held, lanes)
 
 
+# m/s: a refused requester this slow stands at its entry: it queues for the junction (first come,
+# first served, as the Traffic Manager's junction tickets go by arrival)
+WAITING_SPEED = 0.5
+
+
 @njit(cache=True, inline="always")
-def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model):
-    """Requesters in order of distance to their entry are granted their junction run if it conflicts
-    with no lane held (by a granted NPC, or an other road user inside the junction or too near it to
-    stop at comfortable braking: then every junction lane it may take); a granted vehicle's stop gap
-    is lifted. Updates fleet.granted and stop_gap in place."""
-    plan, granted, junction = fleet.plan, fleet.granted, lanes.junction
+def _conflicts_with(plan_i, k0, lanes, held_lanes):
+    """The junction run of a plan from k0 crosses one of `held_lanes`."""
+    for k in range(k0, plan_i.shape[0]):
+        lane = plan_i[k]
+        if not lanes.junction[lane]:
+            break
+        for h in held_lanes:
+            if lanes.conflict[lane, h]:
+                return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _append_run(plan_i, k0, lanes, out):
+    for k in range(k0, plan_i.shape[0]):
+        if not lanes.junction[plan_i[k]]:
+            break
+        out = np.append(out, plan_i[k])
+    return out
+
+
+@njit(cache=True, inline="always")
+def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model):
+    """Requesters are granted their junction run if it conflicts with no lane held (by a granted NPC,
+    or an other road user inside the junction or too near it to stop at comfortable braking: then every
+    junction lane it may take) nor reserved; a granted vehicle's stop gap is lifted. First come, first
+    served: those standing refused at their entry go first, longest waiting first, then the others by
+    distance to their entry; one refused for a lane a granted NPC holds reserves its run against those
+    after it, so a stream on a crossing lane cannot starve it (one at an entry without a light, only
+    against those without one: a green light goes first). Updates fleet.granted, fleet.waited and
+    stop_gap in place."""
+    plan, granted, waited, junction = fleet.plan, fleet.granted, fleet.waited, lanes.junction
     n, plan_len = plan.shape
+    for i in range(n):
+        if not request[i]:
+            waited[i] = 0.0
     req = np.flatnonzero(request)
     if req.shape[0] == 0:
         return
@@ -388,6 +423,8 @@ def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_
                 if not junction[plan[i, k]]:
                     break
                 held[plan[i, k]] = True
+    npc_lanes = np.flatnonzero(held)
+    held[:] = False
     for j in range(others.lane.shape[0]):
         lj = others.lane[j]
         if lj < 0 or not others.holds[j]:  # walkers hold no junction lane (they stop who they block)
@@ -398,28 +435,38 @@ def grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_
             for k in range(lanes.succ_ptr[lj], lanes.succ_ptr[lj + 1]):
                 if junction[lanes.succ_idx[k]]:
                     _hold_junction_run(lanes.succ_idx[k], held, lanes)
-    held_lanes = np.flatnonzero(held)
+    other_lanes = np.flatnonzero(held)
+    reserved = np.zeros(0, np.int64)
+    reserved_unlit = np.zeros(0, np.int64)  # by waiters at an entry without a light
     order = req[np.argsort(entry_dist[req], kind="mergesort")]
+    order = order[np.argsort(-waited[order], kind="mergesort")]
     for i in order:
-        ok = True
         k0 = entry_k[i]
-        for k in range(k0, plan_len):
-            lane = plan[i, k]
-            if not junction[lane]:
-                break
-            for h in held_lanes:
-                if lanes.conflict[lane, h]:
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
-            granted[i] = plan[i, k0]
-            stop_gap[i] = INF
-            for k in range(k0, plan_len):
-                if not junction[plan[i, k]]:
-                    break
-                held_lanes = np.append(held_lanes, plan[i, k])
+        for_npc = _conflicts_with(plan[i], k0, lanes, npc_lanes)
+        lit = lanes.light[plan[i, k0 - 1]] >= 0  # it asks at green (or a yellow it cannot stop for)
+        if (
+            for_npc
+            or _conflicts_with(plan[i], k0, lanes, other_lanes)
+            or _conflicts_with(plan[i], k0, lanes, reserved)
+            or (not lit and _conflicts_with(plan[i], k0, lanes, reserved_unlit))
+        ):
+            if fleet.v[i] < WAITING_SPEED:
+                waited[i] += dt
+                # Only a wait on an NPC's hold, which ends as it drives through, reserves: one behind a
+                # hero (which may stand for long) or behind another reservation would spread the wait.
+                # A green light is not held up by a side entry without one (seen on Town10HD: a green
+                # phase lost to a light-less entry's waiter), as the Traffic Manager drives on at green.
+                if for_npc and lit:
+                    reserved = _append_run(plan[i], k0, lanes, reserved)
+                elif for_npc:
+                    reserved_unlit = _append_run(plan[i], k0, lanes, reserved_unlit)
+            else:
+                waited[i] = 0.0
+            continue
+        granted[i] = plan[i, k0]
+        waited[i] = 0.0
+        stop_gap[i] = INF
+        npc_lanes = _append_run(plan[i], k0, lanes, npc_lanes)
 
 
 @njit(cache=True, inline="always")
@@ -540,7 +587,7 @@ def traffic_step(dt, fleet, others, lanes, model, light_state, rand, obstacles):
     entry_k, entry_dist, stop_gap, request = gate_junction_entries(
         fleet, lanes, light_state, offs, centre_gap, model
     )
-    grant_right_of_way(fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model)
+    grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, stop_gap, model)
     drive(dt, fleet, lanes, offs, lead_gap, lead_v, stop_gap, model, rand)
 
 

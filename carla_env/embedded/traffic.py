@@ -104,6 +104,7 @@ class Traffic:
         self.half_len = np.zeros(0)
         self.speed_factor = np.zeros(0)
         self.granted = np.zeros(0, np.int64)  # junction entry lane this vehicle may cross, -1 none
+        self.waited = np.zeros(0)  # s it has stood refused at its junction entry
         self.xyz = np.zeros((0, 3))
         self.yaw = np.zeros(0)
 
@@ -126,6 +127,7 @@ class Traffic:
             "half_len": np.asarray(half_len, float),
             "speed_factor": self.rng.uniform(0.75, 1.0, n),
             "granted": np.full(n, -1, np.int64),
+            "waited": np.zeros(n),
             "xyz": xyz,
             "yaw": yaw,
         }
