@@ -15,7 +15,7 @@ from carla_env.experiment import BaseExperiment
 
 STOP_DECEL = 4.0  # m/s^2: firm, not emergency, braking, for walkers and vehicles on the path
 WALKER_STOP_MARGIN = 2.0  # m from the front bumper to the walker's centre (the autopilot's)
-VEHICLE_STOP_MARGIN = 1.0  # m between the bumpers at rest (the autopilot keeps 2: a metre for the route spacing)
+VEHICLE_STOP_MARGIN = 1.0  # m between bumpers at rest (the autopilot keeps 2; 1 m is route spacing)
 
 
 class DrivingOptions(BaseModel):
