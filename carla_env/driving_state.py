@@ -193,9 +193,8 @@ def vehicle_gap(
     if last <= first or not len(others):
         return None
     x, y, yaw, half_length, half_width = (float(v) for v in ego)
-    # Farther centres cannot touch the path (box sizes, the car off its route); one behind (a follower on
-    # its tail) is not in its way, as for the TM.
-    ahead = _boxes_ahead(np.ascontiguousarray(others, np.float64), x, y, yaw, horizon + 15.0)
+    # One behind (a follower on its tail) is not in its way, as for the TM.
+    ahead = _boxes_ahead(np.ascontiguousarray(others, np.float64), x, y, yaw)
     hit = first_box_overlap(
         route.points[first:last], route.headings[first:last], half_length, half_width + clearance, ahead
     )
@@ -233,13 +232,12 @@ def first_box_overlap(points, headings, half_length, half_width, boxes):
 
 
 @njit(cache=True)
-def _boxes_ahead(boxes, x, y, yaw, reach):
-    """The boxes whose centre is in front of (x, y) heading `yaw`, within `reach` of it."""
+def _boxes_ahead(boxes, x, y, yaw):
+    """The boxes whose centre is in front of (x, y) heading `yaw`."""
     c, s = np.cos(yaw), np.sin(yaw)
     keep = np.zeros(boxes.shape[0], np.bool_)
     for i in range(boxes.shape[0]):
-        dx, dy = boxes[i, 0] - x, boxes[i, 1] - y
-        keep[i] = dx * c + dy * s > 0.0 and dx * dx + dy * dy < reach * reach
+        keep[i] = (boxes[i, 0] - x) * c + (boxes[i, 1] - y) * s > 0.0
     return boxes[keep]
 
 

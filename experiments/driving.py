@@ -39,7 +39,7 @@ class DrivingOptions(BaseModel):
     # pedestrian on its path (now or within 3 s at its pace; the autopilot's walker gap) braking at
     # STOP_DECEL. A collision alone teaches late: a policy braked only once the walker was near
     # and hit it at 5-8 m/s (docs/results); this prices the speed that makes stopping impossible.
-    walker_speed_penalty: float = 0.0
+    walker_speed_penalty: float = Field(0.0, ge=0.0)
     # The same for the nearest vehicle whose box is on the hero's path (vehicle_gap, the autopilot's leader
     # gap: a leader, or one across or half in the path at a junction), taken as standing, stopping
     # VEHICLE_STOP_MARGIN short of it. With the collision penalty alone PPO crept at full-throttle-full-
