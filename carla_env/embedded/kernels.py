@@ -371,9 +371,8 @@ def _hold_where_it_may_drive(lane, s, held, lanes):
 
 
 # m/s: a refused requester this slow stands at its entry and queues for the junction (first come,
-# first served; the Traffic Manager's tickets at a junction without lights also go by arrival, at lit
-# entries it has no such queue: ours keeps a permissive turn from starving); a granted NPC this slow
-# has stalled and its hold makes nobody reserve
+# first served; the Traffic Manager's tickets at a junction without lights also go by arrival; at lit
+# entries it has no such queue: ours keeps a permissive turn from starving)
 WAITING_SPEED = 0.5
 
 
@@ -405,9 +404,9 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
     or an other road user inside the junction or too near it to stop at comfortable braking: then every
     junction lane it may take) nor reserved; a granted vehicle's stop gap is lifted. First come, first
     served: those standing refused at their entry go first, longest waiting first, then the others by
-    distance to their entry; one refused for a lane a moving granted NPC holds reserves its run against
-    those after it, so a stream on a crossing lane cannot starve it (one at an entry without a light,
-    only against those without one: a green light goes first). Updates fleet.granted, fleet.waited and
+    distance to their entry; one refused for a lane a granted NPC holds reserves its run against those
+    after it, so a stream on a crossing lane cannot starve it (one at an entry without a light, only
+    against those without one: a green light goes first). Updates fleet.granted, fleet.waited and
     stop_gap in place."""
     plan, granted, waited, junction = fleet.plan, fleet.granted, fleet.waited, lanes.junction
     n, plan_len = plan.shape
@@ -418,7 +417,6 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
     if req.shape[0] == 0:
         return
     held = np.zeros(lanes.length.shape[0], np.bool_)
-    moving = np.zeros(lanes.length.shape[0], np.bool_)  # held by an NPC that drives on
     for i in range(n):
         if granted[i] >= 0:
             k0 = _chain_start(plan[i], granted[i])
@@ -426,8 +424,7 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
                 if not junction[plan[i, k]]:
                     break
                 held[plan[i, k]] = True
-                moving[plan[i, k]] |= fleet.v[i] >= WAITING_SPEED
-    npc_lanes, moving_lanes = np.flatnonzero(held), np.flatnonzero(moving)
+    npc_lanes = np.flatnonzero(held)
     held[:] = False
     for j in range(others.lane.shape[0]):
         lj = others.lane[j]
@@ -446,20 +443,20 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
     order = order[np.argsort(-waited[order], kind="mergesort")]
     for i in order:
         k0 = entry_k[i]
-        for_npc = _conflicts_with(plan[i], k0, lanes, moving_lanes)
+        for_npc = _conflicts_with(plan[i], k0, lanes, npc_lanes)
         lit = lanes.light[plan[i, k0 - 1]] >= 0  # it asks at green (or a yellow it cannot stop for)
         if (
             for_npc
-            or _conflicts_with(plan[i], k0, lanes, npc_lanes)
             or _conflicts_with(plan[i], k0, lanes, other_lanes)
             or _conflicts_with(plan[i], k0, lanes, reserved)
             or (not lit and _conflicts_with(plan[i], k0, lanes, reserved_unlit))
         ):
             if fleet.v[i] < WAITING_SPEED:
                 waited[i] += dt
-                # Only a wait on a moving NPC's hold, which ends as it drives through, reserves: one
-                # behind a stalled NPC or a hero (either may stand for long) or behind another
-                # reservation would spread the wait.
+                # Only a wait on an NPC's hold, which ends as it drives through, reserves: one behind a
+                # hero (which may stand for long) or behind another reservation would spread the wait.
+                # An NPC stalled in the junction still makes its waiters reserve: without that (tried)
+                # Town10HD's autopilot lost a point to starved turns (docs/results).
                 # A green light is not held up by a side entry without one (seen on Town10HD: a green
                 # phase lost to a light-less entry's waiter), as the Traffic Manager drives on at green.
                 if for_npc and lit:
@@ -473,7 +470,6 @@ def grant_right_of_way(dt, fleet, others, lanes, entry_k, entry_dist, request, s
         waited[i] = 0.0
         stop_gap[i] = INF
         npc_lanes = _append_run(plan[i], k0, lanes, npc_lanes)
-        moving_lanes = _append_run(plan[i], k0, lanes, moving_lanes)  # it starts through now
 
 
 @njit(cache=True, inline="always")
