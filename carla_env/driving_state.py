@@ -46,6 +46,8 @@ class DrivingState:
     # |steer - the previous step's steer| of the control the hero drove, clamped as the car applies it
     # (0 on an episode's first step: the spawn's steer is not the driver's).
     steer_change: float = 0.0
+    # m/s^2 across the hero's heading: its speed times its yaw rate over the step (0 on the first step)
+    lateral_accel: float = 0.0
 
 
 class RouteTracker:
@@ -75,12 +77,14 @@ class RouteTracker:
 class DrivingStateTracker:
     """One episode's DrivingState, updated once a step from the hero and the step's sensor data."""
 
-    def __init__(self, route: Route, sensors: dict, hero) -> None:
+    def __init__(self, route: Route, sensors: dict, hero, timestep: float = 0.1) -> None:
         self.route = RouteTracker(route)
         self.sensors = sensors  # name -> SensorConfig: which sensors are event sensors
+        self.timestep = timestep
         self._last_location = hero.get_location()
         self.red_lights = RedLightMonitor(hero)
         self._last_steer: float | None = None
+        self._last_yaw: float | None = None
 
     def step(self, core, sensor_data: dict) -> DrivingState:
         hero = core.hero
@@ -97,6 +101,10 @@ class DrivingStateTracker:
         steer = min(max(float(hero.get_control().steer), -1.0), 1.0)
         steer_change = 0.0 if self._last_steer is None else abs(steer - self._last_steer)
         self._last_steer = steer
+        yaw = math.radians(t.rotation.yaw)
+        turned = 0.0 if self._last_yaw is None else (yaw - self._last_yaw + math.pi) % (2 * math.pi) - math.pi
+        self._last_yaw = yaw
+        speed = math.hypot(v.x, v.y)
         return DrivingState(
             route_index=k,
             progress=progress,
@@ -109,12 +117,13 @@ class DrivingStateTracker:
             lane_invasions=count_events(self.sensors, sensor_data, "sensor.other.lane_invasion"),
             red_light_runs=runs,
             red_light_entries=entries,
-            speed=math.hypot(v.x, v.y),
+            speed=speed,
             moved=moved,
             pedestrian_collisions=count_events(
                 self.sensors, sensor_data, "sensor.other.collision", other_actor="walker.*"
             ),
             steer_change=steer_change,
+            lateral_accel=speed * abs(turned) / self.timestep,
         )
 
 

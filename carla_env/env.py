@@ -93,7 +93,7 @@ class CarlaEnv(gym.Env):
                 sensor.renderer.set_route(self.experiment.route.points)
         self._steps = 0
         self.metrics = DrivingMetrics(route_length=self.experiment.route.length)
-        self.driving = DrivingStateTracker(self.experiment.route, self.config.experiment.sensors, hero)
+        self.driving = DrivingStateTracker(self.experiment.route, self.config.experiment.sensors, hero, dt)
         self.experiment.driving_state = None  # no step driven yet
         frame = self.core.tick(None)
         obs, info = self.experiment.get_observation(self._read(frame), self.core)

@@ -15,6 +15,7 @@ from carla_env.experiment import BaseExperiment
 
 STOP_DECEL = 4.0  # m/s^2: firm, not emergency, braking, for walkers and vehicles on the path
 WALKER_STOP_MARGIN = 2.0  # m from the front bumper to the walker's centre (the autopilot's)
+LATERAL_ACCEL_LIMIT = 3.0  # m/s^2: comfortable cornering (the autopilot plans its curves for 2)
 VEHICLE_STOP_MARGIN = 1.0  # m between bumpers at rest (the autopilot keeps 2; 1 m is route spacing)
 
 
@@ -49,6 +50,10 @@ class DrivingOptions(BaseModel):
     # per step). The shipped PPO, trained without it, steers bang-bang: full lock one way, then the
     # other (docs/results).
     steer_change_penalty: float = Field(0.0, ge=0.0)
+    # Per step, per m/s^2 of lateral acceleration above LATERAL_ACCEL_LIMIT (the hero's speed times its
+    # yaw rate). The PPO module with the two penalties above takes turns at 6-7.5 m/s, swings wide and
+    # crosses the first marking after the junction (docs/results). Not tried in a training run yet.
+    cornering_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
     max_route_deviation: float = Field(0.0, ge=0.0)
@@ -129,6 +134,7 @@ class RouteDrivingExperiment(BaseExperiment):
             reward -= o.vehicle_speed_penalty * self.speed_over_vehicle_stop(s, core)
         if o.steer_change_penalty:
             reward -= o.steer_change_penalty * s.steer_change
+        reward -= o.cornering_penalty * max(s.lateral_accel - LATERAL_ACCEL_LIMIT, 0.0)
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -130,6 +130,30 @@ def test_vehicle_speed_penalty_prices_driving_at_a_standing_car_too_fast_to_stop
     assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
 
 
+def test_cornering_penalty_prices_a_turn_taken_too_fast_and_hardly_the_autopilot():
+    """cornering_penalty: the autopilot, which slows for bends, pays almost nothing over 400 steps with
+    turns; the same steering with the throttle held at 0.7 takes the first turn too fast and pays."""
+    from carla_env.agents import RouteAutopilot
+
+    autopilot = RouteAutopilot()
+
+    def reckless(hero, route):
+        return [float(autopilot.action(hero, route, 0.1)[0]), 0.7]
+
+    def paid(driver):
+        runs = []
+        for weight in (1.0, 0.0):
+            autopilot.reset()
+            *_, rewards = drive_towards_a_standing_walker(
+                False, steps=400, driver=driver, options={"cornering_penalty": weight}
+            )
+            runs.append(rewards)
+        return sum(b - a for a, b in zip(*runs, strict=True))
+
+    assert paid(None) < 1.0
+    assert paid(reckless) > 2.0
+
+
 def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies_it():
     """steer_change_penalty: the same episode (a reward term changes no dynamics) with and without it
     differs, step by step, by the penalty times |steer - the previous step's steer|, the steer clipped
