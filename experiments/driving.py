@@ -19,6 +19,11 @@ LATERAL_ACCEL_LIMIT = 3.0  # m/s^2: comfortable cornering (the autopilot plans i
 VEHICLE_STOP_MARGIN = 1.0  # m between bumpers at rest (the autopilot keeps 2; 1 m is route spacing)
 
 
+def _speed_over_stop(speed: float, room: float) -> float:
+    """m/s above the speed from which braking at STOP_DECEL stops within `room` metres."""
+    return max(speed - math.sqrt(2.0 * STOP_DECEL * max(room, 0.0)), 0.0)
+
+
 class DrivingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     progress_reward: float = 0.1  # per metre of route progress
@@ -98,8 +103,7 @@ class RouteDrivingExperiment(BaseExperiment):
         gap = walker_gap(scene.walkers, scene.walker_velocities, self.route, state.progress, extent.y)
         if gap is None:
             return 0.0
-        room = max(gap - extent.x - WALKER_STOP_MARGIN, 0.0)
-        return max(state.speed - math.sqrt(2.0 * STOP_DECEL * room), 0.0)
+        return _speed_over_stop(state.speed, gap - extent.x - WALKER_STOP_MARGIN)
 
     def speed_over_vehicle_stop(self, state: DrivingState, core) -> float:
         """m/s above the speed from which the hero still stops short of the nearest vehicle on its path."""
@@ -109,8 +113,7 @@ class RouteDrivingExperiment(BaseExperiment):
         gap = vehicle_gap(self.route, state.progress, scene.ego, scene.vehicles)
         if gap is None:
             return 0.0
-        room = max(gap - VEHICLE_STOP_MARGIN, 0.0)  # box to box: the gap already counts both lengths
-        return max(state.speed - math.sqrt(2.0 * STOP_DECEL * room), 0.0)
+        return _speed_over_stop(state.speed, gap - VEHICLE_STOP_MARGIN)  # box to box: both lengths counted
 
     def compute_reward(self, observation, core) -> float:
         o, s = self.options, self.driving_state
