@@ -96,12 +96,12 @@ class DrivingStateTracker:
         before = float(self.route.route.distance[self.route.index])
         k, deviation = self.route.update((loc.x, loc.y), moved)
         progress = float(self.route.route.distance[k])
-        error = math.radians(t.rotation.yaw) - self.route.route_yaw(k)
+        yaw = math.radians(t.rotation.yaw)
+        error = yaw - self.route.route_yaw(k)
         runs, entries = self.red_lights.update(hero, t)
         steer = min(max(float(hero.get_control().steer), -1.0), 1.0)
         steer_change = 0.0 if self._last_steer is None else abs(steer - self._last_steer)
         self._last_steer = steer
-        yaw = math.radians(t.rotation.yaw)
         turned = 0.0 if self._last_yaw is None else (yaw - self._last_yaw + math.pi) % (2 * math.pi) - math.pi
         self._last_yaw = yaw
         speed = math.hypot(v.x, v.y)
