@@ -23,6 +23,10 @@ WALKER_HORIZON = 30.0  # m of route ahead searched for walkers
 WALKER_CLEARANCE = 0.8  # m from the car's side to a walker's centre that counts as on its path
 VEHICLE_CLEARANCE = 0.5  # m widened at each side of the car's box swept along its path
 VEHICLE_HORIZON = 40.0  # m of route ahead searched for vehicles
+# s: where a moving vehicle will be this soon at its velocity is in the way too (the reward's gap; the
+# autopilot, like the TM, brakes for boxes where they are). Short: a straight line leaves a curve.
+VEHICLE_PREDICTION_TIMES = (0.5, 1.0)
+VEHICLE_MOVING = 0.5  # m/s: slower ones are not projected
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ def vehicle_gap(
     others: np.ndarray,
     clearance: float = VEHICLE_CLEARANCE,
     horizon: float = VEHICLE_HORIZON,
+    velocities: np.ndarray | None = None,
 ) -> float | None:
     """How far the car may drive along the route from `here` before its box meets another vehicle's:
     the least distance to a route point where the car's box, on the centre line and heading along it,
@@ -196,14 +201,21 @@ def vehicle_gap(
     car's), within `horizon` metres; None if none does. Boxes, not centres: a car stopped half across
     the path (on a sibling junction lane the route has just turned away from, or crossing it at an
     angle) blocks it though its centre is metres off the centre line. `ego` is (x, y, yaw in radians,
-    half length, half width); `others` an (N, 5) array of boxes the same way (a Scene's vehicles)."""
+    half length, half width); `others` an (N, 5) array of boxes the same way (a Scene's vehicles).
+    With `velocities` ((N, 2) vx, vy), each moving vehicle's box also counts where it will be at each of
+    VEHICLE_PREDICTION_TIMES: one turning across the path is in the way before it is on it."""
     d = route.distance
     first, last = bisect.bisect_left(d, here), bisect.bisect_left(d, here + horizon)
     if last <= first or not len(others):
         return None
     x, y, yaw, half_length, half_width = (float(v) for v in ego)
     # One behind (a follower on its tail) is not in its way, as for the TM.
-    ahead = _boxes_ahead(np.ascontiguousarray(others, np.float64), x, y, yaw)
+    boxes = np.ascontiguousarray(others, np.float64)
+    if velocities is not None:
+        if len(velocities) != len(others):
+            raise ValueError(f"vehicle_gap: {len(others)} boxes but {len(velocities)} velocities")
+        boxes = _with_predicted(boxes, np.ascontiguousarray(velocities[:, :2], np.float64), x, y, yaw)
+    ahead = _boxes_ahead(boxes, x, y, yaw)
     hit = first_box_overlap(
         route.points[first:last], route.headings[first:last], half_length, half_width + clearance, ahead
     )
@@ -238,6 +250,30 @@ def first_box_overlap(points, headings, half_length, half_width, boxes):
                 continue
             return j
     return -1
+
+
+@njit(cache=True)
+def _with_predicted(boxes, velocities, x, y, yaw):
+    """`boxes`, then a copy of each moving one's box in front of (x, y) heading `yaw` moved along its
+    velocity by each of VEHICLE_PREDICTION_TIMES (a copy whose centre passes behind the car is then
+    dropped by _boxes_ahead: an oncoming car going by is not in the way)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    times = VEHICLE_PREDICTION_TIMES
+    out = np.empty((boxes.shape[0] * (1 + len(times)), 5))
+    out[: boxes.shape[0]] = boxes
+    n = boxes.shape[0]
+    for i in range(boxes.shape[0]):
+        vx, vy = velocities[i, 0], velocities[i, 1]
+        if vx * vx + vy * vy < VEHICLE_MOVING * VEHICLE_MOVING:
+            continue
+        if (boxes[i, 0] - x) * c + (boxes[i, 1] - y) * s <= 0.0:
+            continue
+        for t in times:
+            out[n] = boxes[i]
+            out[n, 0] += vx * t
+            out[n, 1] += vy * t
+            n += 1
+    return out[:n]
 
 
 @njit(cache=True)

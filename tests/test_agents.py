@@ -180,6 +180,40 @@ def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies
     assert np.allclose(free - fined, expected, atol=1e-9) and expected.sum() > 5.0
 
 
+def test_the_rewards_vehicle_gap_sees_a_car_turning_across_the_path_before_it_is_on_it():
+    """vehicle_gap with velocities (the reward's): a car heading across the path 6 m to its side is in
+    the way where it will be within a second; the same car standing, one driving away from the path and
+    an oncoming one in the next lane are not; without velocities (the autopilot's) only boxes on it are."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from carla_env.driving_state import vehicle_gap
+
+    x = np.arange(0.0, 60.0, 0.5)
+    route = SimpleNamespace(
+        points=np.column_stack([x, np.zeros_like(x)]), distance=x, headings=np.zeros_like(x)
+    )
+    ego = (0.0, 0.0, 0.0, 2.4, 1.0)
+    crossing = np.array([[20.0, 6.0, -math.pi / 2, 2.4, 1.0]])  # nose towards the path, 6 m off it
+
+    def gap(boxes, velocities=None):
+        return vehicle_gap(
+            route, 0.0, ego, boxes, velocities=None if velocities is None else np.array(velocities)
+        )
+
+    assert gap(crossing) is None
+    assert gap(crossing, [[0.0, -8.0]]) == pytest.approx(20.0 - 1.0 - 2.4, abs=0.6)  # 8 m/s: on it in 1 s
+    assert gap(crossing, [[0.0, -1.5]]) is None  # 1.5 m/s: its nose still 0.6 m short of the path in 1 s
+    assert gap(crossing, [[0.0, 0.0]]) is None and gap(crossing, [[0.0, 8.0]]) is None  # standing, leaving
+    oncoming = np.array([[25.0, 3.5, math.pi, 2.4, 1.0]])
+    assert gap(oncoming, [[-10.0, 0.0]]) is None
+    leader = np.array([[15.0, 0.0, 0.0, 2.4, 1.0]])  # one ahead moving on: its box now is the gap
+    assert gap(leader, [[8.0, 0.0]]) == gap(leader) == pytest.approx(15.0 - 4.8, abs=0.6)
+    with pytest.raises(ValueError, match="1 boxes but 2 velocities"):
+        gap(crossing, [[0.0, 0.0], [0.0, 0.0]])
+
+
 def test_the_autopilots_box_test_agrees_with_the_simulators_collision_test():
     """first_box_overlap (the autopilot's and the reward's: the car's box swept along the route against
     other vehicles') says what the embedded world's collision kernel says, over 2,000 random pairs of

@@ -754,6 +754,7 @@ def test_the_birdview_scene_puts_boxes_at_their_centre_and_skips_lights_without_
 
     hero = actor(carla.Vehicle)
     other = actor(carla.Vehicle, yaw=90.0, box_at=(1.5, 0.0, 0.7))  # box ahead of its origin
+    other.get_velocity.return_value = carla.Vector3D(0.0, 6.0, 0.0)
     lights = []
     for opendrive_id, state in (("", carla.TrafficLightState.Green), ("sig-7", carla.TrafficLightState.Red)):
         light = create_autospec(carla.TrafficLight, instance=True)
@@ -769,6 +770,7 @@ def test_the_birdview_scene_puts_boxes_at_their_centre_and_skips_lights_without_
     world.get_actors.return_value.filter.side_effect = lambda pattern: by_kind[pattern]
     scene = scene_from_world(world, hero, lanes)
     assert scene.vehicles[0][:2] == pytest.approx((10.0, 21.5))  # yaw 90: 1.5 m ahead is +y
+    assert scene.vehicle_velocities.tolist() == [[0.0, 6.0]]  # the reward's vehicle gap projects it
     assert scene.light_states[0] == int(carla.TrafficLightState.Yellow)
     assert (scene.light_states[1:] == -1).all()
 

@@ -409,22 +409,24 @@ def test_the_hero_hitting_a_walker_is_a_collision_with_the_walker_counted_apart(
 
 
 # ------------------------------------------------------------------------------- the BEV
-def test_same_walker_pixels_from_the_carla_api_and_from_the_embedded_arrays():
+def test_same_walker_pixels_and_vehicle_velocities_from_the_carla_api_and_from_the_embedded_arrays():
     core = core_with(60, vehicles=30)
     core.reset(seed=2)
     world, hero = core.world, core.hero
     spec = BirdviewSpec(channels=(*BirdviewSpec().channels, "speed"))
     via_api, via_arrays = BirdviewRenderer(core.town.lanes, spec), BirdviewRenderer(core.town.lanes, spec)
-    walker_px = 0
+    walker_px = moving = 0
     for _ in range(200):
         core.tick(carla.VehicleControl(throttle=0.3))
         a = via_api(scene_from_world(world, hero, core.town.lanes))
         ours, theirs = world.birdview_scene(hero), scene_from_world(world, hero, core.town.lanes)
         assert np.array_equal(ours.walkers, theirs.walkers) and len(ours.walkers) == 60
+        assert np.allclose(ours.vehicle_velocities, theirs.vehicle_velocities, atol=1e-4)
+        moving += int((np.hypot(*ours.vehicle_velocities.T) > 1.0).sum())
         b = via_arrays(ours)
         assert np.array_equal(a, b)
         walker_px += int(sum(a[k].sum() for name, k in via_api.index.items() if name.startswith("walkers")))
-    assert walker_px > 0  # walkers were in view
+    assert walker_px > 0 and moving > 0  # walkers were in view, vehicles drove
 
 
 # ------------------------------------------------------------------------------- the soak

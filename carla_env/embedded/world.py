@@ -362,6 +362,8 @@ class EmbeddedWorld:
         hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
         others = np.ones(len(all_boxes), bool)
         others[hero_row] = False
+        speeds = np.concatenate([self._free.v, self.traffic.v])[others]
+        vehicle_velocities = np.column_stack([speeds * np.cos(yaws[others]), speeds * np.sin(yaws[others])])
         v = hero.get_velocity()  # as scene_from_world reads it
         walkers, walker_velocities = np.zeros((0, 5)), np.zeros((0, 2))
         if self._crowd is not None:
@@ -375,6 +377,7 @@ class EmbeddedWorld:
             light_states=self._light_state.copy(),
             ego_speed=math.hypot(v.x, v.y),
             walker_velocities=walker_velocities,
+            vehicle_velocities=vehicle_velocities,
         )
 
     def on_driving_lane(self, vehicle: Vehicle) -> bool:

@@ -133,6 +133,8 @@ class Scene:
     ego_speed: float = 0.0  # m/s in the ground plane
     # (N, 2) vx, vy of each walker row: not drawn; the reward's walker gap reads where they are heading
     walker_velocities: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    # (N, 2) vx, vy of each vehicle row: not drawn; the reward's vehicle gap projects moving ones
+    vehicle_velocities: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 @dataclass

@@ -31,10 +31,12 @@ def _signal_id(light) -> int | None:
 
 
 def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
-    """Scene of `world` around `hero`: other vehicles, walkers (and their velocities), light states (by
+    """Scene of `world` around `hero`: other vehicles and walkers (and their velocities), light states (by
     OpenDRIVE signal id)."""
     actors = world.get_actors()
-    vehicles = [_box(a) for a in actors.filter("vehicle.*") if a.id != hero.id]
+    others = [a for a in actors.filter("vehicle.*") if a.id != hero.id]
+    vehicles = [_box(a) for a in others]
+    vehicle_velocities = [(v.x, v.y) for v in (a.get_velocity() for a in others)]
     people = list(actors.filter("walker.*"))
     walkers = [_box(a) for a in people]
     walker_velocities = [(v.x, v.y) for v in (a.get_velocity() for a in people)]
@@ -52,4 +54,5 @@ def scene_from_world(world, hero, lanes: LaneGraph) -> Scene:
         walkers=np.array(walkers, float).reshape(-1, 5),
         light_states=states,
         walker_velocities=np.array(walker_velocities, float).reshape(-1, 2),
+        vehicle_velocities=np.array(vehicle_velocities, float).reshape(-1, 2),
     )
