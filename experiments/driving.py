@@ -47,20 +47,23 @@ class DrivingOptions(BaseModel):
     # and hit it at 5-8 m/s (docs/results); this prices the speed that makes stopping impossible.
     walker_speed_penalty: float = Field(0.0, ge=0.0)
     # The same for the nearest vehicle whose box is on the hero's path (vehicle_gap, the autopilot's leader
-    # gap: a leader, or one across or half in the path at a junction), or will be within a second at its
-    # velocity, taken as standing, stopping VEHICLE_STOP_MARGIN short of it. With the collision penalty
-    # alone PPO crept at full-throttle-full-brake into cars standing ahead and kept its speed for one
-    # stopping across its path; priced on boxes where they stood, it drove into oncoming cars turning left
-    # across it (docs/results). The autopilot, which brakes for boxes where they stand, pays it on 0.2%
-    # of its steps on Town10HD.
+    # gap: a leader, or one across or half in the path at a junction), taken as standing, stopping
+    # VEHICLE_STOP_MARGIN short of it. With the collision penalty alone PPO crept at full-throttle-full-
+    # brake into cars standing ahead and kept its speed for one stopping across its path (docs/results).
     vehicle_speed_penalty: float = Field(0.0, ge=0.0)
+    # The vehicle gap above also counts where each moving vehicle will be within a second at its velocity:
+    # the shipped PPO drives into oncoming cars turning left across it on Town10HD. The autopilot, which
+    # brakes for boxes where they stand, would pay on 0.2% of its steps there. One run with it (and
+    # cornering_penalty) did not collide less (docs/results).
+    predict_vehicles: bool = False
     # Per step, per unit of steer travel |steer - the previous step's steer| (the evaluation's steer/s,
     # per step). The shipped PPO, trained without it, steers bang-bang: full lock one way, then the
     # other (docs/results).
     steer_change_penalty: float = Field(0.0, ge=0.0)
     # Per step, per m/s^2 of lateral acceleration above LATERAL_ACCEL_LIMIT (the hero's speed times its
     # yaw rate). The PPO module with the two penalties above takes turns at 6-7.5 m/s, swings wide and
-    # crosses the first marking after the junction (docs/results).
+    # crosses the first marking after the junction (docs/results). Tried at 0.1, it did the opposite:
+    # the policy kept its speed and steered less, swinging wider (docs/results).
     cornering_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
@@ -113,9 +116,8 @@ class RouteDrivingExperiment(BaseExperiment):
         if state.speed < 0.5:
             return 0.0
         scene = core.birdview_scene(core.hero)
-        gap = vehicle_gap(
-            self.route, state.progress, scene.ego, scene.vehicles, velocities=scene.vehicle_velocities
-        )
+        velocities = scene.vehicle_velocities if self.options.predict_vehicles else None
+        gap = vehicle_gap(self.route, state.progress, scene.ego, scene.vehicles, velocities=velocities)
         if gap is None:
             return 0.0
         return _speed_over_stop(state.speed, gap - VEHICLE_STOP_MARGIN)  # box to box: both lengths counted
