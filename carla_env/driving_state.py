@@ -27,6 +27,7 @@ VEHICLE_HORIZON = 40.0  # m of route ahead searched for vehicles
 # autopilot, like the TM, brakes for boxes where they are). Short: a straight line leaves a curve.
 VEHICLE_PREDICTION_TIMES = (0.5, 1.0)
 VEHICLE_MOVING = 0.5  # m/s: slower ones are not projected
+CURVE_SAMPLE = 2.5  # m between the route points whose chords' headings give its curvature ahead
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,17 @@ class DrivingStateTracker:
             steer_change=steer_change,
             lateral_accel=speed * abs(turned) / self.timestep,
         )
+
+
+def curvature_ahead(route: Route, here: float, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The route's curvature (1/m) ahead of `here`: the heading change between consecutive chords of
+    CURVE_SAMPLE metres, from `here` to `horizon` metres on, over CURVE_SAMPLE. Returns (metres from
+    `here` to where each bend's first chord starts, curvature)."""
+    s = here + np.arange(0.0, horizon + CURVE_SAMPLE, CURVE_SAMPLE)
+    x = np.interp(s, route.distance, route.points[:, 0])
+    y = np.interp(s, route.distance, route.points[:, 1])
+    heading = np.unwrap(np.arctan2(np.diff(y), np.diff(x)))
+    return s[:-2] - here, np.abs(np.diff(heading)) / CURVE_SAMPLE
 
 
 def walker_gap(

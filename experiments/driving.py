@@ -8,14 +8,16 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from carla_env.driving_state import DrivingState, vehicle_gap, walker_gap
+from carla_env.driving_state import DrivingState, curvature_ahead, vehicle_gap, walker_gap
 from carla_env.experiment import BaseExperiment
 
 STOP_DECEL = 4.0  # m/s^2: firm, not emergency, braking, for walkers and vehicles on the path
 WALKER_STOP_MARGIN = 2.0  # m from the front bumper to the walker's centre (the autopilot's)
 LATERAL_ACCEL_LIMIT = 3.0  # m/s^2: comfortable cornering (the autopilot plans its curves for 2)
+CURVE_HORIZON = 30.0  # m of route ahead whose bends the curve speed looks at
 VEHICLE_STOP_MARGIN = 1.0  # m between bumpers at rest (the autopilot keeps 2; 1 m is route spacing)
 
 
@@ -65,6 +67,10 @@ class DrivingOptions(BaseModel):
     # crosses the first marking after the junction (docs/results). Tried at 0.1, it did the opposite:
     # the policy kept its speed and steered less, swinging wider (docs/results).
     cornering_penalty: float = Field(0.0, ge=0.0)
+    # Per step, per m/s above the speed from which the hero, braking at STOP_DECEL, takes every bend of
+    # the route within CURVE_HORIZON at LATERAL_ACCEL_LIMIT: the route's curvature, not the car's yaw
+    # rate, so slowing down is the only way not to pay (the autopilot's curve planning, at 2 m/s^2).
+    curve_speed_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
     max_route_deviation: float = Field(0.0, ge=0.0)
@@ -122,6 +128,15 @@ class RouteDrivingExperiment(BaseExperiment):
             return 0.0
         return _speed_over_stop(state.speed, gap - VEHICLE_STOP_MARGIN)  # box to box: both lengths counted
 
+    def speed_over_curve(self, state: DrivingState) -> float:
+        """m/s above the speed from which the hero still takes the route's bends ahead at
+        LATERAL_ACCEL_LIMIT, braking at STOP_DECEL before each."""
+        if state.speed < 0.5:
+            return 0.0
+        ahead, curvature = curvature_ahead(self.route, state.progress, CURVE_HORIZON)
+        allowed = np.sqrt(LATERAL_ACCEL_LIMIT / np.maximum(curvature, 1e-6) + 2.0 * STOP_DECEL * ahead)
+        return max(state.speed - float(allowed.min(initial=np.inf)), 0.0)
+
     def compute_reward(self, observation, core) -> float:
         o, s = self.options, self.driving_state
         reward = o.progress_reward * min(s.progress_gain, 5.0)
@@ -145,6 +160,8 @@ class RouteDrivingExperiment(BaseExperiment):
         if o.steer_change_penalty:
             reward -= o.steer_change_penalty * s.steer_change
         reward -= o.cornering_penalty * max(s.lateral_accel - LATERAL_ACCEL_LIMIT, 0.0)
+        if o.curve_speed_penalty:
+            reward -= o.curve_speed_penalty * self.speed_over_curve(s)
         if s.off_road:
             reward -= o.off_road_penalty
         if self._off_route(s):

@@ -154,6 +154,32 @@ def test_cornering_penalty_prices_a_turn_taken_too_fast_and_hardly_the_autopilot
     assert paid(reckless) > 2.0
 
 
+def test_curve_speed_penalty_prices_a_bend_taken_too_fast_and_not_the_autopilot():
+    """curve_speed_penalty: the autopilot, which plans its bends at 2 m/s^2, pays nothing over 400
+    steps with turns; the same steering with the throttle held at 0.7 pays before and in the first
+    bend (the route's curvature is priced, not the car's yaw rate: steering less does not pay less)."""
+    from carla_env.agents import RouteAutopilot
+
+    autopilot = RouteAutopilot()
+
+    def reckless(hero, route):
+        return [float(autopilot.action(hero, route, 0.1)[0]), 0.7]
+
+    def paid(driver):
+        runs = []
+        for weight in (1.0, 0.0):
+            autopilot.reset()
+            *_, rewards = drive_towards_a_standing_walker(
+                False, steps=400, driver=driver, options={"curve_speed_penalty": weight}
+            )
+            runs.append(rewards)
+        return [b - a for a, b in zip(*runs, strict=True)]
+
+    assert sum(paid(None)) < 0.05
+    charged = paid(reckless)
+    assert sum(c > 0.01 for c in charged) >= 10 and sum(charged) > 3.0
+
+
 def test_steer_change_penalty_charges_each_steps_steer_travel_as_the_car_applies_it():
     """steer_change_penalty: the same episode (a reward term changes no dynamics) with and without it
     differs, step by step, by the penalty times |steer - the previous step's steer|, the steer clipped

@@ -17,7 +17,13 @@ import carla
 import numpy as np
 
 from carla_env.agents.pursuit import pure_pursuit_steer
-from carla_env.driving_state import VEHICLE_CLEARANCE, WALKER_CLEARANCE, vehicle_gap, walker_gap
+from carla_env.driving_state import (
+    VEHICLE_CLEARANCE,
+    WALKER_CLEARANCE,
+    curvature_ahead,
+    vehicle_gap,
+    walker_gap,
+)
 
 STOP_STATES = (carla.TrafficLightState.Red, carla.TrafficLightState.Yellow)
 PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
@@ -94,11 +100,7 @@ class RouteAutopilot:
 
     def _curve_speed(self, route, here: float, horizon: float = 15.0) -> float:
         """The speed that keeps lateral acceleration under its limit on the sharpest bend ahead."""
-        s = here + np.arange(0.0, horizon + 2.5, 2.5)
-        x = np.interp(s, route.distance, route.points[:, 0])
-        y = np.interp(s, route.distance, route.points[:, 1])
-        heading = np.unwrap(np.arctan2(np.diff(y), np.diff(x)))
-        curvature = np.abs(np.diff(heading)).max(initial=0.0) / 2.5
+        curvature = curvature_ahead(route, here, horizon)[1].max(initial=0.0)
         return math.sqrt(self.lateral_accel / curvature) if curvature > 1e-4 else math.inf
 
     def _leader_gap(self, hero, others: _Others, route, here: float) -> float | None:
