@@ -27,6 +27,12 @@ VEHICLE_HORIZON = 40.0  # m of route ahead searched for vehicles
 # autopilot, like the TM, brakes for boxes where they are). Short: a straight line leaves a curve.
 VEHICLE_PREDICTION_TIMES = (0.5, 1.0)
 VEHICLE_MOVING = 0.5  # m/s: slower ones are not projected
+# Junction entries (the autopilot's yield rule, shared with the reward):
+YIELD_PREDICTION_TIMES = np.linspace(0.0, 4.0, 9)  # s: others' positions checked against the junction path
+FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction follows it
+LANE_HALF_WIDTH = 1.8  # m: a vehicle centre this close to the route is in its lane
+COMFORT_DECEL = 2.5  # m/s^2: junction entries within this braking distance (+4 m) are checked
+COMMIT_DECEL = 6.0  # m/s^2: an entry nearer than this braking distance is committed to
 CURVE_SAMPLE = 2.5  # m between the route points whose chords' headings give its curvature ahead
 
 
@@ -296,6 +302,124 @@ def _boxes_ahead(boxes, x, y, yaw):
     for i in range(boxes.shape[0]):
         keep[i] = (boxes[i, 0] - x) * c + (boxes[i, 1] - y) * s > 0.0
     return boxes[keep]
+
+
+@dataclass
+class OtherVehicles:
+    """The hero's world's other vehicles as arrays: box centres (N, 2), heading (rad), speed, acceleration
+    along the heading, half length, half width."""
+
+    xy: np.ndarray
+    yaw: np.ndarray
+    speed: np.ndarray
+    accel: np.ndarray
+    half_length: np.ndarray
+    half_width: np.ndarray
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 5) x, y, yaw, half length, half width: a Scene's vehicles."""
+        return np.column_stack([self.xy, self.yaw, self.half_length, self.half_width]).reshape(-1, 5)
+
+    @classmethod
+    def from_world(cls, hero) -> OtherVehicles:
+        """Read once a step through the CARLA API (either backend)."""
+        xy, yaw, speed, accel, half_length, half_width = [], [], [], [], [], []
+        for actor in hero.get_world().get_actors().filter("vehicle.*"):
+            if actor.id == hero.id:
+                continue
+            t, v, a = actor.get_transform(), actor.get_velocity(), actor.get_acceleration()
+            h = math.radians(t.rotation.yaw)
+            box = actor.bounding_box  # its centre may sit off the actor's origin (CARLA's vehicles)
+            bx, by = box.location.x, box.location.y
+            xy.append(
+                (
+                    t.location.x + bx * math.cos(h) - by * math.sin(h),
+                    t.location.y + bx * math.sin(h) + by * math.cos(h),
+                )
+            )
+            yaw.append(h)
+            speed.append(math.hypot(v.x, v.y))
+            accel.append(a.x * math.cos(h) + a.y * math.sin(h))  # along its heading
+            half_length.append(box.extent.x)
+            half_width.append(box.extent.y)
+        return cls(
+            np.array(xy, float).reshape(-1, 2),
+            np.array(yaw, float),
+            np.array(speed, float),
+            np.array(accel, float),
+            np.array(half_length, float),
+            np.array(half_width, float),
+        )
+
+    @classmethod
+    def from_scene(cls, scene) -> OtherVehicles:
+        """From a birdview Scene's boxes and velocities (the reward's: no API calls); no acceleration."""
+        b = scene.vehicles
+        speed = np.hypot(scene.vehicle_velocities[:, 0], scene.vehicle_velocities[:, 1])
+        return cls(b[:, :2], b[:, 2], speed, np.zeros(len(b)), b[:, 3], b[:, 4])
+
+
+def junction_entry_to_yield_at(
+    route: Route,
+    index: int,
+    speed: float,
+    half_length: float,
+    half_width: float,
+    others: OtherVehicles,
+    lane_half_width: float = LANE_HALF_WIDTH,
+    clearance: float = VEHICLE_CLEARANCE,
+    comfort_decel: float = COMFORT_DECEL,
+    max_decel: float = COMMIT_DECEL,
+    committed: bool = True,
+) -> float | None:
+    """Where along the route a car at route point `index` must wait (the next junction's entry), or
+    None to drive on: the autopilot's rule, and the reward's yield penalty.
+
+    It waits while another vehicle is on its path through the junction (and the car length after
+    it, where turning traffic merges), or will be within 4 s at its speed and acceleration (up to
+    where it stops, if it is braking). Vehicles on the route in the car's direction are leaders or
+    followers, not crossing traffic. Inside a junction, or (with `committed`) too near to stop before
+    it, the car has committed: braking there would leave it on the crossing path."""
+    if route.junction[index] or not len(others.xy):
+        return None
+    ahead = np.flatnonzero(route.junction[index:])
+    if not len(ahead):
+        return None
+    first = index + int(ahead[0])
+    entry, here = float(route.distance[first]), float(route.distance[index])
+    room = entry - here - half_length - 1.0  # to the stop point
+    # Committed: too near to stop before the junction (the front bumper at its entry). One that
+    # crept past its stop point while waiting can still stop short of the junction, and waits.
+    if room > speed * speed / (2.0 * comfort_decel) + 4.0:
+        return None
+    if committed and room + 1.0 < speed * speed / (2.0 * max_decel):
+        return None
+    after = np.flatnonzero(~route.junction[first:])
+    leave = float(route.distance[first + int(after[0])]) if len(after) else route.length
+    path = route.points[(route.distance >= entry) & (route.distance <= leave + 2.0 * half_length)]
+    # Others on the route in its direction are leaders and followers, which the leader gap handles:
+    # on the stretch from FOLLOWER_RANGE behind the car to the path's end, not on a later pass of
+    # a route that comes back through this junction.
+    near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * half_length)
+    pts, yaws = route.points[near], route.headings[near]
+    d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
+    nearest = d.argmin(axis=1)
+    turn = np.remainder(others.yaw - yaws[nearest] + np.pi, 2 * np.pi) - np.pi
+    on_route = d[np.arange(len(nearest)), nearest] < lane_half_width
+    crossing = ~(on_route & (np.abs(turn) < np.pi / 4))
+    if not crossing.any():
+        return None
+    t, accel = YIELD_PREDICTION_TIMES[None, :], others.accel[crossing, None]
+    reach = others.speed[crossing, None] * t + 0.5 * np.maximum(accel, 0.0) * t * t  # one starting off too
+    decel = -others.accel[crossing]
+    stop = np.where(decel > 0.5, others.speed[crossing] ** 2 / (2.0 * np.maximum(decel, 0.5)), np.inf)
+    reach = np.minimum(reach, stop[:, None])
+    yaw = others.yaw[crossing]
+    heading = np.column_stack([np.cos(yaw), np.sin(yaw)])
+    future = others.xy[crossing, None, :] + reach[:, :, None] * heading[:, None, :]  # (N, T, 2)
+    gaps = np.linalg.norm(future[:, :, None, :] - path[None, None, :, :], axis=-1).min(axis=(1, 2))
+    return entry if (gaps < half_width + others.half_width[crossing] + clearance).any() else None
 
 
 def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:

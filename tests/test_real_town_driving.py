@@ -3,6 +3,7 @@ junction lanes painted in the map are no lane invasion (as LibCarla's LaneCrossi
 
 import carla
 import numpy as np
+import pytest
 
 from carla_env.embedded import EmbeddedWorld
 from carla_env.embedded.world import UNMARKED
@@ -116,6 +117,52 @@ def test_the_autopilot_waits_at_an_unsignalled_junction_for_a_car_turning_into_i
         # it went on through the junction, after waiting
         assert world._vehicle_lane(hero)[0] not in (approach, straight) or collided[checks_junction]
     assert collided == {False: True, True: False}
+
+
+def test_the_yield_penalty_charges_a_hero_too_fast_to_wait_where_the_autopilot_waits():
+    """The merge above, the hero 5 m before the entry at 6 m/s: the autopilot's rule (committed: it can
+    no longer stop before the entry at 6 m/s^2) drives on, as it must; the reward's (junction entries
+    checked however near) wants it stopped at the entry, and yield_penalty charges the m/s it is over
+    the speed that stops it there at 4 m/s^2. The NPC is read from the Scene's arrays, as through the API.
+    Without the NPC nothing is charged."""
+    import math
+    from types import SimpleNamespace
+
+    from carla_env.driving_state import OtherVehicles, junction_entry_to_yield_at
+    from carla_env.maps.route import plan_route
+    from experiments.driving import RouteDrivingExperiment
+
+    town, approach, straight, side, turn_in, exit_ = merge_junction()
+    g = town.lanes
+    for with_npc in (True, False):
+        world = EmbeddedWorld(town, seed=0)
+        start = g.lane_length[approach] - 5.0
+        hero = spawn_hero(world, town, approach, start, 6.0)
+        if with_npc:
+            npc = spawn_npc(world, side, g.lane_length[side] - 5.0, 5.0, [turn_in, exit_])
+            world.traffic.granted[npc._row] = turn_in
+        world.tick()
+        route = plan_route(g, (approach, start), (exit_, 30.0))
+        here = route.progress((hero.get_location().x, hero.get_location().y))
+        index = int(np.searchsorted(route.distance, here))
+        scene, extent = world.birdview_scene(hero), hero.bounding_box.extent
+        speed = scene.ego_speed
+        from_scene, from_api = OtherVehicles.from_scene(scene), OtherVehicles.from_world(hero)
+        assert np.allclose(from_scene.xy, from_api.xy, atol=1e-4)
+        assert np.allclose(from_scene.speed, from_api.speed, atol=1e-4)
+        entry = float(route.distance[np.flatnonzero(route.junction)[0]])
+        car = (route, index, speed, extent.x, extent.y)
+        # the autopilot: too near to stop, it drives on; the reward's rule wants it stopped
+        assert junction_entry_to_yield_at(*car, from_api, committed=True) is None
+        assert junction_entry_to_yield_at(*car, from_scene, committed=False) == (entry if with_npc else None)
+        experiment = RouteDrivingExperiment.__new__(RouteDrivingExperiment)
+        experiment.route, experiment.options = route, SimpleNamespace()
+        state = SimpleNamespace(speed=speed, route_index=index, progress=here)
+        core = SimpleNamespace(hero=hero, birdview_scene=lambda h, scene=scene: scene)
+        over = experiment.speed_over_yield(state, core)
+        stop_speed = math.sqrt(2 * 4.0 * (entry - here - extent.x - 1.0))
+        assert over == (pytest.approx(speed - stop_speed, abs=1e-6) if with_npc else 0.0)
+        assert not with_npc or over > 1.0
 
 
 def test_an_npc_lets_a_hero_nearer_the_merge_go_first():
