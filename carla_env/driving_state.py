@@ -397,11 +397,13 @@ def junction_entry_to_yield_at(
         return None
     after = np.flatnonzero(~route.junction[first:])
     leave = float(route.distance[first + int(after[0])]) if len(after) else route.length
-    path = route.points[(route.distance >= entry) & (route.distance <= leave + 2.0 * half_length)]
+    dist = route.distance  # increasing: each stretch below is one slice
+    end = bisect.bisect_right(dist, leave + 2.0 * half_length)
+    path = route.points[bisect.bisect_left(dist, entry) : end]
     # Others on the route in its direction are leaders and followers, which the leader gap handles:
     # on the stretch from FOLLOWER_RANGE behind the car to the path's end, not on a later pass of
     # a route that comes back through this junction.
-    near = (route.distance >= here - FOLLOWER_RANGE) & (route.distance <= leave + 2.0 * half_length)
+    near = slice(bisect.bisect_left(dist, here - FOLLOWER_RANGE), end)
     pts, yaws = route.points[near], route.headings[near]
     d = np.hypot(pts[None, :, 0] - others.xy[:, None, 0], pts[None, :, 1] - others.xy[:, None, 1])
     nearest = d.argmin(axis=1)
@@ -415,11 +417,19 @@ def junction_entry_to_yield_at(
     decel = -others.accel[crossing]
     stop = np.where(decel > 0.5, others.speed[crossing] ** 2 / (2.0 * np.maximum(decel, 0.5)), np.inf)
     reach = np.minimum(reach, stop[:, None])
-    yaw = others.yaw[crossing]
+    xy, near_enough = others.xy[crossing], half_width + others.half_width[crossing] + clearance
+    # Only those that can get near enough within their reach (the triangle inequality: exact).
+    now = np.hypot(xy[:, None, 0] - path[None, :, 0], xy[:, None, 1] - path[None, :, 1]).min(
+        axis=1, initial=np.inf
+    )
+    can = now - reach[:, -1] < near_enough + 1e-6
+    if not can.any():
+        return None
+    yaw = others.yaw[crossing][can]
     heading = np.column_stack([np.cos(yaw), np.sin(yaw)])
-    future = others.xy[crossing, None, :] + reach[:, :, None] * heading[:, None, :]  # (N, T, 2)
+    future = xy[can, None, :] + reach[can, :, None] * heading[:, None, :]  # (N, T, 2)
     gaps = np.linalg.norm(future[:, :, None, :] - path[None, None, :, :], axis=-1).min(axis=(1, 2))
-    return entry if (gaps < half_width + others.half_width[crossing] + clearance).any() else None
+    return entry if (gaps < near_enough[can]).any() else None
 
 
 def count_events(sensors: dict, sensor_data: dict, blueprint_id: str, other_actor: str | None = None) -> int:
