@@ -287,6 +287,14 @@ def validate_config(data: dict, source: str = "config") -> Config:
         config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
+    if config.experiment.type:  # before the profiles: an error of the config's own is named as its own
+        cls = experiment_class(config.experiment.type, source)
+        try:
+            cls.Options.model_validate(config.experiment.options)
+        except ValidationError as e:
+            raise ConfigError(
+                f"config error in {source}: experiment.options.{_first_error(e, cls.Options)}"
+            ) from None
     for name, partial in config.profiles.items():  # a typo in a profile fails here, on any machine
         if {"profiles", "profile"} & partial.keys():
             raise ConfigError(f"config error in {source}: profiles.{name}: a profile cannot hold profiles")
@@ -297,14 +305,6 @@ def validate_config(data: dict, source: str = "config") -> Config:
             )
         merged = deep_merge({k: v for k, v in data.items() if k != "profiles"}, partial)
         validate_config(merged, f"{source} with profiles.{name}")
-    if config.experiment.type:
-        cls = experiment_class(config.experiment.type, source)
-        try:
-            cls.Options.model_validate(config.experiment.options)
-        except ValidationError as e:
-            raise ConfigError(
-                f"config error in {source}: experiment.options.{_first_error(e, cls.Options)}"
-            ) from None
     return config
 
 

@@ -141,8 +141,12 @@ class DrivingStateTracker:
 def curvature_ahead(route: Route, here: float, horizon: float) -> tuple[np.ndarray, np.ndarray]:
     """The route's curvature (1/m) ahead of `here`: the heading change between consecutive chords of
     CURVE_SAMPLE metres, from `here` to `horizon` metres on, over CURVE_SAMPLE. Returns (metres from
-    `here` to where each bend's first chord starts, curvature)."""
+    `here` to where each bend's first chord starts, curvature). Samples stop at the route's end: past it
+    a chord has no length, and no heading."""
     s = here + np.arange(0.0, horizon + CURVE_SAMPLE, CURVE_SAMPLE)
+    s = s[s <= route.length]
+    if len(s) < 3:
+        return np.zeros(0), np.zeros(0)
     x = np.interp(s, route.distance, route.points[:, 0])
     y = np.interp(s, route.distance, route.points[:, 1])
     heading = np.unwrap(np.arctan2(np.diff(y), np.diff(x)))
@@ -355,8 +359,10 @@ class OtherVehicles:
     @classmethod
     def from_scene(cls, scene) -> OtherVehicles:
         """From a birdview Scene's boxes and velocities (the reward's: no API calls); no acceleration."""
-        b = scene.vehicles
-        speed = np.hypot(scene.vehicle_velocities[:, 0], scene.vehicle_velocities[:, 1])
+        b, v = scene.vehicles, scene.vehicle_velocities
+        if len(v) != len(b):
+            raise ValueError(f"OtherVehicles.from_scene: {len(b)} vehicles but {len(v)} velocities")
+        speed = np.hypot(v[:, 0], v[:, 1])
         return cls(b[:, :2], b[:, 2], speed, np.zeros(len(b)), b[:, 3], b[:, 4])
 
 
@@ -379,8 +385,9 @@ def junction_entry_to_yield_at(
     It waits while another vehicle is on its path through the junction (and the car length after
     it, where turning traffic merges), or will be within 4 s at its speed and acceleration (up to
     where it stops, if it is braking). Vehicles on the route in the car's direction are leaders or
-    followers, not crossing traffic. Inside a junction, or (with `committed`) too near to stop before
-    it, the car has committed: braking there would leave it on the crossing path."""
+    followers, not crossing traffic. Inside a junction, moving with its front past the entry, or (with
+    `committed`) too near to stop before it, the car has committed: braking there would leave it on
+    the crossing path."""
     if route.junction[index] or not len(others.xy):
         return None
     ahead = np.flatnonzero(route.junction[index:])
@@ -394,6 +401,8 @@ def junction_entry_to_yield_at(
     if room > speed * speed / (2.0 * comfort_decel) + 4.0:
         return None
     if committed and room + 1.0 < speed * speed / (2.0 * max_decel):
+        return None
+    if room + 1.0 < 0.0 < speed:  # moving, its front past the entry: stopping there blocks the way
         return None
     after = np.flatnonzero(~route.junction[first:])
     leave = float(route.distance[first + int(after[0])]) if len(after) else route.length

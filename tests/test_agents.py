@@ -154,6 +154,33 @@ def test_cornering_penalty_prices_a_turn_taken_too_fast_and_hardly_the_autopilot
     assert paid(reckless) > 2.0
 
 
+def test_curvature_ahead_finds_a_bend_and_no_bend_at_the_routes_end():
+    """A straight 100 m route heading north, then one turning right on a 10 m radius after 50 m: the
+    bend is found 1/10 m^-1 where it starts; near the end of the straight one there is none (samples
+    past the end once made the last heading look like a sharp bend, and charged every route's end)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from carla_env.driving_state import curvature_ahead
+
+    def route(points):
+        d = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+        return SimpleNamespace(points=points, distance=d, length=float(d[-1]))
+
+    y = np.arange(0.0, 100.5, 0.5)
+    straight = route(np.column_stack([np.zeros_like(y), y]))
+    for here in (0.0, 75.0, 90.0, 97.0, 99.9):
+        ahead, k = curvature_ahead(straight, here, 30.0)
+        assert np.all(k < 1e-9) and np.all(ahead + here <= 100.0), here
+    arc = np.linspace(0.0, np.pi / 2, 60)[1:]
+    bend = route(np.vstack([np.column_stack([np.zeros(101), np.arange(0.0, 50.5, 0.5)]),
+                            np.column_stack([10.0 - 10.0 * np.cos(arc), 50.0 + 10.0 * np.sin(arc)])]))  # fmt: skip
+    ahead, k = curvature_ahead(bend, 30.0, 30.0)
+    assert k.max() == pytest.approx(0.1, rel=0.05)
+    assert ahead[np.argmax(k > 0.05)] == pytest.approx(20.0, abs=2.5)  # the bend starts 20 m on
+
+
 def test_curve_speed_penalty_prices_a_bend_taken_too_fast_and_not_the_autopilot():
     """curve_speed_penalty: the autopilot, which plans its bends at 2 m/s^2, pays nothing over 400
     steps with turns; the same steering with the throttle held at 0.7 pays before and in the first

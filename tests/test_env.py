@@ -307,11 +307,7 @@ def test_steps_match_the_recorded_fingerprint(overrides, expected):
     from carla_env.config import deep_merge
 
     # The reward as recorded: penalties added to the config since are tested in tests/test_agents.py.
-    later = {
-        "experiment": {
-            "options": {"vehicle_speed_penalty": 0.0, "steer_change_penalty": 0.0, "cornering_penalty": 0.0}
-        }
-    }
+    later = {"experiment": {"options": {"vehicle_speed_penalty": 0.0, "steer_change_penalty": 0.0}}}
     overrides = deep_merge(deep_merge({"simulator": {"backend": "embedded"}}, later), overrides)
     env = CarlaEnv(load_config(PPO, overrides))
     digest = hashlib.sha256()

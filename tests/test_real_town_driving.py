@@ -154,6 +154,18 @@ def test_the_yield_penalty_charges_a_hero_too_fast_to_wait_where_the_autopilot_w
         car = (route, index, speed, extent.x, extent.y)
         # the autopilot: too near to stop, it drives on; the reward's rule wants it stopped
         assert junction_entry_to_yield_at(*car, from_api, committed=True) is None
+        assert junction_entry_to_yield_at(*car, from_api, committed=False) == (entry if with_npc else None)
+        past = (
+            route,
+            int(np.searchsorted(route.distance, entry - extent.x + 0.5)),
+            speed,
+            extent.x,
+            extent.y,
+        )
+        assert not route.junction[past[1]]  # the centre before the junction, the front bumper past its entry
+        assert (
+            junction_entry_to_yield_at(*past, from_api, committed=False) is None
+        )  # stopping there blocks it
         assert junction_entry_to_yield_at(*car, from_scene, committed=False) == (entry if with_npc else None)
         experiment = RouteDrivingExperiment.__new__(RouteDrivingExperiment)
         experiment.route, experiment.options = route, SimpleNamespace()

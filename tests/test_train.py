@@ -264,6 +264,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "no run at" in proc.stderr
     proc = train(cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--stop-iters", 3)
     assert proc.returncode == 2 and "drop --stop" in proc.stderr
+    proc = train(
+        cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--set", "simulator.seed=1"
+    )
+    assert proc.returncode == 2 and "drop --set" in proc.stderr
     for target, message in ((tmp_path / "nope", "checkpoint not found"), (tmp_path, "no RLlib checkpoint")):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "infer.py"), str(target)],
@@ -294,10 +298,19 @@ def tiny_ppo_config(tmp_path) -> Path:
 def test_ppo_trains_on_two_towns_and_infers_continuous_actions(tmp_path):
     cfg = tiny_ppo_config(tmp_path)
     base = yaml.safe_load(cfg.read_text())
-    proc = train(cfg, "--name", "ppo", "--dir", tmp_path / "runs", "--stop-iters", 1)
+    # The reward terms built for the next GPU run, on through --set: they train, and the run keeps them.
+    terms = {"curve_speed_penalty": 0.05, "yield_penalty": 0.05, "predict_vehicles": True}
+    sets = [a for k, v in terms.items() for a in ("--set", f"experiment.options.{k}={str(v).lower()}")]
+    proc = train(cfg, "--name", "ppo", "--dir", tmp_path / "runs", "--stop-iters", 1, *sets)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter    1" in proc.stdout
     assert list((tmp_path / "runs/ppo").glob("*/checkpoint_000000"))
+    from train import CONFIG_NAME
+
+    saved = yaml.safe_load((tmp_path / "runs/ppo" / CONFIG_NAME).read_text())["experiment"]["options"]
+    assert {k: saved[k] for k in terms} == terms and "curve_speed_penalty" not in base["experiment"][
+        "options"
+    ]
     summary = tmp_path / "ppo.json"
     proc = subprocess.run(
         [sys.executable, "infer.py", tmp_path / "runs/ppo", "--episodes", "1", "--json", summary],
@@ -373,6 +386,15 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
         f"training.num_env_runners: {cpus} env runners need a CPU each plus one for the learner; "
         f"this machine has {cpus}: pass --num-env-runners {cpus - 1} or fewer"
     )
+
+    line = one_line(train(cfg, "--dir", runs, "--set", "experiment.options.progress_reward"))
+    assert line == (
+        "train.py: argument --set: needs KEY=VALUE with a dotted config key, e.g. "
+        "experiment.options.curve_speed_penalty=0.05; got 'experiment.options.progress_reward' "
+        "(--help lists the options)"
+    )
+    line = one_line(train(cfg, "--dir", runs, "--set", "experiment.options.progress_rewrd=0.2"))
+    assert line.startswith(f"config error in {cfg}: experiment.options.progress_rewrd: unknown key")
 
     line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))
     assert line == f"{cfg} has no profiles.gpu (its profiles: none)"
