@@ -3,7 +3,7 @@
     python train.py experiments/dqn/config.yaml [--name N] [--dir D] [--restore | --overwrite]
                     [--address auto] [--num-env-runners K] [--stop-timesteps T] [--stop-iters I]
                     [--stop-minutes M]
-                    [--init-module CHECKPOINT] [--profile auto|cpu|gpu|none]
+                    [--init-module CHECKPOINT] [--profile auto|cpu|gpu|none] [--set KEY=VALUE ...]
 
 Prints a progress line at least every `training.progress_seconds` with steps, rate and an ETA.
 Checkpoints every `training.checkpoint_every` iterations, at the first iteration end
@@ -86,6 +86,25 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _setting(text: str) -> dict:
+    """KEY=VALUE, KEY a dotted config path, VALUE read as YAML: the nested override it stands for."""
+    import yaml
+
+    key, eq, raw = text.partition("=")
+    parts = key.split(".")
+    if not eq or not all(p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"needs KEY=VALUE with a dotted config key, e.g. experiment.options.curve_speed_penalty=0.05; got {text!r}"
+        )
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{key}: the value {raw!r} is not valid YAML") from None
+    for part in reversed(parts):
+        value = {part.strip(): value}
+    return value
+
+
 def parse_args(argv):
     p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="experiment config YAML, e.g. experiments/dqn/config.yaml")
@@ -110,6 +129,15 @@ def parse_args(argv):
     p.add_argument("--stop-timesteps", type=_count(1), metavar="T")
     p.add_argument("--stop-iters", type=_count(1), metavar="I")
     p.add_argument("--stop-minutes", type=_minutes, metavar="M", help="training wall time")
+    p.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one config value over the config and its profile, e.g. --set "
+        "experiment.options.curve_speed_penalty=0.05 (repeatable; VALUE is read as YAML)",
+    )
     return p.parse_args(argv)
 
 
@@ -225,7 +253,7 @@ def install_interrupt_handler() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from carla_env.config import ConfigError
+    from carla_env.config import ConfigError, deep_merge
 
     if not Path(args.config).exists():
         print(missing_config_message(args.config), file=sys.stderr)
@@ -237,6 +265,10 @@ def main(argv=None) -> int:
     stop = {"timesteps": args.stop_timesteps, "iterations": args.stop_iters, "minutes": args.stop_minutes}
     if any(v is not None for v in stop.values()):
         overrides["training"]["stop"] = stop
+    settings: dict = {}
+    for setting in args.set:
+        settings = deep_merge(settings, setting)
+    overrides = deep_merge(settings, overrides)  # the flags above name their keys: they win
     name = args.name or Path(args.config).resolve().parent.name
     storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
     run_dir = Path(storage) / name if "://" not in storage else None
@@ -253,6 +285,9 @@ def main(argv=None) -> int:
             "('module:Class', e.g. experiments.dqn.experiment:DQNExperiment)",
             file=sys.stderr,
         )
+        return 2
+    if args.restore and args.set:
+        print("--restore continues a run with the config it was started with; drop --set", file=sys.stderr)
         return 2
     if args.restore and args.profile != "auto":
         print(
