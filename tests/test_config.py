@@ -214,6 +214,17 @@ def test_demo_with_a_garbage_town_is_one_line_blaming_the_flag(tmp_path):
     assert proc.stdout == ""
 
 
+def test_a_misspelt_experiment_option_is_named_against_the_config_not_its_profile():
+    """A config with profiles: a typo in its own experiment.options (or a train.py --set) is the config's,
+    not 'with profiles.gpu' (each profile's merge is validated too, and used to report it first)."""
+    with pytest.raises(ConfigError) as e:
+        load_config("experiments/ppo/config.yaml", {"experiment": {"options": {"yield_penalti": 0.1}}})
+    assert str(e.value) == (
+        "config error in experiments/ppo/config.yaml: experiment.options.yield_penalti: unknown key; "
+        "did you mean 'yield_penalty'?"
+    )
+
+
 def test_a_mistake_in_a_hardware_profile_fails_at_load_on_any_machine(tmp_path):
     """profiles.gpu is merged only with a GPU; its typo is still reported on every machine."""
     base = yaml.safe_load(Path("experiments/dqn/config.yaml").read_text())
