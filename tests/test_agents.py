@@ -130,28 +130,31 @@ def test_vehicle_speed_penalty_prices_driving_at_a_standing_car_too_fast_to_stop
     assert sum(a - b for a, b in zip(free, fined, strict=True)) < 0.2
 
 
-def test_cornering_penalty_prices_a_turn_taken_too_fast_and_hardly_the_autopilot():
-    """cornering_penalty: the autopilot, which slows for bends, pays almost nothing over 400 steps with
-    turns; the same steering with the throttle held at 0.7 takes the first turn too fast and pays."""
+def charged_per_step(option: str, reckless: bool, steps: int = 400) -> list[float]:
+    """What reward `option` at weight 1 charges at each of `steps` steps along the test route (with
+    turns): the autopilot driving, or (reckless) its steering with the throttle held at 0.7."""
     from carla_env.agents import RouteAutopilot
 
     autopilot = RouteAutopilot()
 
-    def reckless(hero, route):
+    def throttle_held(hero, route):
         return [float(autopilot.action(hero, route, 0.1)[0]), 0.7]
 
-    def paid(driver):
-        runs = []
-        for weight in (1.0, 0.0):
-            autopilot.reset()
-            *_, rewards = drive_towards_a_standing_walker(
-                False, steps=400, driver=driver, options={"cornering_penalty": weight}
-            )
-            runs.append(rewards)
-        return sum(b - a for a, b in zip(*runs, strict=True))
+    runs = []
+    for weight in (1.0, 0.0):
+        autopilot.reset()
+        *_, rewards = drive_towards_a_standing_walker(
+            False, steps=steps, driver=throttle_held if reckless else None, options={option: weight}
+        )
+        runs.append(rewards)
+    return [b - a for a, b in zip(*runs, strict=True)]
 
-    assert paid(None) < 1.0
-    assert paid(reckless) > 2.0
+
+def test_cornering_penalty_prices_a_turn_taken_too_fast_and_hardly_the_autopilot():
+    """cornering_penalty: the autopilot, which slows for bends, pays almost nothing over 400 steps with
+    turns; the same steering with the throttle held at 0.7 takes the first turn too fast and pays."""
+    assert sum(charged_per_step("cornering_penalty", reckless=False)) < 1.0
+    assert sum(charged_per_step("cornering_penalty", reckless=True)) > 2.0
 
 
 def test_curvature_ahead_finds_a_bend_and_no_bend_at_the_routes_end():
@@ -184,26 +187,9 @@ def test_curvature_ahead_finds_a_bend_and_no_bend_at_the_routes_end():
 def test_curve_speed_penalty_prices_a_bend_taken_too_fast_and_not_the_autopilot():
     """curve_speed_penalty: the autopilot, which plans its bends at 2 m/s^2, pays nothing over 400
     steps with turns; the same steering with the throttle held at 0.7 pays before and in the first
-    bend (the route's curvature is priced, not the car's yaw rate: steering less does not pay less)."""
-    from carla_env.agents import RouteAutopilot
-
-    autopilot = RouteAutopilot()
-
-    def reckless(hero, route):
-        return [float(autopilot.action(hero, route, 0.1)[0]), 0.7]
-
-    def paid(driver):
-        runs = []
-        for weight in (1.0, 0.0):
-            autopilot.reset()
-            *_, rewards = drive_towards_a_standing_walker(
-                False, steps=400, driver=driver, options={"curve_speed_penalty": weight}
-            )
-            runs.append(rewards)
-        return [b - a for a, b in zip(*runs, strict=True)]
-
-    assert sum(paid(None)) < 0.05
-    charged = paid(reckless)
+    bend, which it leaves the road in."""
+    assert sum(charged_per_step("curve_speed_penalty", reckless=False)) < 0.05
+    charged = charged_per_step("curve_speed_penalty", reckless=True)
     assert sum(c > 0.01 for c in charged) >= 10 and sum(charged) > 3.0
 
 
