@@ -377,7 +377,7 @@ def junction_entry_to_yield_at(
     clearance: float = VEHICLE_CLEARANCE,
     comfort_decel: float = COMFORT_DECEL,
     max_decel: float = COMMIT_DECEL,
-    committed: bool = True,
+    may_commit: bool = True,
 ) -> float | None:
     """Where along the route a car at route point `index` must wait (the next junction's entry), or
     None to drive on: the autopilot's rule, and the reward's yield penalty.
@@ -386,7 +386,7 @@ def junction_entry_to_yield_at(
     it, where turning traffic merges), or will be within 4 s at its speed and acceleration (up to
     where it stops, if it is braking). Vehicles on the route in the car's direction are leaders or
     followers, not crossing traffic. Inside a junction, moving with its front past the entry, or (with
-    `committed`) too near to stop before it, the car has committed: braking there would leave it on
+    `may_commit`) too near to stop before it, the car has committed: braking there would leave it on
     the crossing path."""
     if route.junction[index] or not len(others.xy):
         return None
@@ -400,7 +400,7 @@ def junction_entry_to_yield_at(
     # crept past its stop point while waiting can still stop short of the junction, and waits.
     if room > speed * speed / (2.0 * comfort_decel) + 4.0:
         return None
-    if committed and room + 1.0 < speed * speed / (2.0 * max_decel):
+    if may_commit and room + 1.0 < speed * speed / (2.0 * max_decel):
         return None
     if room + 1.0 < 0.0 < speed:  # moving, its front past the entry: stopping there blocks the way
         return None

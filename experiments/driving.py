@@ -81,8 +81,9 @@ class DrivingOptions(BaseModel):
     # Per step, per m/s above the speed from which the hero stops 1 m short of the next junction's entry
     # while the autopilot would wait there (another vehicle on, or within 4 s of, its path through the
     # junction: junction_entry_to_yield_at, on the Scene's boxes and velocities). Unlike the autopilot,
-    # it is charged however near the entry the hero already is. The shipped PPO drives into the
-    # junction at 3-5 m/s ahead of oncoming cars turning left across it (docs/results).
+    # it is charged however near the entry the hero already is, until its front is past the entry. The
+    # shipped PPO drives into the junction at 3-5 m/s ahead of oncoming cars turning left across it
+    # (docs/results).
     yield_penalty: float = Field(0.0, ge=0.0)
     # Metres from the route after which the episode ends (0: never), as CARLA's leaderboard ends a
     # route on deviation: a wrong turn then costs its penalty at once, not a long drive elsewhere.
@@ -159,7 +160,7 @@ class RouteDrivingExperiment(BaseExperiment):
         half_length, half_width = float(scene.ego[3]), float(scene.ego[4])
         others = OtherVehicles.from_scene(scene)
         entry = junction_entry_to_yield_at(
-            self.route, state.route_index, state.speed, half_length, half_width, others, committed=False
+            self.route, state.route_index, state.speed, half_length, half_width, others, may_commit=False
         )
         if entry is None:
             return 0.0

@@ -153,8 +153,8 @@ def test_the_yield_penalty_charges_a_hero_too_fast_to_wait_where_the_autopilot_w
         entry = float(route.distance[np.flatnonzero(route.junction)[0]])
         car = (route, index, speed, extent.x, extent.y)
         # the autopilot: too near to stop, it drives on; the reward's rule wants it stopped
-        assert junction_entry_to_yield_at(*car, from_api, committed=True) is None
-        assert junction_entry_to_yield_at(*car, from_api, committed=False) == (entry if with_npc else None)
+        assert junction_entry_to_yield_at(*car, from_api, may_commit=True) is None
+        assert junction_entry_to_yield_at(*car, from_api, may_commit=False) == (entry if with_npc else None)
         past = (
             route,
             int(np.searchsorted(route.distance, entry - extent.x + 0.5)),
@@ -164,9 +164,9 @@ def test_the_yield_penalty_charges_a_hero_too_fast_to_wait_where_the_autopilot_w
         )
         assert not route.junction[past[1]]  # the centre before the junction, the front bumper past its entry
         assert (
-            junction_entry_to_yield_at(*past, from_api, committed=False) is None
+            junction_entry_to_yield_at(*past, from_api, may_commit=False) is None
         )  # stopping there blocks it
-        assert junction_entry_to_yield_at(*car, from_scene, committed=False) == (entry if with_npc else None)
+        assert junction_entry_to_yield_at(*car, from_scene, may_commit=False) == (entry if with_npc else None)
         experiment = RouteDrivingExperiment.__new__(RouteDrivingExperiment)
         experiment.route, experiment.options = route, SimpleNamespace()
         state = SimpleNamespace(speed=speed, route_index=index, progress=here)
