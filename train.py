@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -86,8 +87,8 @@ def _minutes(text: str) -> float:
     return value
 
 
-def _setting(text: str) -> dict:
-    """KEY=VALUE, KEY a dotted config path, VALUE read as YAML: the nested override it stands for."""
+def _setting(text: str) -> tuple[str, dict]:
+    """KEY=VALUE, KEY a dotted config path, VALUE read as YAML: (KEY, the nested override)."""
     import yaml
 
     key, eq, raw = text.partition("=")
@@ -102,7 +103,30 @@ def _setting(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"{key}: the value {raw!r} is not valid YAML") from None
     for part in reversed(parts):
         value = {part.strip(): value}
-    return value
+    return key, value
+
+
+def _blame_setting(error: str, keys: list[str]) -> str:
+    """' (given by --set KEY)' when a config error's key is one --set gave, or lies on its path."""
+    found = re.match(r"config error in [^:]*: ([\w.]+): ", error)
+    if found:
+        path = found.group(1)
+        for key in keys:
+            if key == path or key.startswith(path + ".") or path.startswith(key + "."):
+                return f" (given by --set {key})"
+    return ""
+
+
+def _shared_key(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first dotted key that both nested overrides set (one may set a whole mapping above it)."""
+    for k in a.keys() & b.keys():
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            found = _shared_key(a[k], b[k], f"{prefix}{k}.")
+            if found:
+                return found
+        else:
+            return f"{prefix}{k}"
+    return None
 
 
 def parse_args(argv):
@@ -258,17 +282,24 @@ def main(argv=None) -> int:
     if not Path(args.config).exists():
         print(missing_config_message(args.config), file=sys.stderr)
         return 2
-    overrides: dict = {"training": {}}
+    if args.restore and args.set:
+        print("--restore continues a run with the config it was started with; drop --set", file=sys.stderr)
+        return 2
+    flags: dict = {}
     if args.num_env_runners is not None:
-        overrides["training"]["num_env_runners"] = args.num_env_runners
+        flags.setdefault("training", {})["num_env_runners"] = args.num_env_runners
     # Stops given here replace the config's (a --stop-iters 2 smoke run is not cut by its minutes).
     stop = {"timesteps": args.stop_timesteps, "iterations": args.stop_iters, "minutes": args.stop_minutes}
     if any(v is not None for v in stop.values()):
-        overrides["training"]["stop"] = stop
+        flags.setdefault("training", {})["stop"] = stop
     settings: dict = {}
-    for setting in args.set:
+    for _, setting in args.set:
         settings = deep_merge(settings, setting)
-    overrides = deep_merge(settings, overrides)  # the flags above name their keys: they win
+    both = _shared_key(settings, flags)
+    if both:
+        print(f"--set and a flag both set {both}: give it once", file=sys.stderr)
+        return 2
+    overrides = deep_merge(settings, flags)
     name = args.name or Path(args.config).resolve().parent.name
     storage = args.dir if "://" in args.dir else str(Path(args.dir).resolve())
     run_dir = Path(storage) / name if "://" not in storage else None
@@ -277,7 +308,7 @@ def main(argv=None) -> int:
             args.config, overrides, run_dir if args.restore else None, args.profile
         )
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        print(f"{e}{_blame_setting(str(e), [key for key, _ in args.set])}", file=sys.stderr)
         return 2
     if not config.experiment.type:
         print(
@@ -285,9 +316,6 @@ def main(argv=None) -> int:
             "('module:Class', e.g. experiments.dqn.experiment:DQNExperiment)",
             file=sys.stderr,
         )
-        return 2
-    if args.restore and args.set:
-        print("--restore continues a run with the config it was started with; drop --set", file=sys.stderr)
         return 2
     if args.restore and args.profile != "auto":
         print(

@@ -395,6 +395,9 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
     )
     line = one_line(train(cfg, "--dir", runs, "--set", "experiment.options.progress_rewrd=0.2"))
     assert line.startswith(f"config error in {cfg}: experiment.options.progress_rewrd: unknown key")
+    assert line.endswith("(given by --set experiment.options.progress_rewrd)")
+    line = one_line(train(cfg, "--dir", runs, "--set", "training.stop.iterations=3", "--stop-iters", "1"))
+    assert line == "--set and a flag both set training.stop.iterations: give it once"
 
     line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))
     assert line == f"{cfg} has no profiles.gpu (its profiles: none)"
