@@ -57,6 +57,7 @@ def test_ten_thousand_ticks_of_fifty_npcs(town):
     assert moved > 0.6
 
 
+@pytest.mark.slow
 def test_dense_traffic_on_town10hd_never_locks_up():
     """Right of way by first come, first served with reservations (grant_right_of_way) could in theory
     pass a wait around a loop of junctions for good. Town10HD packed with every NPC it takes (~64 of

@@ -264,10 +264,6 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "no run at" in proc.stderr
     proc = train(cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--stop-iters", 3)
     assert proc.returncode == 2 and "drop --stop" in proc.stderr
-    proc = train(
-        cfg, "--name", "missing", "--dir", tmp_path / "runs", "--restore", "--set", "simulator.seed=1"
-    )
-    assert proc.returncode == 2 and "drop --set" in proc.stderr
     for target, message in ((tmp_path / "nope", "checkpoint not found"), (tmp_path, "no RLlib checkpoint")):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "infer.py"), str(target)],
@@ -387,18 +383,6 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
         f"this machine has {cpus}: pass --num-env-runners {cpus - 1} or fewer"
     )
 
-    line = one_line(train(cfg, "--dir", runs, "--set", "experiment.options.progress_reward"))
-    assert line == (
-        "train.py: argument --set: needs KEY=VALUE with a dotted config key, e.g. "
-        "experiment.options.curve_speed_penalty=0.05; got 'experiment.options.progress_reward' "
-        "(--help lists the options)"
-    )
-    line = one_line(train(cfg, "--dir", runs, "--set", "experiment.options.progress_rewrd=0.2"))
-    assert line.startswith(f"config error in {cfg}: experiment.options.progress_rewrd: unknown key")
-    assert line.endswith("(given by --set experiment.options.progress_rewrd)")
-    line = one_line(train(cfg, "--dir", runs, "--set", "training.stop.iterations=3", "--stop-iters", "1"))
-    assert line == "--set and a flag both set training.stop.iterations: give it once"
-
     line = one_line(train(cfg, "--dir", runs, "--profile", "gpu"))
     assert line == f"{cfg} has no profiles.gpu (its profiles: none)"
 
@@ -419,6 +403,40 @@ def test_first_run_mistakes_are_one_line_and_write_nothing(tmp_path):
     )
     assert (trial / "progress.csv").read_text() == "training_iteration\n1\n"
     assert sorted(p.name for p in (runs / "early").rglob("*")) == ["DQN_carla_env_0", "progress.csv"]
+
+
+def test_set_mistakes_are_one_line_and_write_nothing(tmp_path, capsys):
+    """train.py --set (in this process: each is refused before Ray starts)."""
+    import train as train_cli
+
+    cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
+
+    def refused(*args) -> str:
+        try:
+            code = train_cli.main([str(cfg), "--dir", str(runs), *args])
+        except SystemExit as e:  # argparse's
+            code = e.code
+        assert code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        return line
+
+    assert refused("--set", "experiment.options.progress_reward").split(": ", 1)[1] == (
+        "argument --set: needs KEY=VALUE with a dotted config key, e.g. "
+        "experiment.options.curve_speed_penalty=0.05; got 'experiment.options.progress_reward' "
+        "(--help lists the options)"
+    )
+    line = refused("--set", "experiment.options.progress_rewrd=0.2")
+    assert line.startswith(f"config error in {cfg}: experiment.options.progress_rewrd: unknown key")
+    assert line.endswith("(given by --set experiment.options.progress_rewrd)")
+    line = refused("--set", "training=5")  # a mapping replaced by a number: not dropped
+    assert line.startswith(f"config error in {cfg}: training: ") and line.endswith(
+        "(given by --set training)"
+    )
+    line = refused("--set", "training.stop.iterations=3", "--stop-iters", "1")
+    assert line == "--set and a flag both set training.stop.iterations: give it once"
+    line = refused("--name", "any", "--restore", "--set", "simulator.seed=1")
+    assert line == "--restore continues a run with the config it was started with; drop --set"
+    assert not runs.exists()
 
 
 @pytest.mark.timeout(600)
