@@ -33,6 +33,7 @@ FOLLOWER_RANGE = 30.0  # m of route behind the hero where a car in its direction
 LANE_HALF_WIDTH = 1.8  # m: a vehicle centre this close to the route is in its lane
 COMFORT_DECEL = 2.5  # m/s^2: junction entries within this braking distance (+4 m) are checked
 COMMIT_DECEL = 6.0  # m/s^2: an entry nearer than this braking distance is committed to
+ENTRY_STOP_MARGIN = 1.0  # m from the front bumper to a junction's entry where a car waits
 CURVE_SAMPLE = 2.5  # m between the route points whose chords' headings give its curvature ahead
 
 
@@ -395,14 +396,16 @@ def junction_entry_to_yield_at(
         return None
     first = index + int(ahead[0])
     entry, here = float(route.distance[first]), float(route.distance[index])
-    room = entry - here - half_length - 1.0  # to the stop point
+    room = entry - here - half_length - ENTRY_STOP_MARGIN  # to the stop point
     # Committed: too near to stop before the junction (the front bumper at its entry). One that
     # crept past its stop point while waiting can still stop short of the junction, and waits.
     if room > speed * speed / (2.0 * comfort_decel) + 4.0:
         return None
-    if may_commit and room + 1.0 < speed * speed / (2.0 * max_decel):
+    if may_commit and room + ENTRY_STOP_MARGIN < speed * speed / (2.0 * max_decel):
         return None
-    if room + 1.0 < 0.0 < speed:  # moving, its front past the entry: stopping there blocks the way
+    if (
+        room + ENTRY_STOP_MARGIN < 0.0 < speed
+    ):  # moving, its front past the entry: stopping there blocks the way
         return None
     after = np.flatnonzero(~route.junction[first:])
     leave = float(route.distance[first + int(after[0])]) if len(after) else route.length

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from carla_env.driving_state import (
+    ENTRY_STOP_MARGIN,
     DrivingState,
     OtherVehicles,
     curvature_ahead,
@@ -164,7 +165,7 @@ class RouteDrivingExperiment(BaseExperiment):
         )
         if entry is None:
             return 0.0
-        return _speed_over_stop(state.speed, entry - state.progress - half_length - 1.0)
+        return _speed_over_stop(state.speed, entry - state.progress - half_length - ENTRY_STOP_MARGIN)
 
     def compute_reward(self, observation, core) -> float:
         o, s = self.options, self.driving_state

@@ -20,6 +20,7 @@ from carla_env.agents.pursuit import pure_pursuit_steer
 from carla_env.driving_state import (
     COMFORT_DECEL,
     COMMIT_DECEL,
+    ENTRY_STOP_MARGIN,
     LANE_HALF_WIDTH,
     VEHICLE_CLEARANCE,
     WALKER_CLEARANCE,
@@ -79,7 +80,8 @@ class RouteAutopilot:
             target = min(target, max(0.0, (walker - hero.bounding_box.extent.x - 2.0) / self.time_gap))
         entry = self._entry_to_yield_at(hero, others, route, index, speed)
         if entry is not None:  # stop with the front bumper a metre short of the junction
-            target = min(target, max(0.0, (entry - here - hero.bounding_box.extent.x - 1.0) / self.time_gap))
+            room = entry - here - hero.bounding_box.extent.x - ENTRY_STOP_MARGIN
+            target = min(target, max(0.0, room / self.time_gap))
         if hero.is_at_traffic_light() and hero.get_traffic_light_state() in STOP_STATES:
             target = 0.0
         error = target - speed
