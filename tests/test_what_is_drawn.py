@@ -16,7 +16,6 @@ from carla_env.config import load_config
 from carla_env.env import CarlaEnv
 from carla_env.sensors import BirdviewRenderer, BirdviewSpec, Scene
 from carla_env.sensors.birdview import EGO_COLOUR
-from tests.test_train import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EGO = EGO_COLOUR
@@ -110,24 +109,3 @@ def test_first_and_later_observations_are_in_the_space(config):
     finally:
         env.close()
     assert not [w for w in caught if "observation space" in str(w.message)]
-
-
-def test_training_prints_no_observation_space_warning(tmp_path):
-    """The warning Ray users saw at the first reset came from RLlib's DreamerV3 debug module (a
-    CartPole made and reset at import, float64 observations in a float32 box), imported because Tune
-    was given the algorithm's name; train.py hands it the class."""
-    cfg = tiny_config(tmp_path)
-    proc = run_module(
-        ROOT / "train.py",
-        cfg,
-        "--name",
-        "spaces",
-        "--dir",
-        tmp_path / "runs",
-        "--stop-iters",
-        "1",
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr
-    assert "observation space" not in output and "precision lowered" not in output
