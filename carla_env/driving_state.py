@@ -488,10 +488,9 @@ class RedLightMonitor:
         self.centres = self.ends.mean(axis=1)
         self.keys, self.forward = keys, np.array(forward, float).reshape(-1, 2)
         self._last_run = None  # the light run last: not counted again until another is
-        centre, heading = _position_heading(hero.get_transform())
-        self._last_front = (
-            centre + hero.bounding_box.extent.x * heading
-        )  # entered() checks the move from here
+        (x, y), (hx, hy) = _position_heading(hero.get_transform())
+        extent = hero.bounding_box.extent.x
+        self._last_front = (x + extent * hx, y + extent * hy)  # update() checks the move from here
 
     def _red_line_crossed(self, a, b, heading, near, lane_point, z: float, skip=None) -> int | None:
         """The stop line of a red light (not `skip`) within RED_LIGHT_DISTANCE of `near` that segment ab
@@ -522,22 +521,24 @@ class RedLightMonitor:
         that light's lane and heading along it. A car that stops with its front in the junction is no
         leaderboard run while its tail is behind the line, yet it entered on red. Standing still
         crosses nothing: a car caught in the junction by the red is not counted."""
-        centre, heading = _position_heading(transform)
+        (x, y), (hx, hy) = _position_heading(transform)  # floats: numpy on 2-vectors costs more
         extent, z = hero.bounding_box.extent.x, transform.location.z
-        tail_close, tail_far = centre - 0.8 * extent * heading, centre - (extent + 1.0) * heading
+        heading, centre = (hx, hy), (x, y)
+        close, far = 0.8 * extent, extent + 1.0
+        tail_close, tail_far = (x - close * hx, y - close * hy), (x - far * hx, y - far * hy)
         run = self._red_line_crossed(tail_close, tail_far, heading, centre, tail_far, z, skip=self._last_run)
         if run is not None:
             self._last_run = self.lights[run]
-        front = centre + extent * heading
+        front = (x + extent * hx, y + extent * hy)
         last, self._last_front = self._last_front, front
         entered = self._red_line_crossed(last, front, heading, front, last, z)
         return int(run is not None), int(entered is not None)
 
 
-def _position_heading(transform: carla.Transform) -> tuple[np.ndarray, np.ndarray]:
+def _position_heading(transform: carla.Transform) -> tuple[tuple[float, float], tuple[float, float]]:
     """(x, y) and the unit heading of a transform, in the ground plane."""
     yaw = math.radians(transform.rotation.yaw)
-    return np.array([transform.location.x, transform.location.y]), np.array([math.cos(yaw), math.sin(yaw)])
+    return (transform.location.x, transform.location.y), (math.cos(yaw), math.sin(yaw))
 
 
 @njit(cache=True)

@@ -199,7 +199,12 @@ def test_an_npc_brakes_for_a_hero_standing_on_its_path_whatever_the_heros_headin
         hits == 0 and speed < 0.5 and gap < 12.0
     )  # it came up to the hero and stopped (IDM creeps the last cm)
     if turn:
-        monkeypatch.setattr(EmbeddedWorld, "_hero_obstacles", lambda self: np.zeros((0, 7)))
+        from carla_env.embedded.traffic import Traffic
+
+        braking_for_boxes = Traffic.step  # without the hero's box as an obstacle: the NPC hits it
+        monkeypatch.setattr(
+            Traffic, "step", lambda self, *a, obstacles=None, **k: braking_for_boxes(self, *a, **k)
+        )
         hits, _, _ = run()
         assert hits > 0
 

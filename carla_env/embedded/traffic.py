@@ -156,12 +156,12 @@ class Traffic:
         if self.count == 0:
             return
         others = (
-            other_lane.astype(np.int64),
-            other_s.astype(np.float64),
-            other_v.astype(np.float64),
-            other_half_len.astype(np.float64),
-            np.ones(len(other_lane), np.bool_) if other_holds is None else other_holds.astype(np.bool_),
-        )  # as OtherRoadUsers' fields
+            np.asarray(other_lane, np.int64),
+            np.asarray(other_s, np.float64),
+            np.asarray(other_v, np.float64),
+            np.asarray(other_half_len, np.float64),
+            np.ones(len(other_lane), np.bool_) if other_holds is None else np.asarray(other_holds, np.bool_),
+        )  # as OtherRoadUsers' fields (read only: no copy where the type is already right)
         rand = self.rng.random(self.count)
         traffic_step_from_fields(
             dt,
@@ -169,7 +169,7 @@ class Traffic:
             others,
             self.t.network_fields,
             _DRIVER_FIELDS,
-            light_state.astype(np.int64),
+            np.asarray(light_state, np.int64),
             rand,
             np.zeros((0, 7)) if obstacles is None else np.ascontiguousarray(obstacles, np.float64),
         )

@@ -31,10 +31,11 @@ from carla_env.embedded.blueprints import (
 from carla_env.embedded.dynamics import step_bicycle
 from carla_env.embedded.kernels import (
     STEERED,
-    carla_boxes,
     overlapping_pairs,
     overlapping_pairs_between,
     painted_markings,
+    road_users,
+    scene_boxes,
 )
 from carla_env.embedded.traffic import GREEN, RED, YELLOW, LaneTables, Traffic
 from carla_env.embedded.walkers import WalkerCrowd
@@ -45,6 +46,9 @@ from carla_env.sensors.birdview import Scene
 
 DEFAULT_DELTA = 0.05
 ON_LANE_TOLERANCE = 0.5  # m beyond a lane's half width still counted as on it (tyres over the line)
+WALKER_HALF_LENGTH = WALKERS["walker.pedestrian.0001"][0]  # a walker in the way, to traffic
+_NO_LANES, _NO_S = np.zeros(0, np.int64), np.zeros(0)
+_NO_BOXES, _NO_VELOCITIES = np.zeros((0, 5)), np.zeros((0, 2))
 LIGHT_REACH = 15.0  # m before a stop line where a vehicle is at its light (get_traffic_light)
 UNMARKED = int(carla.LaneMarkingType.NONE)  # junction lanes: no paint, nothing to invade
 _TABLES: dict[str, LaneTables] = {}
@@ -255,10 +259,11 @@ class EmbeddedWorld:
         dt = self.delta_seconds
         self._update_lights()
         f = self._free
-        road_users = self._free_on_lanes()  # heroes: lane, s, speed, half length
-        if self._crowd is not None and self._crowd.count:
-            road_users = self._with_walkers_in_the_way(*road_users)
-        self.traffic.step(dt, self._light_state, *road_users, obstacles=self._hero_obstacles())
+        walker_lane, walker_s = self._walkers_in_the_way()
+        *users, obstacles = road_users(
+            f.yaw, f.lane_yaw, f.lane, f.s, f.v, f.half, f.x, f.y, f.z, walker_lane, walker_s, WALKER_HALF_LENGTH
+        )  # fmt: skip
+        self.traffic.step(dt, self._light_state, *users, obstacles=obstacles)
         if len(f.x):
             step_bicycle(
                 f.x,
@@ -357,22 +362,19 @@ class EmbeddedWorld:
         return self._scene_cache[1]
 
     def _build_scene(self, hero: Vehicle) -> Scene:
+        f, t = self._free, self.traffic
+        hero_row = hero._row if not hero._npc else len(f.x) + hero._row
         pos, yaws, halves = self._all_boxes()
-        all_boxes = carla_boxes(pos, yaws, halves)
-        hero_row = hero._row if not hero._npc else len(self._free.x) + hero._row
-        others = np.ones(len(all_boxes), bool)
-        others[hero_row] = False
-        speeds = np.concatenate([self._free.v, self.traffic.v])[others]
-        vehicle_velocities = np.column_stack([speeds * np.cos(yaws[others]), speeds * np.sin(yaws[others])])
+        speeds = np.concatenate([f.v, t.v])
+        vehicles, vehicle_velocities, ego = scene_boxes(pos, yaws, halves, speeds, hero_row)
         v = hero.get_velocity()  # as scene_from_world reads it
-        walkers, walker_velocities = np.zeros((0, 5)), np.zeros((0, 2))
+        walkers, walker_velocities = _NO_BOXES, _NO_VELOCITIES
         if self._crowd is not None:
             c = self._crowd.state
-            walkers = carla_boxes(c.xyz, c.yaw, self._crowd.half)
-            walker_velocities = np.column_stack([c.v * np.cos(c.yaw), c.v * np.sin(c.yaw)])
+            walkers, walker_velocities, _ = scene_boxes(c.xyz, c.yaw, self._crowd.half, c.v, -1)
         return Scene(
-            ego=all_boxes[hero_row],
-            vehicles=all_boxes[others],
+            ego=ego,
+            vehicles=vehicles,
             walkers=walkers,
             light_states=self._light_state.copy(),
             ego_speed=math.hypot(v.x, v.y),
@@ -537,10 +539,11 @@ class EmbeddedWorld:
     def _walker_max_speed(self, w: Walker, speed: float) -> None:
         self._crowd.state.max_speed[w._row] = speed
 
-    def _with_walkers_in_the_way(self, lanes, s, v, half_len):
-        """Road users traffic yields to, with the walkers on crossings (as of the last walker step) and
-        any walker steered by WalkerControl that stands on a lane added, standing (v = 0), and which of
-        them hold their junction lane against right of way (the vehicles)."""
+    def _walkers_in_the_way(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lane, s) of the walkers traffic yields to: those on crossings (as of the last walker step) and
+        any walker steered by WalkerControl that stands on a lane."""
+        if self._crowd is None or not self._crowd.count:
+            return _NO_LANES, _NO_S
         on_lane, at_s = self._crowd.in_the_way
         if self._crowd.steered:
             steered = np.flatnonzero(self._crowd.state.mode == STEERED)
@@ -552,18 +555,7 @@ class EmbeddedWorld:
             if extra:
                 on_lane = np.concatenate([on_lane, np.array([e[0] for e in extra], np.int64)])
                 at_s = np.concatenate([at_s, np.array([e[1] for e in extra])])
-        holds = np.ones(len(lanes), np.bool_)
-        if not len(on_lane):
-            return lanes, s, v, half_len, holds
-        n = len(on_lane)
-        standing, half = np.zeros(n), np.full(n, WALKERS["walker.pedestrian.0001"][0])
-        return (
-            np.concatenate([lanes, on_lane]),
-            np.concatenate([s, at_s]),
-            np.concatenate([v, standing]),
-            np.concatenate([half_len, half]),
-            np.concatenate([holds, np.zeros(n, np.bool_)]),  # walkers hold no junction lane
-        )
+        return on_lane, at_s
 
     def _update_lights(self) -> None:
         """Light states from the clock; recomputed only when some light is due to change."""
@@ -601,18 +593,6 @@ class EmbeddedWorld:
             )
             nearest, dist = g.nearest(p)
             f.on_lane[r] = float(dist <= g.lane_width[g.point_lane[nearest]] / 2 + ON_LANE_TOLERANCE)
-
-    def _hero_obstacles(self) -> np.ndarray:
-        """(K, 7) the heroes' boxes as traffic brakes for them on its path: x, y, z, yaw, half length, half
-        width, speed along the heading (every hero, whatever lane it is on or however it heads)."""
-        f = self._free
-        return np.column_stack([f.x, f.y, f.z, f.yaw, f.half[:, 0], f.half[:, 1], f.v])
-
-    def _free_on_lanes(self):
-        """Heroes that NPCs should treat as road users: on a lane, heading along it."""
-        f = self._free
-        ok = np.abs(np.remainder(f.yaw - f.lane_yaw + np.pi, 2 * np.pi) - np.pi) < np.pi / 3
-        return f.lane[ok].astype(np.int64), f.s[ok], np.abs(f.v[ok]), f.half[ok, 0]
 
     def _overlaps(self, xyz: np.ndarray, yaw: float, half: np.ndarray) -> bool:
         pos, yaws, halves = self._all_boxes()

@@ -29,7 +29,6 @@ from carla_env.sensors.birdview_kernels import (
     group_by_state,
     near_box_pixels,
     near_runs,
-    overlapping,
     pack_planes,
     stop_lines_on_screen,
     unpack_static,
@@ -205,16 +204,16 @@ def static_raster(lanes: LaneGraph, pixels_per_meter: float) -> StaticRaster:
     return _RASTERS[key]
 
 
-def _fill_polygons(canvas: np.ndarray, polygons: np.ndarray) -> None:
-    """Fill (K, N, 2) pixel polygons with 1: those apart in one fillPoly call, each overlapping one in a
-    call of its own (in one call, overlaps would cancel out)."""
-    apart = ~overlapping(polygons)
-    if apart.all():
+def _fill_polygons(canvas: np.ndarray, polygons: np.ndarray, overlaps: np.ndarray) -> None:
+    """Fill (K, N, 2) pixel polygons with 1: those apart in one fillPoly call, each overlapping one
+    (`overlapping`'s flags) in a call of its own (in one call, overlaps would cancel out)."""
+    if not overlaps.any():
         cv2.fillPoly(canvas, polygons, 1)
         return
+    apart = ~overlaps
     if apart.any():
         cv2.fillPoly(canvas, polygons[apart], 1)
-    for polygon in polygons[~apart]:
+    for polygon in polygons[overlaps]:
         cv2.fillPoly(canvas, polygon[None], 1)
 
 
@@ -336,7 +335,7 @@ class BirdviewRenderer:
             corners.append(past.corners)
             centres.append(past.centres)
             sizes += [v, len(past.corners) - v]
-        pts, counts = near_box_pixels(
+        pts, counts, overlaps = near_box_pixels(
             to_bev,
             np.concatenate(corners),
             np.concatenate(centres),
@@ -348,7 +347,7 @@ class BirdviewRenderer:
         a = 0
         for channel, count in zip(channels, counts.tolist(), strict=True):
             if count and channel >= 0:
-                _fill_polygons(out[channel], pts[a : a + count])
+                _fill_polygons(out[channel], pts[a : a + count], overlaps[a : a + count])
             a += count
 
     def _draw_lights(self, out: np.ndarray, to_bev: np.ndarray, pasts: list[_Frame], ego: np.ndarray) -> None:

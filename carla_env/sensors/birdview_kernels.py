@@ -56,26 +56,6 @@ def apply_affine(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach: float):
-    """Pixels (K, 4, 2) of the boxes that may show, in order, and how many of each consecutive set of
-    `set_sizes` boxes they are: those whose corners come within `reach` metres of (cx, cy) (the screen
-    lies within it; farther ones are off screen)."""
-    out = np.empty((corners.shape[0], 4, 2), np.int32)
-    counts = np.zeros(set_sizes.shape[0], np.int64)
-    i = k = 0
-    for s in range(set_sizes.shape[0]):
-        for _ in range(set_sizes[s]):
-            radius = np.hypot(corners[i, 0, 0] - centres[i, 0], corners[i, 0, 1] - centres[i, 1])
-            if np.hypot(centres[i, 0] - cx, centres[i, 1] - cy) <= reach + radius:
-                for j in range(4):
-                    out[k, j, 0], out[k, j, 1] = _pixel(m, corners[i, j, 0], corners[i, j, 1])
-                k += 1
-                counts[s] += 1
-            i += 1
-    return out[:k], counts
-
-
-@njit(cache=True)
 def overlapping(polygons: np.ndarray) -> np.ndarray:
     """Which (K, N, 2) pixel polygons have a bounding box (grown by a pixel) meeting another's: OpenCV's
     fillPoly fills several polygons even-odd, so where two overlap in one call they cancel out."""
@@ -97,6 +77,31 @@ def overlapping(polygons: np.ndarray) -> np.ndarray:
             ):
                 out[i] = out[j] = True
     return out
+
+
+@njit(cache=True)
+def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach: float):
+    """Pixels (K, 4, 2) of the boxes that may show, in order, how many of each consecutive set of
+    `set_sizes` boxes they are, and which of them overlap another of their set (`overlapping`): those
+    whose corners come within `reach` metres of (cx, cy) (the screen lies within it; farther ones are
+    off screen)."""
+    out = np.empty((corners.shape[0], 4, 2), np.int32)
+    counts = np.zeros(set_sizes.shape[0], np.int64)
+    overlaps = np.zeros(corners.shape[0], np.bool_)
+    i = k = 0
+    for s in range(set_sizes.shape[0]):
+        first = k
+        for _ in range(set_sizes[s]):
+            radius = np.hypot(corners[i, 0, 0] - centres[i, 0], corners[i, 0, 1] - centres[i, 1])
+            if np.hypot(centres[i, 0] - cx, centres[i, 1] - cy) <= reach + radius:
+                for j in range(4):
+                    out[k, j, 0], out[k, j, 1] = _pixel(m, corners[i, j, 0], corners[i, j, 1])
+                k += 1
+                counts[s] += 1
+            i += 1
+        if k - first > 1:
+            overlaps[first:k] = overlapping(out[first:k])
+    return out[:k], counts, overlaps[:k]
 
 
 @njit(cache=True)

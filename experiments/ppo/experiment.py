@@ -14,7 +14,5 @@ class PPOExperiment(RouteDrivingExperiment):
         return gym.spaces.Box(-1.0, 1.0, (2,), np.float32)  # steer, acceleration
 
     def compute_action(self, action) -> carla.VehicleControl:
-        steer, accel = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        return carla.VehicleControl(
-            throttle=float(max(accel, 0.0)), brake=float(max(-accel, 0.0)), steer=float(steer)
-        )
+        steer, accel = (min(max(float(a), -1.0), 1.0) for a in action)  # floats: numpy per step costs more
+        return carla.VehicleControl(throttle=max(accel, 0.0), brake=max(-accel, 0.0), steer=steer)
