@@ -205,11 +205,8 @@ def static_raster(lanes: LaneGraph, pixels_per_meter: float) -> StaticRaster:
 
 
 def _fill_polygons(canvas: np.ndarray, polygons: np.ndarray, overlaps: np.ndarray) -> None:
-    """Fill (K, N, 2) pixel polygons with 1: those apart in one fillPoly call, each overlapping one
-    (`overlapping`'s flags) in a call of its own (in one call, overlaps would cancel out)."""
-    if not overlaps.any():
-        cv2.fillPoly(canvas, polygons, 1)
-        return
+    """Fill (K, N, 2) pixel polygons with 1 where some overlap (`overlapping`'s flags): those apart in
+    one fillPoly call, each overlapping one in a call of its own (in one call, overlaps would cancel out)."""
     apart = ~overlaps
     if apart.any():
         cv2.fillPoly(canvas, polygons[apart], 1)
@@ -335,7 +332,7 @@ class BirdviewRenderer:
             corners.append(past.corners)
             centres.append(past.centres)
             sizes += [v, len(past.corners) - v]
-        pts, counts, overlaps = near_box_pixels(
+        pts, counts, overlaps, overlapped = near_box_pixels(
             to_bev,
             np.concatenate(corners),
             np.concatenate(centres),
@@ -345,9 +342,12 @@ class BirdviewRenderer:
             self._screen_reach,
         )
         a = 0
-        for channel, count in zip(channels, counts.tolist(), strict=True):
+        for channel, count, overlap in zip(channels, counts.tolist(), overlapped.tolist(), strict=True):
             if count and channel >= 0:
-                _fill_polygons(out[channel], pts[a : a + count], overlaps[a : a + count])
+                if overlap:
+                    _fill_polygons(out[channel], pts[a : a + count], overlaps[a : a + count])
+                else:
+                    cv2.fillPoly(out[channel], pts[a : a + count], 1)
             a += count
 
     def _draw_lights(self, out: np.ndarray, to_bev: np.ndarray, pasts: list[_Frame], ego: np.ndarray) -> None:

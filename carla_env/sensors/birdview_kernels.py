@@ -82,12 +82,13 @@ def overlapping(polygons: np.ndarray) -> np.ndarray:
 @njit(cache=True)
 def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach: float):
     """Pixels (K, 4, 2) of the boxes that may show, in order, how many of each consecutive set of
-    `set_sizes` boxes they are, and which of them overlap another of their set (`overlapping`): those
-    whose corners come within `reach` metres of (cx, cy) (the screen lies within it; farther ones are
+    `set_sizes` boxes they are, which of them overlap another of their set (`overlapping`) and which
+    sets have such overlaps: those whose corners come within `reach` metres of (cx, cy) (the screen lies within it; farther ones are
     off screen)."""
     out = np.empty((corners.shape[0], 4, 2), np.int32)
     counts = np.zeros(set_sizes.shape[0], np.int64)
     overlaps = np.zeros(corners.shape[0], np.bool_)
+    overlapped = np.zeros(set_sizes.shape[0], np.bool_)  # per set: has it any overlap
     i = k = 0
     for s in range(set_sizes.shape[0]):
         first = k
@@ -101,7 +102,8 @@ def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach:
             i += 1
         if k - first > 1:
             overlaps[first:k] = overlapping(out[first:k])
-    return out[:k], counts, overlaps[:k]
+            overlapped[s] = overlaps[first:k].any()
+    return out[:k], counts, overlaps[:k], overlapped
 
 
 @njit(cache=True)
