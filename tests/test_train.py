@@ -518,20 +518,22 @@ def test_a_stop_in_minutes_ends_the_run_checkpointed_by_wall_time(tmp_path):
 
     cfg, runs = tiny_config(tmp_path), tmp_path / "runs"
     data = yaml.safe_load(cfg.read_text())
-    data["training"].update(checkpoint_every=1000, checkpoint_minutes=0.001)  # by count: only the end one
+    # By count only the end one; all kept (the default keeps the newest 3).
+    data["training"].update(checkpoint_every=1000, checkpoint_minutes=0.001, keep_checkpoints=100)
     cfg.write_text(yaml.safe_dump(data))
-    proc = train(cfg, "--name", "minutes", "--dir", runs, "--stop-minutes", "0.05")  # 3 s
+    proc = train(cfg, "--name", "minutes", "--dir", runs, "--stop-minutes", "0.1")  # 6 s
     assert proc.returncode == 0, proc.stderr[-3000:]
     iterations = [line for line in proc.stdout.splitlines() if line.startswith("iter ")]
-    assert iterations and all("to 0.05 training minutes" in line for line in iterations), proc.stdout
+    assert iterations and all("to 0.1 training minutes" in line for line in iterations), proc.stdout
     (progress,) = (runs / "minutes").glob("*/progress.csv")
     rows = list(csv.DictReader(progress.open()))
     times = [float(row["time_total_s"]) for row in rows]
-    assert times[-1] >= 3.0 and all(t < 3.0 for t in times[:-1])  # stopped at the first result past 3 s
+    assert times[-1] >= 6.0 and all(t < 6.0 for t in times[:-1])  # stopped at the first result past 6 s
+    assert len(rows) >= 2  # else the end-of-run checkpoint alone would pass the check below
     assert yaml.safe_load((runs / "minutes" / "carla_env_config.yaml").read_text())["training"]["stop"] == {
         "timesteps": None,
         "iterations": None,
-        "minutes": 0.05,
+        "minutes": 0.1,
     }
     # One checkpoint per iteration, each by time (the end one is the last of them).
     assert sorted(p.name for p in (runs / "minutes").glob("*/checkpoint_*")) == [
