@@ -53,6 +53,10 @@ def test_env_throughput_breaks_a_step_into_phases_that_add_up():
         ROOT / "bench/env_throughput.py", "--exp", "ppo", "--steps", "40", "--warmup", "5", "--json"
     )
     assert out["vehicles"] == 30 and out["packed"] is True and out["steps"] == 40
+    # Three untimed passes by default, fastest first; the figure is the median pass's.
+    passes = out["env_steps_per_s_passes"]
+    assert len(passes) == 3 and passes == sorted(passes, reverse=True)
+    assert round(out["env_steps_per_s"], 1) == passes[1]
     phases = out["us_per_step"]
     assert set(phases) == {"tick", "bev", "sensors", "driving", "experiment", "metrics", "reset", "env_other"}
     assert min(phases["tick"], phases["bev"], phases["driving"]) > 0
@@ -84,6 +88,10 @@ def test_env_throughput_runs_the_env_in_n_pinned_processes_at_once():
     )
     assert bad.returncode == 2
     assert "--processes: '1,x': give process counts as positive integers, e.g. 1,14,16" in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, ROOT / "bench/env_throughput.py", "--repeats", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--repeats: '0': give a positive whole number" in bad.stderr
 
 
 def test_sampling_throughput_stock_connectors_picks_rllibs_pipelines():
