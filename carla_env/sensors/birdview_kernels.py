@@ -83,8 +83,8 @@ def overlapping(polygons: np.ndarray) -> np.ndarray:
 def near_box_pixels(m, corners, centres, set_sizes, cx: float, cy: float, reach: float):
     """Pixels (K, 4, 2) of the boxes that may show, in order, how many of each consecutive set of
     `set_sizes` boxes they are, which of them overlap another of their set (`overlapping`) and which
-    sets have such overlaps: those whose corners come within `reach` metres of (cx, cy) (the screen lies within it; farther ones are
-    off screen)."""
+    sets have such overlaps. A box may show if its corners come within `reach` metres of (cx, cy): the
+    screen lies within it, farther ones are off screen."""
     out = np.empty((corners.shape[0], 4, 2), np.int32)
     counts = np.zeros(set_sizes.shape[0], np.int64)
     overlaps = np.zeros(corners.shape[0], np.bool_)
