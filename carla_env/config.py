@@ -201,6 +201,10 @@ class TrainingConfig(_Strict):
     )
     progress_seconds: float = Field(30.0, gt=0, description="a progress line at least this often")
     keep_checkpoints: int = Field(3, gt=0)
+    # RLlib's seed (AlgorithmConfig.debugging): torch and numpy in every process, the first weights and
+    # each env's resets. null: a fresh draw each run. Runs with one seed start alike; on a GPU, cuDNN's
+    # kernels and the runners' timing still let them drift apart.
+    seed: int | None = Field(None, ge=0)
     stop: StopConfig = StopConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="RLlib model_config")
     settings: dict[str, Any] = Field(default_factory=dict, description="AlgorithmConfig.training(**settings)")

@@ -58,6 +58,8 @@ def build_algo_config(config):
             raise ConfigError(
                 f"config error: training.{key}: {e}; see {config_class.__name__}.{section}() for valid keys"
             ) from None
+    if tr.seed is not None:
+        algo = algo.debugging(seed=tr.seed)
     algo = algo.fault_tolerance(**runner_fault_tolerance(config))
     algo = algo.callbacks(DrivingMetricsCallback)
     if not gpu:
