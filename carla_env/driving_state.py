@@ -396,16 +396,16 @@ def junction_entry_to_yield_at(
         return None
     first = index + int(ahead[0])
     entry, here = float(route.distance[first]), float(route.distance[index])
-    room = entry - here - half_length - ENTRY_STOP_MARGIN  # to the stop point
+    front_to_entry = entry - here - half_length
+    room = front_to_entry - ENTRY_STOP_MARGIN  # to the stop point
     # Committed: too near to stop before the junction (the front bumper at its entry). One that
     # crept past its stop point while waiting can still stop short of the junction, and waits.
     if room > speed * speed / (2.0 * comfort_decel) + 4.0:
         return None
-    if may_commit and room + ENTRY_STOP_MARGIN < speed * speed / (2.0 * max_decel):
+    if may_commit and front_to_entry < speed * speed / (2.0 * max_decel):
         return None
-    if (
-        room + ENTRY_STOP_MARGIN < 0.0 < speed
-    ):  # moving, its front past the entry: stopping there blocks the way
+    # Moving with its front past the entry: stopping there blocks the way.
+    if front_to_entry < 0.0 < speed:
         return None
     after = np.flatnonzero(~route.junction[first:])
     leave = float(route.distance[first + int(after[0])]) if len(after) else route.length
