@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -106,14 +105,11 @@ def _setting(text: str) -> tuple[str, dict]:
     return key, value
 
 
-def _blame_setting(error: str, keys: list[str]) -> str:
+def _blame_setting(key: str | None, keys: list[str]) -> str:
     """' (given by --set KEY)' when a config error's key is one --set gave, or lies on its path."""
-    found = re.match(r"config error in [^:]*: ([\w.]+): ", error)
-    if found:
-        path = found.group(1)
-        for key in keys:
-            if key == path or key.startswith(path + ".") or path.startswith(key + "."):
-                return f" (given by --set {key})"
+    for given in keys if key else ():
+        if given == key or given.startswith(key + ".") or key.startswith(given + "."):
+            return f" (given by --set {given})"
     return ""
 
 
@@ -308,7 +304,7 @@ def main(argv=None) -> int:
             args.config, overrides, run_dir if args.restore else None, args.profile
         )
     except ConfigError as e:
-        print(f"{e}{_blame_setting(str(e), [key for key, _ in args.set])}", file=sys.stderr)
+        print(f"{e}{_blame_setting(e.key, [key for key, _ in args.set])}", file=sys.stderr)
         return 2
     if not config.experiment.type:
         print(

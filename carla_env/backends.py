@@ -69,13 +69,15 @@ def check_config_for_backend(config: Config, backend: str, source: str = "config
     if backend == "carla" and server.launch and not (server.carla_root or os.environ.get("CARLA_ROOT")):
         raise ConfigError(
             f"config error in {source}: simulator.carla.carla_root: launching a CARLA server needs CARLA_ROOT "
-            "(or this key); or set simulator.carla.launch: false to attach to a running server"
+            "(or this key); or set simulator.carla.launch: false to attach to a running server",
+            "simulator.carla.carla_root",
         )
     if backend == "carla" and not server.launch and config.training.envs_per_runner > 1:
         raise ConfigError(
             f"config error in {source}: simulator.carla.launch: false attaches all "
             f"training.envs_per_runner: {config.training.envs_per_runner} envs of a runner to one server; "
-            "set envs_per_runner: 1 or launch: true"
+            "set envs_per_runner: 1 or launch: true",
+            "simulator.carla.launch",
         )
     offered = core_class(backend).sensor_types
     for name, sensor in config.experiment.sensors.items():
@@ -83,7 +85,8 @@ def check_config_for_backend(config: Config, backend: str, source: str = "config
             hint = "; cameras, lidar and radar need backend: carla" if backend == "embedded" else ""
             raise ConfigError(
                 f"config error in {source}: experiment.sensors.{name}.type: {sensor.type!r} is not available on "
-                f"the {backend} backend (it has {', '.join(offered)}){hint}"
+                f"the {backend} backend (it has {', '.join(offered)}){hint}",
+                f"experiment.sensors.{name}.type",
             )
 
 

@@ -19,7 +19,12 @@ from carla_env.sensors.birdview import BirdviewSpec
 
 
 class ConfigError(ValueError):
-    """A configuration mistake; str(e) is the one-line message for the user."""
+    """A configuration mistake; str(e) is the one-line message for the user, `key` the dotted config
+    key it is about where there is one (train.py names the --set that gave it)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class _Strict(BaseModel):
@@ -261,7 +266,8 @@ def _sensor_tag_dropped(loc: tuple) -> tuple[tuple, type[BaseModel] | None]:
     return loc, None
 
 
-def _describe(err: dict, model: type[BaseModel]) -> str:
+def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
+    """(the dotted key, 'key: what is wrong and how to fix it') of one pydantic error."""
     loc, sensor_model = _sensor_tag_dropped(err["loc"])
     path = ".".join(str(p) for p in loc)
     kind = err["type"]
@@ -277,11 +283,11 @@ def _describe(err: dict, model: type[BaseModel]) -> str:
         )
         hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys here: {', '.join(valid)}"
-        return f"{path}: unknown key; {fix}"
+        return path, f"{path}: unknown key; {fix}"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, dict) or kind == "value_error" else f" (got {got!r})"
-    return f"{path}: {msg}{shown}"
+    return path, f"{path}: {msg}{shown}"
 
 
 def validate_config(data: dict, source: str = "config") -> Config:
@@ -290,31 +296,39 @@ def validate_config(data: dict, source: str = "config") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"config error in {source}: {_first_error(e, Config)}") from None
+        key, text = _first_error(e, Config)
+        raise ConfigError(f"config error in {source}: {text}", key) from None
     if config.experiment.type:  # before the profiles: an error of the config's own is named as its own
         cls = experiment_class(config.experiment.type, source)
         try:
             cls.Options.model_validate(config.experiment.options)
         except ValidationError as e:
+            key, text = _first_error(e, cls.Options)
             raise ConfigError(
-                f"config error in {source}: experiment.options.{_first_error(e, cls.Options)}"
+                f"config error in {source}: experiment.options.{text}", f"experiment.options.{key}"
             ) from None
     for name, partial in config.profiles.items():  # a typo in a profile fails here, on any machine
         if {"profiles", "profile"} & partial.keys():
-            raise ConfigError(f"config error in {source}: profiles.{name}: a profile cannot hold profiles")
+            raise ConfigError(
+                f"config error in {source}: profiles.{name}: a profile cannot hold profiles",
+                f"profiles.{name}",
+            )
         if "backend" in (partial.get("simulator") or {}):  # the backend has its own rule (carla_env.backends)
             raise ConfigError(
                 f"config error in {source}: profiles.{name}.simulator.backend: a profile cannot choose "
-                "the backend; set simulator.backend"
+                "the backend; set simulator.backend",
+                f"profiles.{name}.simulator.backend",
             )
         merged = deep_merge({k: v for k, v in data.items() if k != "profiles"}, partial)
         validate_config(merged, f"{source} with profiles.{name}")
     return config
 
 
-def _first_error(e: ValidationError, model: type[BaseModel]) -> str:
+def _first_error(e: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
+    """(key, message) of the first of e's errors, the message saying how many more there are."""
     more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return _describe(e.errors()[0], model) + more
+    key, text = _describe(e.errors()[0], model)
+    return key, text + more
 
 
 def experiment_class(path: str, source: str = "config"):
@@ -326,11 +340,13 @@ def experiment_class(path: str, source: str = "config"):
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(
-            f"config error in {source}: experiment.type: cannot import {path!r} ({e}); use 'package.module:ClassName'"
+            f"config error in {source}: experiment.type: cannot import {path!r} ({e}); use 'package.module:ClassName'",
+            "experiment.type",
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, BaseExperiment)):
         raise ConfigError(
-            f"config error in {source}: experiment.type: {path!r} is not a BaseExperiment subclass"
+            f"config error in {source}: experiment.type: {path!r} is not a BaseExperiment subclass",
+            "experiment.type",
         )
     return cls
 

@@ -425,6 +425,9 @@ def test_set_mistakes_are_one_line_and_write_nothing(tmp_path, capsys):
     line = refused("--set", "experiment.options.progress_rewrd=0.2")
     assert line.startswith(f"config error in {cfg}: experiment.options.progress_rewrd: unknown key")
     assert line.endswith("(given by --set experiment.options.progress_rewrd)")
+    line = refused("--set", "experiment.type=nowhere:Nothing")  # refused by the import, not the schema
+    assert "experiment.type: cannot import 'nowhere:Nothing'" in line
+    assert line.endswith("(given by --set experiment.type)")
     line = refused("--set", "training=5")  # a mapping replaced by a number: not dropped
     assert line.startswith(f"config error in {cfg}: training: ") and line.endswith(
         "(given by --set training)"
